@@ -1,0 +1,114 @@
+//! Tensors as stored in checkpoint files, before they reach a device.
+
+use crate::error::{Error, Result};
+
+/// Element types found in BLOOM checkpoints. Everything is computed in f32 for now, so each is
+/// widened on load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoredDType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl StoredDType {
+    pub fn size(self) -> usize {
+        match self {
+            StoredDType::F32 => 4,
+            StoredDType::F16 | StoredDType::BF16 => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StoredDType::F32 => "F32",
+            StoredDType::F16 => "F16",
+            StoredDType::BF16 => "BF16",
+        }
+    }
+}
+
+/// A tensor read from a checkpoint, widened to f32, in row-major order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// Little-endian `bytes` of `dtype` widened to f32.
+pub fn to_f32(bytes: &[u8], dtype: StoredDType) -> Vec<f32> {
+    match dtype {
+        StoredDType::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        StoredDType::F16 => {
+            bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+        }
+        StoredDType::BF16 => {
+            bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+        }
+    }
+}
+
+/// Checks that a stored tensor's byte length fits its shape and dtype.
+pub fn check_len(path: &std::path::Path, name: &str, bytes: usize, shape: &[usize], dtype: StoredDType) -> Result<()> {
+    let expected = shape.iter().product::<usize>() * dtype.size();
+    if bytes != expected {
+        return Err(Error::file(
+            path,
+            format!("tensor `{name}` holds {bytes} bytes but its shape {shape:?} of {} needs {expected}: the file is corrupt", dtype.name()),
+        ));
+    }
+    Ok(())
+}
+
+/// A checkpoint file's bytes: memory-mapped on native (pages are read on demand and can be
+/// dropped once their tensor is loaded), or owned (the browser hands files over as bytes).
+pub enum FileBytes {
+    #[cfg(not(target_arch = "wasm32"))]
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl FileBytes {
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn map(path: &std::path::Path) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the mapping is only read. A concurrent writer could change the bytes under us,
+        // which (as with any reader) yields wrong values, not memory unsafety in this code.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        Ok(FileBytes::Mapped(map))
+    }
+
+    /// Tells the kernel the mapped pages of `offset..offset + len` will not be needed again, so
+    /// a loaded model does not also keep the file resident (which would double its memory).
+    pub fn release(&self, offset: usize, len: usize) {
+        #[cfg(unix)]
+        if let FileBytes::Mapped(map) = self {
+            const PAGE: usize = 4096;
+            let start = offset.div_ceil(PAGE) * PAGE;
+            let end = (offset + len) / PAGE * PAGE;
+            if end > start {
+                // SAFETY: the range lies inside a read-only, file-backed mapping; dropping its
+                // pages only means they are read from the file again if touched.
+                let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+            }
+        }
+        let _ = (offset, len);
+    }
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            #[cfg(not(target_arch = "wasm32"))]
+            FileBytes::Mapped(m) => m,
+            FileBytes::Owned(v) => v,
+        }
+    }
+}
+
+impl AsRef<[u8]> for FileBytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}

@@ -1,0 +1,21 @@
+//! ember-core: BLOOM fine-tuning with LoRA on burn, independent of platform and backend.
+//!
+//! - [`config`]: `BloomConfig` from `config.json`.
+//! - [`model`]: the BLOOM model (HF module names), ALiBi, masks, KV cache.
+//! - [`checkpoint`]: loading HF model directories (safetensors, sharded, `pytorch_model.bin`).
+//! - [`tokenizer`]: `tokenizer.json` and special tokens.
+//! - [`generate`]: greedy and sampled generation.
+//!
+//! Tensors live on a burn [`burn::tensor::Device`]; which backend runs them (wgpu on a GPU,
+//! burn's CPU backend, WebGPU in a browser) is chosen by the caller when it creates the device.
+
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod generate;
+pub mod model;
+pub mod template;
+pub mod tokenizer;
+
+pub use config::BloomConfig;
+pub use error::{Error, Result};

@@ -1,0 +1,196 @@
+//! BLOOM (`BloomForCausalLM`), written to follow transformers' `modeling_bloom.py` line by line.
+//! Field names are the checkpoint's, so `transformer.h.3.self_attention.query_key_value` is
+//! `model.transformer.h[3].self_attention.query_key_value` here.
+
+use burn::module::Module;
+use burn::tensor::activation::softmax;
+use burn::tensor::{Int, Tensor};
+
+use super::alibi::{AttentionBias, AttentionMask};
+use super::cache::{KvCache, LayerCache};
+use super::layers::{Embedding, LayerNorm, Linear};
+use crate::config::BloomConfig;
+
+#[derive(Module, Debug)]
+pub struct BloomAttention {
+    /// Projects to queries, keys and values at once; its output is laid out per head as
+    /// `[head, (q|k|v), head_dim]`, which is how BLOOM was trained.
+    pub query_key_value: Linear,
+    pub dense: Linear,
+    pub num_heads: usize,
+}
+
+impl BloomAttention {
+    /// `x`: `[batch, queries, hidden]`; returns `dense(attention) + residual`.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        residual: Tensor<3>,
+        bias: &AttentionBias,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
+        let [batch, queries, hidden] = x.dims();
+        let (heads, head_dim) = (self.num_heads, hidden / self.num_heads);
+
+        let fused = self.query_key_value.forward(x).reshape([batch, queries, heads, 3, head_dim]);
+        let part = |i: usize| {
+            fused
+                .clone()
+                .slice_dim(3, i..i + 1)
+                .reshape([batch, queries, heads, head_dim])
+                .swap_dims(1, 2)
+        };
+        let (query, mut key, mut value) = (part(0), part(1), part(2));
+        if let Some(cache) = cache {
+            (key, value) = cache.append(key, value);
+        }
+
+        let scores = query.matmul(key.swap_dims(2, 3)) * (1.0 / (head_dim as f64).sqrt())
+            + bias.alibi.clone()
+            + bias.mask.clone();
+        let probs = softmax(scores, 3);
+        let context = probs.matmul(value).swap_dims(1, 2).reshape([batch, queries, hidden]);
+        self.dense.forward(context) + residual
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct BloomMlp {
+    pub dense_h_to_4h: Linear,
+    pub dense_4h_to_h: Linear,
+}
+
+impl BloomMlp {
+    pub fn forward(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
+        self.dense_4h_to_h.forward(bloom_gelu(self.dense_h_to_4h.forward(x))) + residual
+    }
+}
+
+/// BLOOM's tanh approximation of GELU, with transformers' constants.
+pub fn bloom_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    let inner = (x.clone() * x.clone() * 0.044715 + 1.0) * x.clone() * 0.797_884_56;
+    x * 0.5 * (inner.tanh() + 1.0)
+}
+
+#[derive(Module, Debug)]
+pub struct BloomBlock {
+    pub input_layernorm: LayerNorm,
+    pub self_attention: BloomAttention,
+    pub post_attention_layernorm: LayerNorm,
+    pub mlp: BloomMlp,
+    pub apply_residual_connection_post_layernorm: bool,
+}
+
+impl BloomBlock {
+    pub fn forward(&self, x: Tensor<3>, bias: &AttentionBias, cache: Option<&mut LayerCache>) -> Tensor<3> {
+        let normed = self.input_layernorm.forward(x.clone());
+        let residual = if self.apply_residual_connection_post_layernorm { normed.clone() } else { x };
+        let attended = self.self_attention.forward(normed, residual, bias, cache);
+
+        let normed = self.post_attention_layernorm.forward(attended.clone());
+        let residual = if self.apply_residual_connection_post_layernorm { normed.clone() } else { attended };
+        self.mlp.forward(normed, residual)
+    }
+}
+
+/// `BloomModel`: embeddings, blocks and the final layer norm.
+#[derive(Module, Debug)]
+pub struct BloomModel {
+    pub word_embeddings: Embedding,
+    pub word_embeddings_layernorm: LayerNorm,
+    pub h: Vec<BloomBlock>,
+    pub ln_f: LayerNorm,
+}
+
+impl BloomModel {
+    pub fn forward(&self, input_ids: Tensor<2, Int>, bias: &AttentionBias, mut cache: Option<&mut KvCache>) -> Tensor<3> {
+        let mut x = self.word_embeddings_layernorm.forward(self.word_embeddings.forward(input_ids));
+        for (i, block) in self.h.iter().enumerate() {
+            x = block.forward(x, bias, cache.as_deref_mut().map(|c| c.layer(i)));
+        }
+        self.ln_f.forward(x)
+    }
+}
+
+/// `BloomForCausalLM`: the model plus the language-model head, whose weight is the word
+/// embedding matrix (BLOOM ties them; `tie_word_embeddings: false` checkpoints are refused at load).
+#[derive(Module, Debug)]
+pub struct BloomForCausalLM {
+    pub transformer: BloomModel,
+    pub num_heads: usize,
+}
+
+impl BloomForCausalLM {
+    /// Logits `[batch, new positions, vocab]` for `input_ids` (`[batch, new positions]`).
+    /// `mask` covers the cached positions and the new ones; with a cache, only new ids are fed.
+    pub fn forward(&self, input_ids: Tensor<2, Int>, mask: &AttentionMask, cache: Option<&mut KvCache>) -> Tensor<3> {
+        let hidden = self.hidden_states(input_ids, mask, cache);
+        self.lm_head(hidden)
+    }
+
+    /// Final hidden states `[batch, positions, hidden]` (before the language-model head).
+    pub fn hidden_states(&self, input_ids: Tensor<2, Int>, mask: &AttentionMask, cache: Option<&mut KvCache>) -> Tensor<3> {
+        let [batch, queries] = input_ids.dims();
+        assert_eq!(batch, mask.batch(), "attention mask has {} rows for a batch of {batch}", mask.batch());
+        let bias = AttentionBias::new(mask, self.num_heads, queries, &input_ids.device());
+        self.transformer.forward(input_ids, &bias, cache)
+    }
+
+    /// `lm_head`: hidden states times the (tied) embedding matrix.
+    pub fn lm_head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let weight = self.transformer.word_embeddings.weight.val();
+        let [batch, positions, dim] = hidden.dims();
+        let vocab = weight.dims()[0];
+        hidden
+            .reshape([batch * positions, dim])
+            .matmul(weight.transpose())
+            .reshape([batch, positions, vocab])
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.transformer.h.len()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.transformer.word_embeddings.weight.dims()[0]
+    }
+
+    /// Builds the module tree from a weight source (a checkpoint or random init).
+    pub fn from_weights(config: &BloomConfig, weights: &mut impl super::WeightSource) -> crate::Result<Self> {
+        let h = config.hidden_size;
+        let eps = config.layer_norm_epsilon;
+        let mut layer_norm = |name: &str| -> crate::Result<LayerNorm> {
+            Ok(LayerNorm::new(weights.tensor(&format!("{name}.weight"), [h])?, weights.tensor(&format!("{name}.bias"), [h])?, eps))
+        };
+        let word_embeddings_layernorm = layer_norm("transformer.word_embeddings_layernorm")?;
+        let ln_f = layer_norm("transformer.ln_f")?;
+        let word_embeddings = Embedding::new(weights.tensor("transformer.word_embeddings.weight", [config.vocab_size, h])?);
+        let mut blocks = Vec::with_capacity(config.n_layer);
+        for i in 0..config.n_layer {
+            let p = format!("transformer.h.{i}");
+            let mut linear = |name: &str, out_f: usize, in_f: usize| -> crate::Result<Linear> {
+                let weight = weights.tensor(&format!("{p}.{name}.weight"), [out_f, in_f])?;
+                let bias = weights.tensor(&format!("{p}.{name}.bias"), [out_f])?;
+                Ok(Linear::new(weight, Some(bias)))
+            };
+            let query_key_value = linear("self_attention.query_key_value", 3 * h, h)?;
+            let dense = linear("self_attention.dense", h, h)?;
+            let dense_h_to_4h = linear("mlp.dense_h_to_4h", 4 * h, h)?;
+            let dense_4h_to_h = linear("mlp.dense_4h_to_h", h, 4 * h)?;
+            let mut layer_norm = |name: &str| -> crate::Result<LayerNorm> {
+                Ok(LayerNorm::new(weights.tensor(&format!("{p}.{name}.weight"), [h])?, weights.tensor(&format!("{p}.{name}.bias"), [h])?, eps))
+            };
+            blocks.push(BloomBlock {
+                input_layernorm: layer_norm("input_layernorm")?,
+                post_attention_layernorm: layer_norm("post_attention_layernorm")?,
+                self_attention: BloomAttention { query_key_value, dense, num_heads: config.n_head },
+                mlp: BloomMlp { dense_h_to_4h, dense_4h_to_h },
+                apply_residual_connection_post_layernorm: config.apply_residual_connection_post_layernorm,
+            });
+        }
+        Ok(BloomForCausalLM {
+            transformer: BloomModel { word_embeddings, word_embeddings_layernorm, h: blocks, ln_f },
+            num_heads: config.n_head,
+        })
+    }
+}

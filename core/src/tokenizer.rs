@@ -1,0 +1,152 @@
+//! The tokenizer of a model directory: `tokenizer.json` (run by the `tokenizers` crate, the
+//! same Rust code the Python fast tokenizer runs) plus the special tokens and padding side from
+//! `tokenizer_config.json` / `special_tokens_map.json`, falling back to `config.json`'s ids.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::config::BloomConfig;
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaddingSide {
+    Left,
+    Right,
+}
+
+#[derive(Debug, Clone)]
+pub struct SpecialToken {
+    pub text: String,
+    pub id: u32,
+}
+
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    pub eos: Option<SpecialToken>,
+    pub bos: Option<SpecialToken>,
+    pub pad: Option<SpecialToken>,
+    pub padding_side: PaddingSide,
+}
+
+impl Tokenizer {
+    /// Loads the tokenizer files of a model directory.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(dir: &Path, config: &BloomConfig) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        if !path.is_file() {
+            return Err(Error::file(
+                &path,
+                "missing: ember needs the fast tokenizer file tokenizer.json (save it with tokenizer.save_pretrained)",
+            ));
+        }
+        let json = crate::error::read_file(&path)?;
+        let optional = |name: &str| std::fs::read_to_string(dir.join(name)).ok();
+        Self::from_parts(
+            &json,
+            &path.display().to_string(),
+            optional("tokenizer_config.json").as_deref(),
+            optional("special_tokens_map.json").as_deref(),
+            config,
+        )
+    }
+
+    /// Builds a tokenizer from file contents (the browser has no file system).
+    pub fn from_parts(
+        tokenizer_json: &[u8],
+        origin: &str,
+        tokenizer_config: Option<&str>,
+        special_tokens_map: Option<&str>,
+        config: &BloomConfig,
+    ) -> Result<Self> {
+        let inner = tokenizers::Tokenizer::from_bytes(tokenizer_json)
+            .map_err(|e| Error::file(origin, format!("not a valid tokenizer.json: {e}")))?;
+        let parse = |text: Option<&str>| text.and_then(|t| serde_json::from_str::<Value>(t).ok()).unwrap_or(Value::Null);
+        let tok_config = parse(tokenizer_config);
+        let special_map = parse(special_tokens_map);
+
+        let special = |key: &str, config_id: Option<u32>| -> Option<SpecialToken> {
+            let text = token_text(&tok_config, key).or_else(|| token_text(&special_map, key));
+            match text {
+                Some(text) => inner.token_to_id(&text).map(|id| SpecialToken { text, id }),
+                None => config_id.and_then(|id| inner.id_to_token(id).map(|text| SpecialToken { text, id })),
+            }
+        };
+        let padding_side = match tok_config.get("padding_side").and_then(Value::as_str) {
+            Some("left") => PaddingSide::Left,
+            _ => PaddingSide::Right, // transformers' default
+        };
+        Ok(Tokenizer {
+            eos: special("eos_token", config.eos_token_id),
+            bos: special("bos_token", config.bos_token_id),
+            pad: special("pad_token", config.pad_token_id),
+            inner,
+            padding_side,
+        })
+    }
+
+    /// Token ids of `text`, with the special tokens the tokenizer's post-processor adds (none
+    /// for BLOOM), like `tokenizer(text).input_ids`.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        self.inner
+            .encode(text, true)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| Error::invalid(format!("cannot tokenize text: {e}")))
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| Error::invalid(format!("cannot decode token ids: {e}")))
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+}
+
+/// A special token's text from `tokenizer_config.json` / `special_tokens_map.json`, where it is
+/// either a string or an `AddedToken` object with a `content` field.
+fn token_text(json: &Value, key: &str) -> Option<String> {
+    match json.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(Value::as_str).map(str::to_owned),
+        _ => None,
+    }
+}
+
+/// Decodes a growing list of ids and hands out only the text that is final, so streamed output
+/// never shows half of a multi-byte character (byte-level BPE splits Chinese characters).
+pub struct TextStream {
+    ids: Vec<u32>,
+    printed: usize,
+}
+
+impl TextStream {
+    pub fn new() -> Self {
+        TextStream { ids: Vec::new(), printed: 0 }
+    }
+
+    /// Adds one token; returns the newly completed text, if any.
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let text = tokenizer.decode(&self.ids, true)?;
+        if text.ends_with('\u{FFFD}') {
+            return Ok(String::new());
+        }
+        let fresh = text.get(self.printed..).unwrap_or_default().to_owned();
+        self.printed = self.printed.max(text.len());
+        Ok(fresh)
+    }
+}
+
+impl Default for TextStream {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,104 @@
+//! Shared helpers of the end-to-end and parity tests: fixture paths, golden tensors, devices,
+//! and the `ember` binary.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{Device, DeviceKind, DeviceType};
+use safetensors::SafeTensors;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+}
+
+pub fn model_dir(name: &str) -> PathBuf {
+    fixtures().join("models").join(name)
+}
+
+/// Every fixture model directory (each holds one weight format).
+pub fn model_names() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(fixtures().join("models"))
+        .expect("tests/fixtures/models exists (run tests/fixtures/make_fixtures.py)")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("config.json").is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A golden tensor file: name → (shape, values as f64).
+pub struct Golden {
+    pub tensors: HashMap<String, (Vec<usize>, Vec<f64>)>,
+}
+
+impl Golden {
+    pub fn open(path: &Path) -> Golden {
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let mut tensors = HashMap::new();
+        for (name, view) in st.tensors() {
+            let data = view.data();
+            let values: Vec<f64> = match view.dtype() {
+                safetensors::Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+                safetensors::Dtype::I64 => data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+                safetensors::Dtype::I32 => data.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+                other => panic!("{}: unexpected dtype {other:?} for {name}", path.display()),
+            };
+            tensors.insert(name, (view.shape().to_vec(), values));
+        }
+        Golden { tensors }
+    }
+
+    pub fn get(&self, name: &str) -> &(Vec<usize>, Vec<f64>) {
+        self.tensors.get(name).unwrap_or_else(|| panic!("golden tensor {name} missing"))
+    }
+
+    /// An integer tensor of rank 2 as rows.
+    pub fn rows(&self, name: &str) -> Vec<Vec<i64>> {
+        let (shape, values) = self.get(name);
+        values.chunks(shape[1]).map(|r| r.iter().map(|&v| v as i64).collect()).collect()
+    }
+
+    pub fn f32s(&self, name: &str) -> Vec<f32> {
+        self.get(name).1.iter().map(|&v| v as f32).collect()
+    }
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// The devices parity tests run on: burn's CPU backend, and wgpu when an adapter exists
+/// (Mesa's software Vulkan in CI). With `EMBER_REQUIRE_WGPU=1` a missing adapter fails the
+/// test instead of skipping the wgpu half, so CI cannot pass without exercising wgpu.
+pub fn test_devices() -> Vec<(&'static str, Device)> {
+    let mut devices = vec![("cpu", Device::flex())];
+    match wgpu_device() {
+        Some(d) => devices.push(("wgpu", d)),
+        None if std::env::var("EMBER_REQUIRE_WGPU").is_ok_and(|v| v == "1") => {
+            panic!("EMBER_REQUIRE_WGPU=1 but wgpu finds no adapter (apt-get install mesa-vulkan-drivers)")
+        }
+        None => eprintln!("note: no wgpu adapter; wgpu half of the test skipped"),
+    }
+    devices
+}
+
+pub fn wgpu_device() -> Option<Device> {
+    let found = Device::enumerate(DeviceType::Wgpu);
+    let _ = found.into_iter().next()?;
+    Some(Device::wgpu(DeviceKind::DefaultDevice))
+}
+
+/// The `ember` binary next to this test executable (`cargo build --release` builds it).
+pub fn ember_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("EMBER_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap();
+    let bin = dir.join(if cfg!(windows) { "ember.exe" } else { "ember" });
+    assert!(bin.is_file(), "{} not found: build it first with `cargo build --release -p ember-native`", bin.display());
+    bin
+}

@@ -1,0 +1,80 @@
+//! The `ember` binary end to end: `generate --json` gives transformers' greedy ids, `info`
+//! reports the model, and bad input ends with one `error:` line and exit status 1.
+
+use std::process::{Command, Output};
+
+use ember_tests::{ember_bin, model_dir};
+
+fn ember(args: &[&str]) -> Output {
+    Command::new(ember_bin()).args(args).output().expect("run ember")
+}
+
+fn stdout_json(out: &Output) -> serde_json::Value {
+    assert!(out.status.success(), "ember failed: {}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap()).unwrap()
+}
+
+fn cases(model: &str) -> Vec<serde_json::Value> {
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model_dir(model).join("generate.json")).unwrap()).unwrap();
+    golden["cases"].as_array().unwrap().clone()
+}
+
+#[test]
+fn generate_json_gives_transformers_greedy_ids() {
+    let dir = model_dir("a");
+    let dir = dir.to_str().unwrap();
+    for case in &cases("a") {
+        let max_new = case["max_new_tokens"].to_string();
+        let out = if let Some(text) = case.get("prompt_text").and_then(|t| t.as_str()) {
+            ember(&["generate", "--model", dir, "--prompt", text, "--greedy", "--json", "--device", "cpu", "--max-new-tokens", &max_new])
+        } else {
+            let ids: Vec<String> = case["prompt_ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect();
+            ember(&["generate", "--model", dir, "--prompt-ids", &ids.join(","), "--greedy", "--json", "--device", "cpu", "--max-new-tokens", &max_new])
+        };
+        let json = stdout_json(&out);
+        assert_eq!(json["prompt_ids"], case["prompt_ids"], "prompt ids of {case}");
+        assert_eq!(json["generated_ids"], case["generated_ids"], "generated ids of {case}");
+        assert!(json["text"].is_string());
+    }
+}
+
+#[test]
+fn max_length_counts_the_prompt() {
+    let dir = model_dir("a");
+    let out = ember(&["generate", "--model", dir.to_str().unwrap(), "--prompt-ids", "10,11,12,13", "--greedy", "--json", "--device", "cpu", "--max-length", "7"]);
+    let json = stdout_json(&out);
+    let generated = json["generated_ids"].as_array().unwrap();
+    assert!(generated.len() <= 3 && !generated.is_empty(), "{json}");
+}
+
+#[test]
+fn sampling_is_reproducible_with_a_seed() {
+    let dir = model_dir("a");
+    let run = |seed: &str| {
+        stdout_json(&ember(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "你好", "--json", "--device", "cpu", "--seed", seed, "--temperature", "1.5", "--max-new-tokens", "12"]))["generated_ids"].clone()
+    };
+    assert_eq!(run("1"), run("1"));
+}
+
+#[test]
+fn info_reports_the_architecture() {
+    let out = ember(&["info", "--model", model_dir("b").to_str().unwrap()]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("6 heads") && text.contains("3 layers"), "{text}");
+}
+
+#[test]
+fn bad_input_is_one_error_line_not_a_panic() {
+    let out = ember(&["generate", "--model", "/nonexistent/model", "--prompt", "hi"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error: /nonexistent/model: model directory not found"), "{err}");
+    assert!(!err.contains("panicked"));
+
+    let out = ember(&["generate", "--model", model_dir("a").to_str().unwrap(), "--prompt-ids", "999999", "--device", "cpu"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("outside the model's vocabulary"));
+}
