@@ -2,8 +2,6 @@
 //! same Rust code the Python fast tokenizer runs) plus the special tokens and padding side from
 //! `tokenizer_config.json` / `special_tokens_map.json`, falling back to `config.json`'s ids.
 
-use std::path::Path;
-
 use serde_json::Value;
 
 use crate::config::BloomConfig;
@@ -33,7 +31,7 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Loads the tokenizer files of a model directory.
     #[cfg(not(target_arch = "wasm32"))]
-    pub fn open(dir: &Path, config: &BloomConfig) -> Result<Self> {
+    pub fn open(dir: &std::path::Path, config: &BloomConfig) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         if !path.is_file() {
             return Err(Error::file(

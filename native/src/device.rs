@@ -27,10 +27,15 @@ pub struct Adapter {
     pub max_storage_buffer_binding_size: u64,
 }
 
-/// Every adapter wgpu sees on every graphics API, in wgpu's order.
+/// Every adapter wgpu sees on the primary graphics APIs (Vulkan, Metal, DX12), in wgpu's
+/// order; OpenGL's only where none of those has one (probing GL prints display-server noise).
 pub fn adapters() -> Vec<Adapter> {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
-    pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()))
+    let mut found = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
+    if found.is_empty() {
+        found = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::GL));
+    }
+    found
         .into_iter()
         .map(|a| {
             let info = a.get_info();

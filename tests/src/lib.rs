@@ -76,7 +76,10 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 pub fn test_devices() -> Vec<(&'static str, Device)> {
     let mut devices = vec![("cpu", Device::flex())];
     match wgpu_device() {
-        Some(d) => devices.push(("wgpu", d)),
+        Some(d) => {
+            eprintln!("running on wgpu too");
+            devices.push(("wgpu", d))
+        }
         None if std::env::var("EMBER_REQUIRE_WGPU").is_ok_and(|v| v == "1") => {
             panic!("EMBER_REQUIRE_WGPU=1 but wgpu finds no adapter (apt-get install mesa-vulkan-drivers)")
         }

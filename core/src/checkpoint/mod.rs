@@ -7,7 +7,7 @@ pub mod host;
 pub mod safetensors_file;
 pub mod torch_pickle;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
@@ -125,6 +125,7 @@ fn open_tensor_file(path: &Path) -> Result<Box<dyn TensorFile>> {
 /// The shard files named by a `*.index.json` (transformers' `{"weight_map": {name: file}}`).
 #[cfg(not(target_arch = "wasm32"))]
 fn shards_of_index(index: &Path) -> Result<Vec<PathBuf>> {
+    use std::collections::BTreeSet;
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
     let json: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| Error::file(index, format!("not valid JSON: {e}")))?;

@@ -18,7 +18,13 @@ impl Linear {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        linear(x, self.weight.val().transpose(), self.bias.as_ref().map(|b| b.val()))
+        // As one 2-D matmul over all rows: a batched matmul would broadcast the weight.
+        let mut dims = x.dims();
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let flat: Tensor<2> = x.reshape([rows, dims[D - 1]]);
+        let y = linear(flat, self.weight.val().transpose(), self.bias.as_ref().map(|b| b.val()));
+        dims[D - 1] = self.out_features();
+        y.reshape(dims)
     }
 
     pub fn in_features(&self) -> usize {

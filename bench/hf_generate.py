@@ -1,0 +1,85 @@
+"""transformers' prefill and decode speed on a random-weight BLOOM, the baseline for
+`ember bench generate` (same shape, prompt length, new tokens, greedy, KV cache, f32, CPU).
+
+    OMP_WAIT_POLICY=PASSIVE tests/fixtures/.venv/bin/python bench/hf_generate.py --shape bloom-560m --json
+
+Prints a table and, with --json, one last JSON line with the same keys as ember's.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import time
+
+import torch
+from transformers import BloomConfig, BloomForCausalLM
+
+SHAPES = {  # vocab, hidden, layers, heads — as BloomConfig.named_shape in core/src/config.rs
+    "tiny": (1024, 64, 2, 4),
+    "bloom-560m": (250880, 1024, 24, 16),
+    "bloom-1b1": (250880, 1536, 24, 16),
+    "bloom-1b4": (46145, 2048, 24, 16),
+}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--shape", default="bloom-560m", choices=sorted(SHAPES))
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+
+    torch.set_num_threads(os.cpu_count())
+    vocab, hidden, layers, heads = SHAPES[args.shape]
+    config = BloomConfig(vocab_size=vocab, hidden_size=hidden, n_layer=layers, n_head=heads)
+    torch.manual_seed(0)
+    model = BloomForCausalLM(config).eval()
+    prompt = torch.tensor([[4 + (i * 7919) % (vocab - 4) for i in range(args.prompt_len)]])
+
+    prefill_s, step_s = [], []
+    with torch.inference_mode():
+        for run in range(args.repeats + 1):
+            start = time.perf_counter()
+            out = model(prompt, use_cache=True)
+            logits = out.logits[:, -1]
+            prefill = time.perf_counter() - start
+            cache = getattr(out, "past_key_values", None) or out.cache
+            mask = torch.ones(1, args.prompt_len, dtype=torch.long)
+            steps = []
+            for _ in range(args.new_tokens):
+                start = time.perf_counter()
+                next_id = logits.argmax(-1, keepdim=True)
+                mask = torch.cat([mask, torch.ones(1, 1, dtype=torch.long)], dim=1)
+                out = model(next_id, attention_mask=mask, past_key_values=cache, use_cache=True)
+                cache = getattr(out, "past_key_values", None) or out.cache
+                logits = out.logits[:, -1]
+                steps.append(time.perf_counter() - start)
+            if run > 0:
+                prefill_s.append(prefill)
+                step_s.extend(steps)
+
+    prefill = statistics.median(prefill_s)
+    step = statistics.median(step_s)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = {
+        "prefill_tokens_per_s": args.prompt_len / prefill,
+        "decode_tokens_per_s": 1 / step,
+        "peak_rss_mb": peak_rss_mb,
+        "shape": args.shape,
+        "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens,
+        "device": f"CPU (PyTorch {torch.__version__}, {torch.get_num_threads()} threads)",
+    }
+    print(f"{'metric':<26} {'value':>12}")
+    print(f"{'prefill tokens/s':<26} {result['prefill_tokens_per_s']:>12.1f}")
+    print(f"{'decode tokens/s':<26} {result['decode_tokens_per_s']:>12.2f}")
+    print(f"{'peak RSS (MiB)':<26} {peak_rss_mb:>12.0f}")
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
