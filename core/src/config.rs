@@ -85,7 +85,7 @@ impl BloomConfig {
     }
 
     fn validate(&self, origin: &str) -> Result<()> {
-        if self.n_head == 0 || self.hidden_size % self.n_head != 0 {
+        if self.n_head == 0 || !self.hidden_size.is_multiple_of(self.n_head) {
             return Err(Error::file(
                 origin,
                 format!("hidden_size {} is not a multiple of n_head {}", self.hidden_size, self.n_head),

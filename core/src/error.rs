@@ -35,6 +35,21 @@ impl Error {
     }
 }
 
+/// A one-line explanation of a failure reported by the device (burn/wgpu), with advice for the
+/// known causes, instead of burn's multi-line execution trace.
+pub fn device_failure(what: &str, report: &str) -> Error {
+    if let Some(size) = report.split("can't allocate buffer of size: ").nth(1) {
+        let bytes: f64 = size.split(|c: char| !c.is_ascii_digit()).next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
+        return Error::invalid(format!(
+            "{what}: the GPU could not allocate a buffer of {:.0} MiB (out of memory, or larger than the adapter's \
+             buffer limit shown by `ember devices`); lower the batch size or max length, use a smaller model, or run with --device cpu",
+            bytes / 1048576.0
+        ));
+    }
+    let first: Vec<&str> = report.lines().map(str::trim).filter(|l| !l.is_empty()).take(3).collect();
+    Error::invalid(format!("{what}: the device failed: {}", first.join(" / ")))
+}
+
 /// Reads a whole file, naming it in the error.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn read_file(path: &std::path::Path) -> Result<Vec<u8>> {

@@ -64,14 +64,14 @@ impl GenerationConfig {
 
     pub fn validate(&self) -> Result<()> {
         if let Some(s) = &self.sampling {
-            if !(s.temperature > 0.0) {
+            if s.temperature.is_nan() || s.temperature <= 0.0 {
                 return Err(Error::invalid(format!("--temperature must be > 0 (got {})", s.temperature)));
             }
-            if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+            if s.top_p.is_nan() || s.top_p <= 0.0 || s.top_p > 1.0 {
                 return Err(Error::invalid(format!("--top-p must be in (0, 1] (got {})", s.top_p)));
             }
         }
-        if !(self.repetition_penalty > 0.0) {
+        if self.repetition_penalty.is_nan() || self.repetition_penalty <= 0.0 {
             return Err(Error::invalid(format!("--repetition-penalty must be > 0 (got {})", self.repetition_penalty)));
         }
         Ok(())
@@ -121,7 +121,7 @@ impl<'a> Decoder<'a> {
         logits
             .reshape([self.batch * vocab])
             .try_into_vec_as::<f32>()
-            .map_err(|e| Error::invalid(format!("cannot read logits from the device: {e:?}")))
+            .map_err(|e| crate::error::device_failure("reading logits", &format!("{e:?}")))
     }
 }
 

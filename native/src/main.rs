@@ -26,7 +26,18 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let result = match cli.command {
+    // burn reports device failures (a buffer the GPU cannot allocate, a lost device) by
+    // panicking; turn those into the same one-line error as every other failure.
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(|| run(cli)).unwrap_or_else(|payload| Err(panic_error(payload)));
+    if let Err(error) = result {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Generate(args) => commands::generate::run(args),
         Command::Info(args) => commands::info::run(args),
         Command::Devices => {
@@ -34,9 +45,15 @@ fn main() {
             Ok(())
         }
         Command::Bench(args) => commands::bench::run(args),
-    };
-    if let Err(error) = result {
-        eprintln!("error: {error:#}");
-        std::process::exit(1);
     }
+}
+
+/// An error for a panic raised inside burn or wgpu, with advice for the known causes.
+fn panic_error(payload: Box<dyn std::any::Any + Send>) -> anyhow::Error {
+    let message = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown failure".into());
+    ember_core::error::device_failure("internal failure", &message).into()
 }

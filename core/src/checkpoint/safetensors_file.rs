@@ -10,11 +10,14 @@ use super::host::{check_len, to_f32, FileBytes, HostTensor, StoredDType};
 use super::TensorFile;
 use crate::error::{Error, Result};
 
+type StoredTensor = (StoredDType, Vec<usize>, (usize, usize));
+
 pub struct SafetensorsFile {
     path: PathBuf,
     buffer: FileBytes,
     data_start: usize,
-    tensors: HashMap<String, (StoredDType, Vec<usize>, (usize, usize))>,
+    /// Name → (dtype, shape, byte range within the data section).
+    tensors: HashMap<String, StoredTensor>,
 }
 
 impl SafetensorsFile {

@@ -62,7 +62,7 @@ impl TorchFile {
             .by_name(&pickle_name)
             .and_then(|mut f| f.read_to_end(&mut pickle).map_err(Into::into))
             .map_err(|e| not_torch(format!("cannot read {pickle_name}: {e}")))?;
-        let tensors = state_dict(&pickle).map_err(|e| not_torch(e))?;
+        let tensors = state_dict(&pickle).map_err(not_torch)?;
         Ok(TorchFile { path, archive: Mutex::new(archive), bytes, prefix, tensors })
     }
 }

@@ -20,6 +20,20 @@ pub struct Args {
 enum What {
     /// Prefill and decode throughput of greedy generation with the KV cache.
     Generate(GenerateArgs),
+    /// Time and peak memory of loading a model directory (the model kept in f32).
+    Load(LoadArgs),
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// Hugging Face model directory.
+    #[arg(long)]
+    model: std::path::PathBuf,
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceChoice,
+    /// End with one JSON line of the results.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -44,7 +58,26 @@ struct GenerateArgs {
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.what {
         What::Generate(a) => bench_generate(a),
+        What::Load(a) => bench_load(a),
     }
+}
+
+fn bench_load(args: LoadArgs) -> anyhow::Result<()> {
+    let dir = ember_core::checkpoint::ModelDir::open(&args.model)?;
+    let selected = device::select(args.device)?;
+    let start = Instant::now();
+    let model = dir.load_model(&selected.device)?;
+    selected.device.sync().map_err(|e| ember_core::error::device_failure("loading", &format!("{e:?}")))?;
+    let seconds = start.elapsed().as_secs_f64();
+    let model_mb = dir.config.num_parameters() as f64 * 4.0 / 1048576.0;
+    let peak = peak_rss_mb();
+    println!("loaded {} ({} parameters) on {} in {seconds:.1} s", args.model.display(), super::with_commas(dir.config.num_parameters()), selected.description);
+    println!("model in memory (f32): {model_mb:.0} MiB; peak RSS: {peak:.0} MiB ({:.2}x)", peak / model_mb);
+    if args.json {
+        println!("{}", serde_json::json!({ "load_s": seconds, "model_mb": model_mb, "peak_rss_mb": peak, "ratio": peak / model_mb }));
+    }
+    drop(model);
+    Ok(())
 }
 
 fn shape(name: &str) -> anyhow::Result<BloomConfig> {

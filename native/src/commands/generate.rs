@@ -88,7 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let generation = GenerationConfig {
         max_new_tokens: args.max_new_tokens.or(if args.max_length.is_none() { Some(128) } else { None }),
         max_length: args.max_length,
-        sampling: (!args.greedy).then(|| Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed }),
+        sampling: (!args.greedy).then_some(Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed }),
         repetition_penalty: args.repetition_penalty,
         eos_token_id: config.eos_token_id.or(tokenizer.eos.as_ref().map(|t| t.id)),
         pad_token_id: config.pad_token_id.or(tokenizer.pad.as_ref().map(|t| t.id)).unwrap_or(0),
@@ -97,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut stream = TextStream::new();
     let mut stdout = std::io::stdout();
     let mut stream_error = None;
-    let generated = generate(&loaded.model, &[prompt_ids.clone()], &generation, &loaded.device, |step| {
+    let generated = generate(&loaded.model, std::slice::from_ref(&prompt_ids), &generation, &loaded.device, |step| {
         if args.json {
             return;
         }
