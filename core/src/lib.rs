@@ -13,6 +13,8 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod generate;
+pub mod io;
+pub mod lora;
 pub mod model;
 pub mod template;
 pub mod tokenizer;

@@ -163,12 +163,6 @@ impl ModelDir {
         }
         let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
         let config = BloomConfig::from_json(&text, &config_path.display().to_string())?;
-        if !config.tie_word_embeddings {
-            return Err(Error::file(
-                &config_path,
-                "tie_word_embeddings is false; ember supports BLOOM's tied lm_head only",
-            ));
-        }
         Ok(ModelDir { dir: dir.to_path_buf(), config })
     }
 

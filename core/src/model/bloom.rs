@@ -2,7 +2,7 @@
 //! Field names are the checkpoint's, so `transformer.h.3.self_attention.query_key_value` is
 //! `model.transformer.h[3].self_attention.query_key_value` here.
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Int, Tensor};
 
@@ -113,11 +113,17 @@ impl BloomModel {
 }
 
 /// `BloomForCausalLM`: the model plus the language-model head, whose weight is the word
-/// embedding matrix (BLOOM ties them; `tie_word_embeddings: false` checkpoints are refused at load).
+/// embedding matrix (BLOOM ties them), unless `tie_word_embeddings` is false.
 #[derive(Module, Debug)]
 pub struct BloomForCausalLM {
     pub transformer: BloomModel,
     pub num_heads: usize,
+    /// An untied `lm_head` weight: from a checkpoint with `tie_word_embeddings: false` (such as
+    /// a merged model whose embeddings were trained), or a trainable copy when `modules_to_save`
+    /// names `lm_head`. `None`: the head is the word-embedding matrix. A trainable copy of
+    /// `word_embeddings` does *not* move the head: peft leaves it on the original, frozen
+    /// embedding matrix, and so does ember.
+    pub lm_head: Option<Param<Tensor<2>>>,
 }
 
 impl BloomForCausalLM {
@@ -138,13 +144,18 @@ impl BloomForCausalLM {
 
     /// `lm_head`: hidden states times the (tied) embedding matrix.
     pub fn lm_head(&self, hidden: Tensor<3>) -> Tensor<3> {
-        let weight = self.transformer.word_embeddings.weight.val();
+        let weight = self.lm_head_weight();
         let [batch, positions, dim] = hidden.dims();
         let vocab = weight.dims()[0];
         hidden
             .reshape([batch * positions, dim])
             .matmul(weight.transpose())
             .reshape([batch, positions, vocab])
+    }
+
+    /// The `[vocab, hidden]` matrix of the language-model head.
+    pub fn lm_head_weight(&self) -> Tensor<2> {
+        self.lm_head.as_ref().unwrap_or(&self.transformer.word_embeddings.weight).val()
     }
 
     pub fn num_layers(&self) -> usize {
@@ -191,6 +202,11 @@ impl BloomForCausalLM {
         Ok(BloomForCausalLM {
             transformer: BloomModel { word_embeddings, word_embeddings_layernorm, h: blocks, ln_f },
             num_heads: config.n_head,
+            lm_head: if config.tie_word_embeddings {
+                None
+            } else {
+                Some(super::layers::frozen(weights.tensor("lm_head.weight", [config.vocab_size, h])?))
+            },
         })
     }
 }

@@ -2,19 +2,23 @@
 //! `bias`) and PyTorch's layouts, so a checkpoint tensor maps onto a field unchanged.
 
 use burn::module::{Module, Param};
+
+use crate::lora::LoraAdapter;
 use burn::tensor::module::{embedding, linear};
 use burn::tensor::{Int, Tensor};
 
-/// `torch.nn.Linear`: `y = x Wᵀ + b`, with `weight` stored `[out_features, in_features]`.
+/// `torch.nn.Linear`: `y = x Wᵀ + b`, with `weight` stored `[out_features, in_features]`,
+/// plus an optional LoRA adapter beside it.
 #[derive(Module, Debug)]
 pub struct Linear {
     pub weight: Param<Tensor<2>>,
     pub bias: Option<Param<Tensor<1>>>,
+    pub lora: Option<LoraAdapter>,
 }
 
 impl Linear {
     pub fn new(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
-        Linear { weight: frozen(weight), bias: bias.map(frozen) }
+        Linear { weight: frozen(weight), bias: bias.map(frozen), lora: None }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
@@ -22,7 +26,10 @@ impl Linear {
         let mut dims = x.dims();
         let rows = dims[..D - 1].iter().product::<usize>();
         let flat: Tensor<2> = x.reshape([rows, dims[D - 1]]);
-        let y = linear(flat, self.weight.val().transpose(), self.bias.as_ref().map(|b| b.val()));
+        let mut y = linear(flat.clone(), self.weight.val().transpose(), self.bias.as_ref().map(|b| b.val()));
+        if let Some(lora) = self.lora.as_ref().filter(|l| !l.merged) {
+            y = y + lora.delta(flat);
+        }
         dims[D - 1] = self.out_features();
         y.reshape(dims)
     }
@@ -58,18 +65,26 @@ impl LayerNorm {
 }
 
 /// `torch.nn.Embedding`: rows of `weight` (`[num_embeddings, dim]`) picked by token id.
+/// Listed in `modules_to_save`, it gets a trainable copy that replaces `weight` in the forward
+/// pass, as peft's `ModulesToSaveWrapper` does (the frozen original stays, as in peft).
 #[derive(Module, Debug)]
 pub struct Embedding {
     pub weight: Param<Tensor<2>>,
+    pub trainable_copy: Option<Param<Tensor<2>>>,
 }
 
 impl Embedding {
     pub fn new(weight: Tensor<2>) -> Self {
-        Embedding { weight: frozen(weight) }
+        Embedding { weight: frozen(weight), trainable_copy: None }
+    }
+
+    /// The weight the forward pass uses: the trainable copy if there is one.
+    pub fn active_weight(&self) -> Tensor<2> {
+        self.trainable_copy.as_ref().unwrap_or(&self.weight).val()
     }
 
     pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        embedding(self.weight.val(), ids)
+        embedding(self.active_weight(), ids)
     }
 }
 

@@ -4,6 +4,7 @@ pub mod alibi;
 pub mod bloom;
 pub mod cache;
 pub mod layers;
+pub mod names;
 
 pub use alibi::{AttentionBias, AttentionMask};
 pub use bloom::BloomForCausalLM;

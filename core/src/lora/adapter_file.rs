@@ -1,0 +1,163 @@
+//! Adapters on disk in peft's format: `adapter_config.json` and `adapter_model.safetensors`
+//! (peft's key names, f32), so peft loads ember's adapters and ember loads peft's.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use burn::tensor::{Device, Tensor, TensorData};
+use safetensors::tensor::{Dtype, View};
+use serde_json::{Map, Value};
+
+use super::config::LoraConfig;
+use super::inject::{apply_lora, LoraReport};
+use super::slots::adapter_slots;
+use crate::checkpoint::TensorFile;
+use crate::error::{device_failure, Error, Result};
+use crate::model::BloomForCausalLM;
+
+pub const CONFIG_FILE: &str = "adapter_config.json";
+pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
+/// Written by older peft versions; read for compatibility.
+pub const LEGACY_WEIGHTS_FILE: &str = "adapter_model.bin";
+
+/// The `adapter_config.json` peft 0.21 writes for `config`: every field peft writes, with
+/// peft's defaults for those ember does not model, keys sorted as peft sorts them.
+pub fn config_json(config: &LoraConfig) -> String {
+    let mut out: Map<String, Value> = serde_json::from_str(include_str!("peft_adapter_config.json")).expect("valid template");
+    if let Value::Object(ours) = serde_json::to_value(config).expect("config serialises") {
+        out.extend(ours);
+    }
+    out.insert("inference_mode".into(), Value::Bool(true));
+    let sorted: std::collections::BTreeMap<String, Value> = out.into_iter().collect();
+    serde_json::to_string_pretty(&sorted).expect("serialises")
+}
+
+/// A model tensor read from the device only when the file writer reaches it, so saving a large
+/// adapter or merged model never holds a second full copy in memory.
+pub struct LazyTensor {
+    shape: Vec<usize>,
+    read: Box<dyn Fn() -> Result<Vec<f32>>>,
+}
+
+impl LazyTensor {
+    pub fn new(shape: Vec<usize>, read: impl Fn() -> Result<Vec<f32>> + 'static) -> Self {
+        LazyTensor { shape, read: Box::new(read) }
+    }
+}
+
+impl View for &LazyTensor {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        // `View` cannot fail, so a device failure here ends the process with its message; the
+        // file being written is a temporary one and is never renamed into place.
+        let values = (self.read)().unwrap_or_else(|e| panic!("{e}"));
+        Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+    fn data_len(&self) -> usize {
+        self.shape.iter().product::<usize>() * 4
+    }
+}
+
+pub fn to_host(tensor: Tensor<1>) -> Result<Vec<f32>> {
+    tensor.try_into_vec_as::<f32>().map_err(|e| device_failure("reading weights", &format!("{e:?}")))
+}
+
+/// The adapter's tensors under peft's keys.
+pub fn adapter_tensors(model: &BloomForCausalLM, config: &LoraConfig) -> Result<Vec<(String, LazyTensor)>> {
+    adapter_slots(config, model)?
+        .into_iter()
+        .map(|slot| {
+            let (shape, value) = slot.read(model);
+            Ok((slot.key(), LazyTensor::new(shape, move || to_host(value.clone()))))
+        })
+        .collect()
+}
+
+fn metadata() -> Option<HashMap<String, String>> {
+    Some(HashMap::from([("format".to_owned(), "pt".to_owned())]))
+}
+
+/// `adapter_model.safetensors` as bytes (for the browser, which has no file system).
+pub fn adapter_safetensors_bytes(model: &BloomForCausalLM, config: &LoraConfig) -> Result<Vec<u8>> {
+    let tensors = adapter_tensors(model, config)?;
+    safetensors::serialize(tensors.iter().map(|(k, t)| (k.clone(), t)), metadata())
+        .map_err(|e| Error::invalid(format!("cannot serialise the adapter: {e}")))
+}
+
+/// Writes the adapter directory; each file is written to a temporary name and renamed, so an
+/// interrupted save never leaves a half-written adapter.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn save_adapter(model: &BloomForCausalLM, config: &LoraConfig, dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let tensors = adapter_tensors(model, config)?;
+    let weights = dir.join(WEIGHTS_FILE);
+    safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k.clone(), t)), metadata(), &weights)
+        .map_err(|e| Error::file(&weights, format!("cannot write: {e}")))?;
+    crate::io::write_atomic(&dir.join(CONFIG_FILE), config_json(config).as_bytes())
+}
+
+/// Adds the adapter described by `config` to `model` and fills it from `file`.
+pub fn load_adapter_tensors(
+    model: &mut BloomForCausalLM,
+    config: &LoraConfig,
+    file: &dyn TensorFile,
+    device: &Device,
+) -> Result<LoraReport> {
+    let report = apply_lora(model, config, device)?;
+    let stored: std::collections::HashSet<String> = file.names().into_iter().collect();
+    for slot in adapter_slots(config, model)? {
+        let key = slot.key();
+        if !stored.contains(&key) {
+            return Err(Error::file(
+                file.path(),
+                format!("tensor `{key}` is missing; was this adapter saved for a different base model or config?"),
+            ));
+        }
+        let host = file.read(&key)?;
+        let expected = slot.shape(model);
+        if host.shape != expected {
+            return Err(Error::file(
+                file.path(),
+                format!(
+                    "tensor `{key}` has shape {:?} but the base model needs {expected:?}: the adapter does not fit this model",
+                    host.shape
+                ),
+            ));
+        }
+        let n = host.data.len();
+        slot.write(model, Tensor::from_data(TensorData::new(host.data, [n]), device));
+    }
+    Ok(report)
+}
+
+/// Loads a peft adapter directory into `model`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_adapter(model: &mut BloomForCausalLM, dir: &std::path::Path, device: &Device) -> Result<(LoraConfig, LoraReport)> {
+    if !dir.is_dir() {
+        return Err(Error::file(dir, "adapter directory not found"));
+    }
+    let config_path = dir.join(CONFIG_FILE);
+    if !config_path.is_file() {
+        return Err(Error::file(&config_path, "missing: an adapter directory needs adapter_config.json (as peft's save_pretrained writes)"));
+    }
+    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let config = LoraConfig::from_json(&text, &config_path.display().to_string())?;
+    let file: Box<dyn TensorFile> = if dir.join(WEIGHTS_FILE).is_file() {
+        Box::new(crate::checkpoint::SafetensorsFile::open(&dir.join(WEIGHTS_FILE))?)
+    } else if dir.join(LEGACY_WEIGHTS_FILE).is_file() {
+        Box::new(crate::checkpoint::TorchFile::open(&dir.join(LEGACY_WEIGHTS_FILE))?)
+    } else {
+        return Err(Error::file(dir.join(WEIGHTS_FILE), "missing: the adapter's weights are not there"));
+    };
+    let report = load_adapter_tensors(model, &config, file.as_ref(), device)
+        .map_err(|e| match e {
+            Error::Invalid(m) => Error::file(&config_path, m),
+            other => other,
+        })?;
+    Ok((config, report))
+}

@@ -1,0 +1,136 @@
+//! Folding adapters into the base weights (`W ← W + scale·B·A`) for inference at no extra
+//! cost, undoing it, and writing the merged model as a Hugging Face model directory.
+
+use burn::module::Param;
+
+use super::adapter_file::{to_host, LazyTensor};
+use crate::error::Result;
+use crate::model::BloomForCausalLM;
+
+/// Merges every unmerged adapter into its base weight (peft's `merge_adapter`).
+pub fn merge(model: &mut BloomForCausalLM) {
+    fold(model, 1.0);
+}
+
+/// Undoes [`merge`] (peft's `unmerge_adapter`).
+pub fn unmerge(model: &mut BloomForCausalLM) {
+    fold(model, -1.0);
+}
+
+fn fold(model: &mut BloomForCausalLM, sign: f64) {
+    let names: Vec<String> = model.linears().into_iter().filter(|(_, l)| l.lora.is_some()).map(|(n, _)| n).collect();
+    for name in names {
+        let linear = model.linear_mut(&name).expect("linear");
+        let lora = linear.lora.as_mut().expect("adapter");
+        if lora.merged == (sign > 0.0) {
+            continue;
+        }
+        let weight = linear.weight.val() + lora.delta_weight() * sign;
+        linear.weight = Param::from_tensor(weight).set_require_grad(linear.weight.is_require_grad());
+        lora.merged = sign > 0.0;
+    }
+}
+
+/// Whether the merged model's `lm_head` differs from its (possibly trained) embeddings, so it
+/// must be saved untied, as transformers does after `merge_and_unload()`.
+pub fn merged_head_is_untied(model: &BloomForCausalLM) -> bool {
+    model.lm_head.is_some() || model.transformer.word_embeddings.trainable_copy.is_some()
+}
+
+/// The weights of the merged model under `BloomForCausalLM` names, as transformers saves them
+/// after `merge_and_unload()`: adapters folded in, `modules_to_save` copies in place of the
+/// originals, `lm_head.weight` only when it is untied.
+pub fn merged_tensors(model: &BloomForCausalLM) -> Result<Vec<(String, LazyTensor)>> {
+    let mut merged = model.clone();
+    merge(&mut merged);
+    let mut out = Vec::new();
+    let mut push2 = |name: String, t: burn::tensor::Tensor<2>| {
+        let dims = t.dims();
+        let flat = t.reshape([dims[0] * dims[1]]);
+        out.push((name, LazyTensor::new(dims.to_vec(), move || to_host(flat.clone()))));
+    };
+    push2("transformer.word_embeddings.weight".into(), merged.transformer.word_embeddings.active_weight());
+    for (name, linear) in merged.linears() {
+        push2(format!("{name}.weight"), linear.weight.val());
+    }
+    if merged_head_is_untied(&merged) {
+        push2("lm_head.weight".into(), merged.lm_head_weight());
+    }
+    let mut push1 = |name: String, t: burn::tensor::Tensor<1>| {
+        let n = t.dims()[0];
+        out.push((name, LazyTensor::new(vec![n], move || to_host(t.clone()))));
+    };
+    for (name, linear) in merged.linears() {
+        if let Some(b) = &linear.bias {
+            push1(format!("{name}.bias"), b.val());
+        }
+    }
+    for (name, norm) in merged.layer_norms() {
+        push1(format!("{name}.weight"), norm.weight.val());
+        push1(format!("{name}.bias"), norm.bias.val());
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Writes `model` with its adapters merged as a complete model directory: `config.json` and
+/// the tokenizer files copied from `base_dir`, weights in `model.safetensors`, or in shards of
+/// at most `max_shard_bytes` with a `model.safetensors.index.json` as transformers writes them.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn save_merged(model: &BloomForCausalLM, base_dir: &std::path::Path, out_dir: &std::path::Path, max_shard_bytes: u64) -> Result<()> {
+    use crate::error::Error;
+    use std::collections::HashMap;
+
+    if base_dir.canonicalize().ok() == out_dir.canonicalize().ok() {
+        return Err(Error::file(out_dir, "the output directory is the base model's own; choose another so the original stays intact"));
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    let config_path = base_dir.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&crate::error::read_file(&config_path)?)
+        .map_err(|e| Error::file(&config_path, format!("not valid JSON: {e}")))?;
+    if merged_head_is_untied(model) {
+        config["tie_word_embeddings"] = serde_json::Value::Bool(false);
+    }
+    let config_text = serde_json::to_string_pretty(&config).expect("json");
+    crate::io::write_atomic(&out_dir.join("config.json"), config_text.as_bytes())?;
+    for file in ["generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
+        let src = base_dir.join(file);
+        if src.is_file() {
+            let bytes = crate::error::read_file(&src)?;
+            crate::io::write_atomic(&out_dir.join(file), &bytes)?;
+        }
+    }
+
+    let tensors = merged_tensors(model)?;
+    let mut shards: Vec<Vec<&(String, LazyTensor)>> = vec![Vec::new()];
+    let mut size = 0u64;
+    for t in &tensors {
+        let bytes = safetensors::tensor::View::data_len(&&t.1) as u64;
+        if size > 0 && size + bytes > max_shard_bytes {
+            shards.push(Vec::new());
+            size = 0;
+        }
+        shards.last_mut().expect("one shard").push(t);
+        size += bytes;
+    }
+    let metadata = Some(HashMap::from([("format".to_owned(), "pt".to_owned())]));
+    if shards.len() == 1 {
+        let path = out_dir.join("model.safetensors");
+        return safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k.clone(), t)), metadata, &path)
+            .map_err(|e| Error::file(&path, format!("cannot write: {e}")));
+    }
+    let count = shards.len();
+    let mut weight_map = serde_json::Map::new();
+    let total: usize = tensors.iter().map(|(_, t)| safetensors::tensor::View::data_len(&t)).sum();
+    for (i, shard) in shards.iter().enumerate() {
+        let file = format!("model-{:05}-of-{count:05}.safetensors", i + 1);
+        let path = out_dir.join(&file);
+        safetensors::serialize_to_file(shard.iter().map(|(k, t)| (k.clone(), t)), metadata.clone(), &path)
+            .map_err(|e| Error::file(&path, format!("cannot write: {e}")))?;
+        for (k, _) in shard {
+            weight_map.insert(k.clone(), serde_json::Value::String(file.clone()));
+        }
+    }
+    let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
+    crate::io::write_atomic(&out_dir.join("model.safetensors.index.json"), serde_json::to_string_pretty(&index).expect("json").as_bytes())
+}

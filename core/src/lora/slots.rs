@@ -1,0 +1,138 @@
+//! Every tensor an adapter file holds, named as peft names it, with access to the model
+//! parameter behind it. Saving reads through these slots and loading writes through them, so
+//! the two can never disagree on a key.
+
+use burn::module::Param;
+use burn::tensor::Tensor;
+
+use super::config::LoraConfig;
+use super::inject::select_modules;
+use crate::error::Result;
+use crate::model::names::ModuleKind;
+use crate::model::BloomForCausalLM;
+
+/// peft prefixes every key with the wrapper path of the base model.
+pub const PREFIX: &str = "base_model.model.";
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Slot {
+    LoraA(String),
+    LoraB(String),
+    EmbeddingCopy(String),
+    LmHead,
+    LinearWeight(String),
+    /// `wrapped`: the layer carries LoRA, so peft calls its bias `base_layer.bias`.
+    LinearBias { name: String, wrapped: bool },
+    NormWeight(String),
+    NormBias(String),
+}
+
+impl Slot {
+    pub fn key(&self) -> String {
+        let rest = match self {
+            Slot::LoraA(n) => format!("{n}.lora_A.weight"),
+            Slot::LoraB(n) => format!("{n}.lora_B.weight"),
+            Slot::EmbeddingCopy(n) | Slot::LinearWeight(n) | Slot::NormWeight(n) => format!("{n}.weight"),
+            Slot::LmHead => "lm_head.weight".into(),
+            Slot::LinearBias { name, wrapped: true } => format!("{name}.base_layer.bias"),
+            Slot::LinearBias { name, wrapped: false } | Slot::NormBias(name) => format!("{name}.bias"),
+        };
+        format!("{PREFIX}{rest}")
+    }
+
+    /// The current value, flattened, with its shape.
+    pub fn read(&self, model: &BloomForCausalLM) -> (Vec<usize>, Tensor<1>) {
+        let flat2 = |t: Tensor<2>| {
+            let dims = t.dims();
+            (dims.to_vec(), t.reshape([dims[0] * dims[1]]))
+        };
+        let flat1 = |t: Tensor<1>| (t.dims().to_vec(), t);
+        let linear = |n: &str| model.linear(n).expect("linear");
+        let norm = |n: &str| model.layer_norm(n).expect("layer norm");
+        let adapter = |n: &str| linear(n).lora.as_ref().expect("LoRA layer exists");
+        match self {
+            Slot::LoraA(n) => flat2(adapter(n).lora_a.val()),
+            Slot::LoraB(n) => flat2(adapter(n).lora_b.val()),
+            Slot::EmbeddingCopy(_) => flat2(model.transformer.word_embeddings.active_weight()),
+            Slot::LmHead => flat2(model.lm_head_weight()),
+            Slot::LinearWeight(n) => flat2(linear(n).weight.val()),
+            Slot::LinearBias { name, .. } => flat1(linear(name).bias.as_ref().expect("bias").val()),
+            Slot::NormWeight(n) => flat1(norm(n).weight.val()),
+            Slot::NormBias(n) => flat1(norm(n).bias.val()),
+        }
+    }
+
+    /// Expected shape of the value in `model`.
+    pub fn shape(&self, model: &BloomForCausalLM) -> Vec<usize> {
+        self.read(model).0
+    }
+
+    /// Replaces the value; `value` has the slot's shape, flattened. Trainability is kept.
+    pub fn write(&self, model: &mut BloomForCausalLM, value: Tensor<1>) {
+        let shape = self.shape(model);
+        let as2 = |v: Tensor<1>| -> Tensor<2> { v.reshape([shape[0], shape[1]]) };
+        let set2 = |p: &mut Param<Tensor<2>>, v: Tensor<2>| *p = Param::from_tensor(v).set_require_grad(p.is_require_grad());
+        let set1 = |p: &mut Param<Tensor<1>>, v: Tensor<1>| *p = Param::from_tensor(v).set_require_grad(p.is_require_grad());
+        match self {
+            Slot::LoraA(n) => set2(&mut lora(model, n).lora_a, as2(value)),
+            Slot::LoraB(n) => set2(&mut lora(model, n).lora_b, as2(value)),
+            Slot::EmbeddingCopy(_) => {
+                let copy = model.transformer.word_embeddings.trainable_copy.as_mut().expect("copy exists");
+                set2(copy, as2(value))
+            }
+            Slot::LmHead => set2(model.lm_head.as_mut().expect("lm_head copy exists"), as2(value)),
+            Slot::LinearWeight(n) => set2(&mut model.linear_mut(n).expect("linear").weight, as2(value)),
+            Slot::LinearBias { name, .. } => set1(model.linear_mut(name).expect("linear").bias.as_mut().expect("bias"), value),
+            Slot::NormWeight(n) => set1(&mut model.layer_norm_mut(n).expect("norm").weight, value),
+            Slot::NormBias(n) => set1(&mut model.layer_norm_mut(n).expect("norm").bias, value),
+        }
+    }
+}
+
+fn lora<'m>(model: &'m mut BloomForCausalLM, name: &str) -> &'m mut super::LoraAdapter {
+    model.linear_mut(name).and_then(|l| l.lora.as_mut()).expect("LoRA layer exists")
+}
+
+/// The slots of an adapter for `config` on a model with `num_layers` blocks, in the order
+/// peft's state dict lists them.
+pub fn adapter_slots(config: &LoraConfig, model: &BloomForCausalLM) -> Result<Vec<Slot>> {
+    let (targeted, saved) = select_modules(config, model.num_layers())?;
+    let mut slots = Vec::new();
+    for name in &targeted {
+        slots.push(Slot::LoraA(name.clone()));
+        slots.push(Slot::LoraB(name.clone()));
+    }
+    for (name, kind) in &saved {
+        match kind {
+            ModuleKind::Embedding => slots.push(Slot::EmbeddingCopy(name.clone())),
+            ModuleKind::Linear if name == "lm_head" => slots.push(Slot::LmHead),
+            ModuleKind::Linear => {
+                slots.push(Slot::LinearWeight(name.clone()));
+                slots.push(Slot::LinearBias { name: name.clone(), wrapped: false });
+            }
+            ModuleKind::LayerNorm => {
+                slots.push(Slot::NormWeight(name.clone()));
+                slots.push(Slot::NormBias(name.clone()));
+            }
+            _ => {}
+        }
+    }
+    let is_saved = |n: &str| saved.iter().any(|(s, _)| s == n);
+    if config.bias != "none" {
+        for (name, _) in model.linears() {
+            let wrapped = targeted.contains(&name);
+            if (config.bias == "all" && !is_saved(&name)) || (config.bias == "lora_only" && wrapped) {
+                slots.push(Slot::LinearBias { name, wrapped });
+            }
+        }
+    }
+    if config.bias == "all" {
+        for (name, _) in model.layer_norms() {
+            if !is_saved(&name) {
+                slots.push(Slot::NormBias(name));
+            }
+        }
+    }
+    slots.sort_by_key(Slot::key);
+    Ok(slots)
+}
