@@ -16,8 +16,10 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt (greedy or sampled), streaming it as it comes.
     Generate(commands::generate::Args),
-    /// Show a model's architecture and parameter count.
+    /// Show a model's architecture and parameter count, and what a LoRA config would adapt.
     Info(commands::info::Args),
+    /// Fold a LoRA adapter into its base model and write a complete model directory.
+    Merge(commands::merge::Args),
     /// List the GPU adapters wgpu sees and which one `--device auto` picks.
     Devices,
     /// Measure prefill/decode speed on random weights of a named shape (no checkpoint needed).
@@ -40,6 +42,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Generate(args) => commands::generate::run(args),
         Command::Info(args) => commands::info::run(args),
+        Command::Merge(args) => commands::merge::run(args),
         Command::Devices => {
             device::print_devices();
             Ok(())

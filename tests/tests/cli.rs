@@ -78,3 +78,40 @@ fn bad_input_is_one_error_line_not_a_panic() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("outside the model's vocabulary"));
 }
+
+#[test]
+fn info_prints_peft_trainable_line_for_flags_and_adapters() {
+    let fixtures = ember_tests::fixtures();
+    let expected = std::fs::read_to_string(fixtures.join("adapters/regex-embed/trainable.txt")).unwrap();
+    let out = ember(&[
+        "info", "--model", model_dir("d").to_str().unwrap(), "--target-modules-regex", r".*\.1.*query_key_value",
+        "--modules-to-save", "word_embeddings", "--lora-r", "8", "--lora-alpha", "16",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("transformer.h.10.self_attention.query_key_value"), "{text}");
+    assert_eq!(text.lines().last().unwrap(), expected.trim());
+
+    let out = ember(&["info", "--model", model_dir("a").to_str().unwrap(), "--adapter", fixtures.join("adapters/list").to_str().unwrap()]);
+    let expected = std::fs::read_to_string(fixtures.join("adapters/list/trainable.txt")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().last().unwrap(), expected.trim());
+}
+
+#[test]
+fn merged_model_generates_what_base_plus_adapter_generates() {
+    let fixtures = ember_tests::fixtures();
+    let adapter = fixtures.join("adapters/regex-embed");
+    let base = model_dir("d");
+    let out_dir = tempfile::tempdir().unwrap();
+    let merged = out_dir.path().join("merged");
+    let out = ember(&["merge", "--model", base.to_str().unwrap(), "--adapter", adapter.to_str().unwrap(), "--output", merged.to_str().unwrap(), "--max-shard-size", "100KB"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(merged.join("model.safetensors.index.json").is_file(), "sharded past --max-shard-size");
+
+    let run = |args: &[&str]| stdout_json(&ember(&[&["generate", "--prompt-ids", "40,41,42,43", "--greedy", "--json", "--device", "cpu", "--max-new-tokens", "12"], args].concat()))["generated_ids"].clone();
+    let with_adapter = run(&["--model", base.to_str().unwrap(), "--adapter", adapter.to_str().unwrap()]);
+    let from_merged = run(&["--model", merged.to_str().unwrap()]);
+    let without = run(&["--model", base.to_str().unwrap()]);
+    assert_eq!(with_adapter, from_merged);
+    assert_ne!(with_adapter, without, "the adapter should change the output");
+}

@@ -6,7 +6,7 @@ use ember_core::generate::{generate, GenerationConfig, Sampling};
 use ember_core::template;
 use ember_core::tokenizer::TextStream;
 
-use super::{load, reject_adapter};
+use super::load;
 use crate::device::DeviceChoice;
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -66,8 +66,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    reject_adapter(&args.adapter)?;
-    let loaded = load(&args.model, args.device, args.json)?;
+    let loaded = load(&args.model, args.adapter.as_deref(), args.device, args.json)?;
     let tokenizer = &loaded.tokenizer;
     let prompt_ids = match (&args.prompt, &args.prompt_ids) {
         (_, Some(ids)) => ids.clone(),

@@ -1,21 +1,26 @@
 use std::path::PathBuf;
 
+use burn::tensor::Device;
 use ember_core::checkpoint::{ModelDir, WEIGHT_FILES};
+use ember_core::lora::adapter_file::load_adapter;
+use ember_core::lora::inject::{lora_report, ModelShape};
 
-use super::{reject_adapter, with_commas};
+use super::lora_args::LoraArgs;
+use super::with_commas;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Hugging Face model directory (config.json, tokenizer.json, weights).
     #[arg(long)]
     model: PathBuf,
-    /// A LoRA adapter directory (PEFT format).
-    #[arg(long)]
+    /// A LoRA adapter directory (PEFT format): show what it adapts.
+    #[arg(long, conflicts_with_all = ["target_modules", "target_modules_regex"])]
     adapter: Option<PathBuf>,
+    #[command(flatten)]
+    lora: LoraArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    reject_adapter(&args.adapter)?;
     let dir = ModelDir::open(&args.model)?;
     let c = &dir.config;
     let weights = WEIGHT_FILES.iter().find(|f| args.model.join(f).is_file()).copied().unwrap_or("(none found)");
@@ -24,5 +29,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("layer norm: eps {}, residual from {}", c.layer_norm_epsilon, if c.apply_residual_connection_post_layernorm { "after layer norm" } else { "before layer norm" });
     println!("weights:    {weights}{}", c.torch_dtype.as_deref().map(|d| format!(" ({d})")).unwrap_or_default());
     println!("parameters: {}", with_commas(c.num_parameters()));
+
+    let report = if let Some(adapter) = &args.adapter {
+        // Loading (on the CPU) checks the adapter's shapes against the real weights.
+        let device = Device::flex();
+        let mut model = dir.load_model(&device)?;
+        Some(load_adapter(&mut model, adapter, &device)?.1)
+    } else if let Some(config) = args.lora.config(None) {
+        Some(lora_report(&config, ModelShape::of_config(c))?)
+    } else {
+        None
+    };
+    if let Some(report) = report {
+        println!("LoRA on {} modules:", report.targeted.len());
+        for name in &report.targeted {
+            println!("  {name}");
+        }
+        if !report.saved.is_empty() {
+            println!("trained in full (modules_to_save): {}", report.saved.join(", "));
+        }
+        println!("{}", report.trainable_line());
+    }
     Ok(())
 }

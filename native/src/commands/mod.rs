@@ -1,10 +1,14 @@
 pub mod bench;
 pub mod generate;
 pub mod info;
+pub mod lora_args;
+pub mod merge;
 
 use std::path::Path;
 
 use ember_core::checkpoint::ModelDir;
+use ember_core::lora::adapter_file::load_adapter;
+use ember_core::lora::merge::merge;
 use ember_core::model::BloomForCausalLM;
 use ember_core::tokenizer::Tokenizer;
 
@@ -18,7 +22,8 @@ pub struct Loaded {
     pub device: burn::tensor::Device,
 }
 
-pub fn load(model: &Path, choice: DeviceChoice, quiet: bool) -> anyhow::Result<Loaded> {
+/// Loads a model directory (and a LoRA adapter, merged in for inference at no extra cost).
+pub fn load(model: &Path, adapter: Option<&Path>, choice: DeviceChoice, quiet: bool) -> anyhow::Result<Loaded> {
     let dir = ModelDir::open(model)?;
     let tokenizer = Tokenizer::open(model, &dir.config)?;
     let selected = device::select(choice)?;
@@ -28,19 +33,15 @@ pub fn load(model: &Path, choice: DeviceChoice, quiet: bool) -> anyhow::Result<L
     if !quiet {
         eprintln!("device: {}", selected.description);
     }
-    let model = dir.load_model(&selected.device)?;
-    Ok(Loaded { dir, model, tokenizer, device: selected.device })
-}
-
-/// Rejects `--adapter` until LoRA adapters can be loaded.
-pub fn reject_adapter(adapter: &Option<std::path::PathBuf>) -> anyhow::Result<()> {
-    if let Some(path) = adapter {
-        anyhow::bail!(
-            "--adapter {}: loading LoRA adapters is not implemented yet in this build; run without --adapter",
-            path.display()
-        );
+    let mut model = dir.load_model(&selected.device)?;
+    if let Some(adapter) = adapter {
+        let (_, report) = load_adapter(&mut model, adapter, &selected.device)?;
+        merge(&mut model);
+        if !quiet {
+            eprintln!("adapter: {} ({} LoRA layers, merged)", adapter.display(), report.targeted.len());
+        }
     }
-    Ok(())
+    Ok(Loaded { dir, model, tokenizer, device: selected.device })
 }
 
 /// `1234567` → `1,234,567`.

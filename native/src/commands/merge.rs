@@ -1,0 +1,55 @@
+use std::path::PathBuf;
+
+use burn::tensor::Device;
+use ember_core::checkpoint::ModelDir;
+use ember_core::lora::adapter_file::load_adapter;
+use ember_core::lora::merge::save_merged;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The base model directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// The LoRA adapter directory (PEFT format).
+    #[arg(long)]
+    adapter: PathBuf,
+    /// Where to write the merged model directory.
+    #[arg(long)]
+    output: PathBuf,
+    /// Largest weight file before sharding with an index, as transformers' max_shard_size (e.g. 5GB, 500MB).
+    #[arg(long, default_value = "50GB", value_parser = parse_size)]
+    max_shard_size: u64,
+}
+
+/// `5GB` / `500MB` / `100KB` (decimal units, as transformers reads them) → bytes.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim().to_ascii_uppercase();
+    let (number, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len()));
+    let n: f64 = number.trim().parse().map_err(|_| format!("not a size: {text}"))?;
+    let scale = match unit {
+        "" | "B" => 1.0,
+        "KB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "KIB" => 1024.0,
+        "MIB" => 1048576.0,
+        "GIB" => 1073741824.0,
+        _ => return Err(format!("unknown unit in {text} (use KB, MB, GB)")),
+    };
+    Ok((n * scale) as u64)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let device = Device::flex();
+    let dir = ModelDir::open(&args.model)?;
+    let mut model = dir.load_model(&device)?;
+    let (_, report) = load_adapter(&mut model, &args.adapter, &device)?;
+    save_merged(&model, &args.model, &args.output, args.max_shard_size)?;
+    println!(
+        "merged {} LoRA layers{} into {}",
+        report.targeted.len(),
+        if report.saved.is_empty() { String::new() } else { format!(" and {}", report.saved.join(", ")) },
+        args.output.display()
+    );
+    Ok(())
+}
