@@ -11,10 +11,13 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod data;
 pub mod error;
+pub mod eval;
 pub mod generate;
 pub mod io;
 pub mod lora;
+pub mod loss;
 pub mod model;
 pub mod template;
 pub mod tokenizer;

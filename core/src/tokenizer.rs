@@ -22,6 +22,8 @@ pub struct SpecialToken {
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// A hash of `tokenizer.json` and the special tokens: cached tokenizations are keyed by it.
+    fingerprint: u64,
     pub eos: Option<SpecialToken>,
     pub bos: Option<SpecialToken>,
     pub pad: Option<SpecialToken>,
@@ -75,7 +77,14 @@ impl Tokenizer {
             Some("left") => PaddingSide::Left,
             _ => PaddingSide::Right, // transformers' default
         };
+        let fingerprint = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (tokenizer_json, tokenizer_config, special_tokens_map).hash(&mut h);
+            h.finish()
+        };
         Ok(Tokenizer {
+            fingerprint,
             eos: special("eos_token", config.eos_token_id),
             bos: special("bos_token", config.bos_token_id),
             pad: special("pad_token", config.pad_token_id),
@@ -97,6 +106,10 @@ impl Tokenizer {
         self.inner
             .decode(ids, skip_special_tokens)
             .map_err(|e| Error::invalid(format!("cannot decode token ids: {e}")))
+    }
+
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
     }
 
     pub fn vocab_size(&self) -> usize {

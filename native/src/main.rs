@@ -20,6 +20,10 @@ enum Command {
     Info(commands::info::Args),
     /// Fold a LoRA adapter into its base model and write a complete model directory.
     Merge(commands::merge::Args),
+    /// Show how a dataset is templated, tokenized and masked, with statistics.
+    Data(commands::data::Args),
+    /// Mean token cross-entropy and perplexity of a model (and adapter) on a dataset.
+    Eval(commands::eval::Args),
     /// List the GPU adapters wgpu sees and which one `--device auto` picks.
     Devices,
     /// Measure prefill/decode speed on random weights of a named shape (no checkpoint needed).
@@ -43,6 +47,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Generate(args) => commands::generate::run(args),
         Command::Info(args) => commands::info::run(args),
         Command::Merge(args) => commands::merge::run(args),
+        Command::Data(args) => commands::data::run(args),
+        Command::Eval(args) => commands::eval::run(args),
         Command::Devices => {
             device::print_devices();
             Ok(())

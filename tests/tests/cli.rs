@@ -115,3 +115,30 @@ fn merged_model_generates_what_base_plus_adapter_generates() {
     assert_eq!(with_adapter, from_merged);
     assert_ne!(with_adapter, without, "the adapter should change the output");
 }
+
+#[test]
+fn eval_json_reports_transformers_loss_and_data_shows_stats() {
+    let fixtures = ember_tests::fixtures();
+    let cache = tempfile::tempdir().unwrap();
+    let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures.join("data/eval.json")).unwrap()).unwrap();
+    let out = Command::new(ember_bin())
+        .env("EMBER_CACHE_DIR", cache.path())
+        .args(["eval", "--model", model_dir("a").to_str().unwrap(), "--data", fixtures.join("data/dict").to_str().unwrap(), "--max-length", "32", "--device", "cpu", "--json"])
+        .output()
+        .unwrap();
+    let json = stdout_json(&out);
+    let want = golden["32"]["eval_loss"].as_f64().unwrap();
+    assert!((json["eval_loss"].as_f64().unwrap() - want).abs() / want < 1e-4, "{json}");
+    assert_eq!(json["num_tokens"], golden["32"]["num_tokens"]);
+    assert_eq!(json["num_examples"], 16);
+
+    let out = Command::new(ember_bin())
+        .env("EMBER_CACHE_DIR", cache.path())
+        .args(["data", "--model", model_dir("a").to_str().unwrap(), "--data", fixtures.join("data/train.csv").to_str().unwrap(), "--max-length", "32", "--show", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("[Human: 把下面的句子翻译成英文。"), "{text}");
+    assert!(text.contains("truncated at 32:    9") && text.contains("without label token: 1"), "{text}");
+}

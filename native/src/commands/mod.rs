@@ -1,4 +1,7 @@
 pub mod bench;
+pub mod data;
+pub mod data_args;
+pub mod eval;
 pub mod generate;
 pub mod info;
 pub mod lora_args;

@@ -1,0 +1,50 @@
+use std::path::PathBuf;
+use std::time::Instant;
+
+use ember_core::checkpoint::ModelDir;
+use ember_core::tokenizer::Tokenizer;
+
+use super::bench::peak_rss_mb;
+use super::data_args::DataArgs;
+use super::with_commas;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model directory whose tokenizer to use.
+    #[arg(long)]
+    model: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
+    /// How many examples to print.
+    #[arg(long, default_value_t = 3)]
+    show: usize,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let dir = ModelDir::open(&args.model)?;
+    let tokenizer = Tokenizer::open(&args.model, &dir.config)?;
+    let start = Instant::now();
+    let dataset = args.data.load(&tokenizer)?;
+    let seconds = start.elapsed().as_secs_f64();
+
+    for i in 0..args.show.min(dataset.len()) {
+        let e = dataset.get(i);
+        let prompt = tokenizer.decode(&e.input_ids[..e.prompt_len], false)?;
+        let response = tokenizer.decode(&e.input_ids[e.prompt_len..], false)?;
+        println!("── example {i} ({} tokens{}) ── [masked prompt] then trained response:", e.len(), if e.truncated { ", truncated" } else { "" });
+        println!("[{prompt}]{response}\n");
+    }
+    let s = dataset.stats();
+    let p: Vec<String> = s.length_percentiles.iter().map(|(p, l)| format!("p{p} {l}")).collect();
+    println!("examples:            {}", with_commas(s.examples));
+    println!("tokens:              {} ({} label tokens)", with_commas(s.tokens), with_commas(s.label_tokens));
+    println!("lengths:             {}", p.join(", "));
+    println!("truncated at {}:    {}", args.data.max_length, with_commas(s.truncated));
+    println!("without label token: {} (skipped in training)", with_commas(s.without_labels));
+    println!(
+        "{} in {seconds:.1} s; peak RSS {:.0} MiB",
+        if dataset.from_cache { "loaded from cache" } else { "tokenized" },
+        peak_rss_mb()
+    );
+    Ok(())
+}
