@@ -21,6 +21,7 @@ pub mod loss;
 pub mod model;
 pub mod template;
 pub mod tokenizer;
+pub mod train;
 
 pub use config::BloomConfig;
 pub use error::{Error, Result};

@@ -3,7 +3,7 @@
 //! the two can never disagree on a key.
 
 use burn::module::Param;
-use burn::tensor::Tensor;
+use burn::tensor::{Gradients, Tensor};
 
 use super::config::LoraConfig;
 use super::inject::select_modules;
@@ -62,14 +62,43 @@ impl Slot {
         }
     }
 
+    /// The gradient of this slot's parameter in `grads`, flattened.
+    pub fn grad(&self, model: &BloomForCausalLM, grads: &Gradients) -> Option<Tensor<1>> {
+        let linear = |n: &str| model.linear(n).expect("linear");
+        let norm = |n: &str| model.layer_norm(n).expect("layer norm");
+        let adapter = |n: &str| linear(n).lora.as_ref().expect("LoRA layer exists");
+        let flat2 = |t: Tensor<2>| t.grad(grads).map(|g| { let [a, b] = g.dims(); g.reshape([a * b]) });
+        match self {
+            Slot::LoraA(n) => flat2(adapter(n).lora_a.val()),
+            Slot::LoraB(n) => flat2(adapter(n).lora_b.val()),
+            Slot::EmbeddingCopy(_) => flat2(model.transformer.word_embeddings.active_weight()),
+            Slot::LmHead => flat2(model.lm_head_weight()),
+            Slot::LinearWeight(n) => flat2(linear(n).weight.val()),
+            Slot::LinearBias { name, .. } => linear(name).bias.as_ref().expect("bias").val().grad(grads),
+            Slot::NormWeight(n) => norm(n).weight.val().grad(grads),
+            Slot::NormBias(n) => norm(n).bias.val().grad(grads),
+        }
+    }
+
+    /// Whether transformers' Trainer applies weight decay here: not to biases or LayerNorm weights.
+    pub fn decays(&self) -> bool {
+        !matches!(self, Slot::LinearBias { .. } | Slot::NormWeight(_) | Slot::NormBias(_))
+    }
+
     /// Expected shape of the value in `model`.
     pub fn shape(&self, model: &BloomForCausalLM) -> Vec<usize> {
         self.read(model).0
     }
 
-    /// Replaces the value; `value` has the slot's shape, flattened. Trainability is kept.
+    /// Replaces the value; `value` has the slot's shape, flattened. Trainability is kept, and on
+    /// a training (autodiff) model the new value becomes a fresh leaf of the graph.
     pub fn write(&self, model: &mut BloomForCausalLM, value: Tensor<1>) {
-        let shape = self.shape(model);
+        let (shape, old) = self.read(model);
+        let value = match (old.is_autodiff(), old.is_require_grad()) {
+            (true, true) => value.autodiff().require_grad(),
+            (true, false) => value.autodiff(),
+            _ => value,
+        };
         let as2 = |v: Tensor<1>| -> Tensor<2> { v.reshape([shape[0], shape[1]]) };
         let set2 = |p: &mut Param<Tensor<2>>, v: Tensor<2>| *p = Param::from_tensor(v).set_require_grad(p.is_require_grad());
         let set1 = |p: &mut Param<Tensor<1>>, v: Tensor<1>| *p = Param::from_tensor(v).set_require_grad(p.is_require_grad());
