@@ -14,6 +14,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Fine-tune a LoRA adapter (transformers' Trainer semantics). With no arguments: the bundled demo.
+    Train(Box<commands::train::Args>),
     /// Generate text from a prompt (greedy or sampled), streaming it as it comes.
     Generate(commands::generate::Args),
     /// Show a model's architecture and parameter count, and what a LoRA config would adapt.
@@ -44,6 +46,7 @@ fn main() {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Train(args) => commands::train::run(*args),
         Command::Generate(args) => commands::generate::run(args),
         Command::Info(args) => commands::info::run(args),
         Command::Merge(args) => commands::merge::run(args),

@@ -1,11 +1,13 @@
 pub mod bench;
 pub mod data;
 pub mod data_args;
+pub mod demo;
 pub mod eval;
 pub mod generate;
 pub mod info;
 pub mod lora_args;
 pub mod merge;
+pub mod train;
 
 use std::path::Path;
 
