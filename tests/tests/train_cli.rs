@@ -145,3 +145,21 @@ fn bare_ember_train_runs_the_bundled_demo() {
     assert!(losses.len() >= 5 && losses.last().unwrap() < &(losses[0] / 2.0), "loss should fall: {losses:?}");
     assert!(dir.join("adapter_model.safetensors").is_file() && dir.join("loss.svg").is_file());
 }
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_before_exiting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out_dir = tmp.path().join("out");
+    let mut args = base_args(&out_dir, 5000);
+    let i = args.iter().position(|a| a == "--save-steps").unwrap();
+    args[i + 1] = "100000".into(); // no periodic checkpoint: the one found must come from Ctrl-C
+    let child = Command::new(ember_bin()).env("EMBER_CACHE_DIR", tmp.path()).args(&args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("interrupted at step"), "{text}");
+    let step: usize = text.split("interrupted at step ").nth(1).unwrap().split(':').next().unwrap().parse().unwrap();
+    assert!(out_dir.join(format!("checkpoint-{step}/optimizer.safetensors")).is_file(), "{text}");
+}
