@@ -34,7 +34,8 @@ impl LoraReport {
     }
 }
 
-fn commas(n: usize) -> String {
+/// `1234567` → `1,234,567` (Python's `{:,d}`).
+pub fn commas(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

@@ -49,15 +49,4 @@ pub fn load(model: &Path, adapter: Option<&Path>, choice: DeviceChoice, quiet: b
     Ok(Loaded { dir, model, tokenizer, device: selected.device })
 }
 
-/// `1234567` → `1,234,567`.
-pub fn with_commas(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
+pub use ember_core::lora::inject::commas as with_commas;

@@ -12,7 +12,7 @@ use ember_core::checkpoint::ModelDir;
 use ember_core::data::dataset::{check_not_empty, load_or_build};
 use ember_core::data::{Columns, TokenizedDataset};
 use ember_core::lora::adapter_file::load_adapter;
-use ember_core::lora::{apply_lora, LoraConfig, TargetModules};
+use ember_core::lora::{apply_lora, LoraConfig};
 use ember_core::template::Template;
 use ember_core::tokenizer::Tokenizer;
 use ember_core::train::checkpoint::{resolve_checkpoint, resume, save_final};
@@ -24,6 +24,7 @@ use serde_json::Value;
 
 use super::bench::peak_rss_mb;
 use super::data_args::cache_dir;
+use super::lora_args::LoraArgs;
 use crate::device::{self, DeviceChoice};
 
 /// Every flag is optional: unset flags fall back to the config file, then to transformers'
@@ -165,23 +166,23 @@ impl Settings {
     }
 
     fn lora_config(&self, model: &Path) -> anyhow::Result<LoraConfig> {
-        let target_modules = match (&self.target_modules_regex, &self.target_modules) {
-            (Some(re), _) => TargetModules::Regex(re.clone()),
-            (None, Some(Value::String(re))) => TargetModules::Regex(re.clone()),
-            (None, Some(list)) => TargetModules::Names(serde_json::from_value(list.clone()).context("target_modules must be a list of names or a regex string")?),
-            (None, None) => TargetModules::Names(vec!["query_key_value".into()]),
+        let (names, regex) = match (&self.target_modules_regex, &self.target_modules) {
+            (Some(re), _) => (None, Some(re.clone())),
+            (None, Some(Value::String(re))) => (None, Some(re.clone())),
+            (None, Some(list)) => (Some(serde_json::from_value(list.clone()).context("target_modules must be a list of names or a regex string")?), None),
+            // peft's default LoRA target for BLOOM
+            (None, None) => (Some(vec!["query_key_value".to_owned()]), None),
         };
-        Ok(LoraConfig {
-            task_type: Some("CAUSAL_LM".into()),
-            r: self.lora_r,
+        let flags = LoraArgs {
+            target_modules: names,
+            target_modules_regex: regex,
+            lora_r: self.lora_r,
             lora_alpha: self.lora_alpha,
             lora_dropout: self.lora_dropout,
-            target_modules: Some(target_modules),
-            modules_to_save: self.modules_to_save.clone(),
             use_rslora: self.use_rslora,
-            base_model_name_or_path: Some(model.display().to_string()),
-            ..LoraConfig::default()
-        })
+            modules_to_save: self.modules_to_save.clone(),
+        };
+        Ok(flags.config(Some(model.display().to_string())).expect("a target is always set"))
     }
 
     fn dataset(&self, path: &Path, tokenizer: &Tokenizer) -> anyhow::Result<TokenizedDataset> {
