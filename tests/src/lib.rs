@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, DeviceKind, DeviceType};
+use burn::tensor::{Device, DeviceKind, DeviceType, Int, Tensor, TensorData};
+use ember_core::model::{AttentionMask, BloomForCausalLM};
 use safetensors::SafeTensors;
 
 pub fn fixtures() -> PathBuf {
@@ -63,6 +64,13 @@ impl Golden {
     pub fn f32s(&self, name: &str) -> Vec<f32> {
         self.get(name).1.iter().map(|&v| v as f32).collect()
     }
+}
+
+/// Logits `[batch, seq, vocab]` (flattened) of `model` for rows of token ids and their 0/1 mask.
+pub fn logits(model: &BloomForCausalLM, ids: &[Vec<i64>], mask: &[Vec<i64>], device: &Device) -> Vec<f32> {
+    let flat: Vec<i64> = ids.iter().flatten().copied().collect();
+    let input = Tensor::<2, Int>::from_data(TensorData::new(flat, [ids.len(), ids[0].len()]), device);
+    model.forward(input, &AttentionMask::from_ints(mask), None).try_into_vec_as::<f32>().unwrap()
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

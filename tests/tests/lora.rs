@@ -4,15 +4,15 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::Device;
 use ember_core::checkpoint::{ModelDir, SafetensorsFile, TensorFile};
 use ember_core::lora::adapter_file::{load_adapter, save_adapter};
 use ember_core::lora::inject::{lora_report, ModelShape};
 use ember_core::lora::merge::{merge, save_merged, unmerge};
 use ember_core::lora::{apply_lora, LoraConfig};
-use ember_core::model::{AttentionMask, BloomForCausalLM};
+use ember_core::model::BloomForCausalLM;
 use ember_core::BloomConfig;
-use ember_tests::{fixtures, max_abs_diff, model_dir, test_devices, Golden};
+use ember_tests::{fixtures, logits, max_abs_diff, model_dir, test_devices, Golden};
 use serde_json::Value;
 
 const TOLERANCE: f32 = 1e-4;
@@ -40,17 +40,13 @@ fn base_of(name: &str) -> String {
     info(name)["base"].as_str().unwrap().to_owned()
 }
 
-fn logits(model: &BloomForCausalLM, golden: &Golden, batch: &str, device: &Device) -> Vec<f32> {
-    let ids = golden.rows(&format!("{batch}.input_ids"));
-    let mask = golden.rows(&format!("{batch}.attention_mask"));
-    let flat: Vec<i64> = ids.iter().flatten().copied().collect();
-    let input = Tensor::<2, Int>::from_data(TensorData::new(flat, [ids.len(), ids[0].len()]), device);
-    model.forward(input, &AttentionMask::from_ints(&mask), None).try_into_vec_as::<f32>().unwrap()
+fn batch_logits(model: &BloomForCausalLM, golden: &Golden, batch: &str, device: &Device) -> Vec<f32> {
+    logits(model, &golden.rows(&format!("{batch}.input_ids")), &golden.rows(&format!("{batch}.attention_mask")), device)
 }
 
 fn assert_logits(model: &BloomForCausalLM, golden: &Golden, prefix: &str, what: &str, device: &Device) {
     for batch in ["unpadded", "padded"] {
-        let diff = max_abs_diff(&logits(model, golden, batch, device), &golden.f32s(&format!("{prefix}{batch}.logits")));
+        let diff = max_abs_diff(&batch_logits(model, golden, batch, device), &golden.f32s(&format!("{prefix}{batch}.logits")));
         assert!(diff < TOLERANCE, "{what} {batch}: max |Δlogit| = {diff}");
     }
 }

@@ -1,23 +1,11 @@
 //! BLOOM logits, greedy generation and KV-cache decoding against transformers' outputs
 //! (tests/fixtures/make_fixtures.py), on the CPU backend and on wgpu.
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
 use ember_core::checkpoint::ModelDir;
 use ember_core::generate::{generate, Decoder, GenerationConfig};
-use ember_core::model::{AttentionMask, BloomForCausalLM};
-use ember_tests::{max_abs_diff, model_dir, model_names, test_devices, Golden};
+use ember_tests::{logits, max_abs_diff, model_dir, model_names, test_devices, Golden};
 
 const TOLERANCE: f32 = 1e-4;
-
-fn ids_tensor(rows: &[Vec<i64>], device: &Device) -> Tensor<2, Int> {
-    let flat: Vec<i64> = rows.iter().flatten().copied().collect();
-    Tensor::from_data(TensorData::new(flat, [rows.len(), rows[0].len()]), device)
-}
-
-fn logits(model: &BloomForCausalLM, ids: &[Vec<i64>], mask: &[Vec<i64>], device: &Device) -> Vec<f32> {
-    let out = model.forward(ids_tensor(ids, device), &AttentionMask::from_ints(mask), None);
-    out.try_into_vec_as::<f32>().unwrap()
-}
 
 #[test]
 fn logits_match_transformers_for_every_fixture_model_and_format() {
