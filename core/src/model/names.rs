@@ -53,46 +53,60 @@ fn block_path(name: &str) -> Option<(usize, &str)> {
     Some((index.parse().ok()?, rest))
 }
 
-impl BloomForCausalLM {
-    /// The Linear layer called `name` (`lm_head` is not one here: it is the tied embedding).
-    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
-        let (i, rest) = block_path(name)?;
-        let block = self.transformer.h.get_mut(i)?;
+/// Resolves a Linear layer's name to the layer (`&` or `&mut`), without listing every layer.
+macro_rules! linear_by_name {
+    ($model:expr, $name:expr, $get:ident $(, $m:tt)?) => {{
+        let (i, rest) = block_path($name)?;
+        let block = $model.transformer.h.$get(i)?;
         match rest {
-            "self_attention.query_key_value" => Some(&mut block.self_attention.query_key_value),
-            "self_attention.dense" => Some(&mut block.self_attention.dense),
-            "mlp.dense_h_to_4h" => Some(&mut block.mlp.dense_h_to_4h),
-            "mlp.dense_4h_to_h" => Some(&mut block.mlp.dense_4h_to_h),
+            "self_attention.query_key_value" => Some(& $($m)? block.self_attention.query_key_value),
+            "self_attention.dense" => Some(& $($m)? block.self_attention.dense),
+            "mlp.dense_h_to_4h" => Some(& $($m)? block.mlp.dense_h_to_4h),
+            "mlp.dense_4h_to_h" => Some(& $($m)? block.mlp.dense_4h_to_h),
             _ => None,
         }
-    }
+    }};
+}
 
-    pub fn layer_norm_mut(&mut self, name: &str) -> Option<&mut LayerNorm> {
-        match name {
-            "transformer.word_embeddings_layernorm" => Some(&mut self.transformer.word_embeddings_layernorm),
-            "transformer.ln_f" => Some(&mut self.transformer.ln_f),
+/// Resolves a LayerNorm's name to the layer (`&` or `&mut`).
+macro_rules! layer_norm_by_name {
+    ($model:expr, $name:expr, $get:ident $(, $m:tt)?) => {{
+        match $name {
+            "transformer.word_embeddings_layernorm" => Some(& $($m)? $model.transformer.word_embeddings_layernorm),
+            "transformer.ln_f" => Some(& $($m)? $model.transformer.ln_f),
             _ => {
-                let (i, rest) = block_path(name)?;
-                let block = self.transformer.h.get_mut(i)?;
+                let (i, rest) = block_path($name)?;
+                let block = $model.transformer.h.$get(i)?;
                 match rest {
-                    "input_layernorm" => Some(&mut block.input_layernorm),
-                    "post_attention_layernorm" => Some(&mut block.post_attention_layernorm),
+                    "input_layernorm" => Some(& $($m)? block.input_layernorm),
+                    "post_attention_layernorm" => Some(& $($m)? block.post_attention_layernorm),
                     _ => None,
                 }
             }
         }
+    }};
+}
+
+impl BloomForCausalLM {
+    /// The Linear layer called `name` (`lm_head` is not one here: it is the tied embedding).
+    pub fn linear(&self, name: &str) -> Option<&Linear> {
+        linear_by_name!(self, name, get)
+    }
+
+    pub fn linear_mut(&mut self, name: &str) -> Option<&mut Linear> {
+        linear_by_name!(self, name, get_mut, mut)
+    }
+
+    pub fn layer_norm(&self, name: &str) -> Option<&LayerNorm> {
+        layer_norm_by_name!(self, name, get)
+    }
+
+    pub fn layer_norm_mut(&mut self, name: &str) -> Option<&mut LayerNorm> {
+        layer_norm_by_name!(self, name, get_mut, mut)
     }
 
     pub fn embedding_mut(&mut self, name: &str) -> Option<&mut Embedding> {
         (name == "transformer.word_embeddings").then_some(&mut self.transformer.word_embeddings)
-    }
-
-    pub fn linear(&self, name: &str) -> Option<&Linear> {
-        self.linears().into_iter().find(|(n, _)| n == name).map(|(_, l)| l)
-    }
-
-    pub fn layer_norm(&self, name: &str) -> Option<&LayerNorm> {
-        self.layer_norms().into_iter().find(|(n, _)| n == name).map(|(_, l)| l)
     }
 
     /// All Linear layers with their names, in model order.
