@@ -65,6 +65,11 @@ fn peft_adapters_give_peft_logits_merged_and_unmerged() {
             assert_logits(&model, &golden, "merged.", &format!("{device_name} {name} merged"), &device);
             unmerge(&mut model);
             assert_logits(&model, &golden, "", &format!("{device_name} {name} unmerged"), &device);
+            // Trainable embedding copies and an untied head work in vocabulary blocks too.
+            model.set_vocab_block_rows(5);
+            assert_logits(&model, &golden, "", &format!("{device_name} {name} in blocks"), &device);
+            merge(&mut model);
+            assert_logits(&model, &golden, "merged.", &format!("{device_name} {name} merged in blocks"), &device);
         }
     }
 }

@@ -27,6 +27,27 @@ fn logits_match_transformers_for_every_fixture_model_and_format() {
     }
 }
 
+/// The vocabulary matrix cut into blocks (as it is for large vocabularies on GPUs) gives the
+/// same logits: 7 rows per block, so the last block is partial.
+#[test]
+fn vocabulary_in_blocks_gives_the_same_logits() {
+    for (device_name, device) in test_devices() {
+        for name in ["a", "c"] {
+            let mut model = ModelDir::open(&model_dir(name)).unwrap().load_model(&device).unwrap();
+            model.set_vocab_block_rows(7);
+            let blocks = model.transformer.word_embeddings.weight.blocks.len();
+            assert_eq!(blocks, model.vocab_size().div_ceil(7), "{name}");
+            let golden = Golden::open(&model_dir(name).join("golden.safetensors"));
+            for batch in ["unpadded", "padded"] {
+                let ids = golden.rows(&format!("{batch}.input_ids"));
+                let mask = golden.rows(&format!("{batch}.attention_mask"));
+                let diff = max_abs_diff(&logits(&model, &ids, &mask, &device), &golden.f32s(&format!("{batch}.logits")));
+                assert!(diff < TOLERANCE, "{device_name} {name} {batch} in {blocks} blocks: max |Δlogit| = {diff}");
+            }
+        }
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct GenerateCases {
     cases: Vec<Case>,

@@ -6,6 +6,7 @@ use ember_core::checkpoint::{ModelDir, SafetensorsFile, TensorFile};
 use ember_core::data::formats::open_examples;
 use ember_core::data::{Columns, TokenizedDataset};
 use ember_core::lora::adapter_file::{load_adapter, save_adapter};
+use ember_core::lora::{apply_lora, LoraConfig};
 use ember_core::template::Template;
 use ember_core::tokenizer::{PaddingSide, Tokenizer};
 use ember_core::train::{Trainer, TrainingArgs};
@@ -104,4 +105,36 @@ fn optimizer_state_is_twice_the_trainable_parameters_and_nothing_for_the_base() 
     // Frozen base weights carry no gradient.
     assert!(!t.model.transformer.h[0].self_attention.query_key_value.weight.is_require_grad());
     assert!(!t.model.transformer.word_embeddings.weight.is_require_grad());
+}
+
+/// Training a `word_embeddings` copy and an `lm_head` copy gives the same adapter whether the
+/// vocabulary matrices are one block or many (as on GPUs with a binding limit).
+#[test]
+fn training_vocabulary_copies_in_blocks_equals_one_block() {
+    let data = dataset();
+    let run = reference("run_a");
+    let out = tempfile::tempdir().unwrap();
+    let device = Device::flex().autodiff();
+    let lora = LoraConfig::from_json(
+        r#"{"r": 4, "lora_alpha": 8, "target_modules": ["query_key_value"], "modules_to_save": ["word_embeddings", "lm_head"]}"#,
+        "test",
+    )
+    .unwrap();
+    let mut model = ModelDir::open(&model_dir("a")).unwrap().load_model(&device).unwrap();
+    apply_lora(&mut model, &lora, &device).unwrap();
+    let mut blocked = model.clone();
+    blocked.set_vocab_block_rows(7);
+    assert!(blocked.transformer.word_embeddings.trainable_copy.as_ref().unwrap().blocks.len() > 1);
+    let args = || TrainingArgs { max_steps: 2, ..args_of(&run, out.path().to_str().unwrap()) };
+    let mut whole = Trainer::new(model, lora.clone(), args(), &data, 3, PaddingSide::Left, &device).unwrap();
+    let mut parts = Trainer::new(blocked, lora, args(), &data, 3, PaddingSide::Left, &device).unwrap();
+    for step in 0..2 {
+        let (a, b) = (whole.step(&data).unwrap(), parts.step(&data).unwrap());
+        assert!(close(a.loss, b.loss, 1e-5), "step {step}: loss {} vs {}", a.loss, b.loss);
+    }
+    for slot in &whole.slots {
+        let value = |t: &Trainer| slot.read(&t.model).1.inner().into_data().to_vec::<f32>().unwrap();
+        let diff = max_abs_diff(&value(&whole), &value(&parts));
+        assert!(diff < 1e-5, "{}: max |Δ| = {diff}", slot.key());
+    }
 }

@@ -14,7 +14,8 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
 use crate::config::BloomConfig;
 use crate::error::{Error, Result};
-use crate::model::{BloomForCausalLM, WeightSource};
+use crate::model::vocab::block_ranges;
+use crate::model::{BloomForCausalLM, VocabMatrix, WeightSource};
 pub use host::HostTensor;
 pub use safetensors_file::SafetensorsFile;
 pub use torch_pickle::TorchFile;
@@ -111,6 +112,21 @@ impl WeightSource for Checkpoint {
         let host = self.host_tensor(name, &shape)?;
         Ok(Tensor::from_data(TensorData::new(host.data, shape), &self.device))
     }
+
+    /// Uploads the blocks from the last one back, shrinking the host copy as it goes, so the
+    /// host holds the matrix plus one block at most.
+    fn vocab_matrix(&mut self, name: &str, shape: [usize; 2], rows: usize) -> Result<VocabMatrix> {
+        let [vocab, hidden] = shape;
+        let mut data = self.host_tensor(name, &shape)?.data;
+        let mut blocks = Vec::new();
+        for range in block_ranges(vocab, rows).into_iter().rev() {
+            let block = data.split_off(range.start * hidden);
+            data.shrink_to_fit();
+            blocks.push(Tensor::from_data(TensorData::new(block, [range.len(), hidden]), &self.device));
+        }
+        blocks.reverse();
+        Ok(VocabMatrix::new(blocks, false))
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -196,6 +212,11 @@ impl WeightSource for RandomWeights {
             (1, _, _) => Tensor::zeros(shape, &self.device),
             _ => Tensor::random(shape, Distribution::Normal(0.0, self.std), &self.device),
         })
+    }
+
+    fn vocab_matrix(&mut self, name: &str, [vocab, hidden]: [usize; 2], rows: usize) -> Result<VocabMatrix> {
+        let blocks = block_ranges(vocab, rows).into_iter().map(|r| self.tensor(name, [r.len(), hidden]));
+        Ok(VocabMatrix::new(blocks.collect::<Result<_>>()?, false))
     }
 }
 

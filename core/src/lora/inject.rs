@@ -195,9 +195,9 @@ pub fn apply_lora(model: &mut BloomForCausalLM, config: &LoraConfig, device: &De
     }
     for name in &report.saved {
         if let Some(e) = model.embedding_mut(name) {
-            e.trainable_copy = Some(trainable(e.weight.val()));
+            e.trainable_copy = Some(e.weight.trainable_copy());
         } else if name == "lm_head" {
-            model.lm_head = Some(trainable(model.lm_head_weight()));
+            model.lm_head = Some(model.lm_head_weight().trainable_copy());
         } else if let Some(l) = model.linear_mut(name) {
             l.weight = trainable(l.weight.val());
             l.bias = l.bias.take().map(|b| trainable(b.val()));

@@ -5,7 +5,7 @@ use burn::module::Param;
 
 use super::adapter_file::{to_host, LazyTensor};
 use crate::error::Result;
-use crate::model::BloomForCausalLM;
+use crate::model::{BloomForCausalLM, VocabMatrix};
 
 /// Merges every unmerged adapter into its base weight (peft's `merge_adapter`).
 pub fn merge(model: &mut BloomForCausalLM) {
@@ -49,12 +49,16 @@ pub fn merged_tensors(model: &BloomForCausalLM) -> Result<Vec<(String, LazyTenso
         let flat = t.reshape([dims[0] * dims[1]]);
         out.push((name, LazyTensor::new(dims.to_vec(), move || to_host(flat.clone()))));
     };
-    push2("transformer.word_embeddings.weight".into(), merged.transformer.word_embeddings.active_weight());
     for (name, linear) in merged.linears() {
         push2(format!("{name}.weight"), linear.weight.val());
     }
+    let mut push_vocab = |name: &str, matrix: &VocabMatrix| {
+        let matrix = matrix.clone();
+        out.push((name.to_owned(), LazyTensor::new(matrix.dims().to_vec(), move || matrix.to_host())));
+    };
+    push_vocab("transformer.word_embeddings.weight", merged.transformer.word_embeddings.active_weight());
     if merged_head_is_untied(&merged) {
-        push2("lm_head.weight".into(), merged.lm_head_weight());
+        push_vocab("lm_head.weight", merged.lm_head_weight());
     }
     let mut push1 = |name: String, t: burn::tensor::Tensor<1>| {
         let n = t.dims()[0];

@@ -53,8 +53,8 @@ impl Slot {
         match self {
             Slot::LoraA(n) => flat2(adapter(n).lora_a.val()),
             Slot::LoraB(n) => flat2(adapter(n).lora_b.val()),
-            Slot::EmbeddingCopy(_) => flat2(model.transformer.word_embeddings.active_weight()),
-            Slot::LmHead => flat2(model.lm_head_weight()),
+            Slot::EmbeddingCopy(_) => flat2(model.transformer.word_embeddings.active_weight().full()),
+            Slot::LmHead => flat2(model.lm_head_weight().full()),
             Slot::LinearWeight(n) => flat2(linear(n).weight.val()),
             Slot::LinearBias { name, .. } => flat1(linear(name).bias.as_ref().expect("bias").val()),
             Slot::NormWeight(n) => flat1(norm(n).weight.val()),
@@ -67,12 +67,13 @@ impl Slot {
         let linear = |n: &str| model.linear(n).expect("linear");
         let norm = |n: &str| model.layer_norm(n).expect("layer norm");
         let adapter = |n: &str| linear(n).lora.as_ref().expect("LoRA layer exists");
-        let flat2 = |t: Tensor<2>| t.grad(grads).map(|g| { let [a, b] = g.dims(); g.reshape([a * b]) });
+        let flatten = |g: Tensor<2>| { let [a, b] = g.dims(); g.reshape([a * b]) };
+        let flat2 = |t: Tensor<2>| t.grad(grads).map(flatten);
         match self {
             Slot::LoraA(n) => flat2(adapter(n).lora_a.val()),
             Slot::LoraB(n) => flat2(adapter(n).lora_b.val()),
-            Slot::EmbeddingCopy(_) => flat2(model.transformer.word_embeddings.active_weight()),
-            Slot::LmHead => flat2(model.lm_head_weight()),
+            Slot::EmbeddingCopy(_) => model.transformer.word_embeddings.active_weight().grad(grads).map(flatten),
+            Slot::LmHead => model.lm_head_weight().grad(grads).map(flatten),
             Slot::LinearWeight(n) => flat2(linear(n).weight.val()),
             Slot::LinearBias { name, .. } => linear(name).bias.as_ref().expect("bias").val().grad(grads),
             Slot::NormWeight(n) => norm(n).weight.val().grad(grads),
@@ -106,10 +107,9 @@ impl Slot {
             Slot::LoraA(n) => set2(&mut lora(model, n).lora_a, as2(value)),
             Slot::LoraB(n) => set2(&mut lora(model, n).lora_b, as2(value)),
             Slot::EmbeddingCopy(_) => {
-                let copy = model.transformer.word_embeddings.trainable_copy.as_mut().expect("copy exists");
-                set2(copy, as2(value))
+                model.transformer.word_embeddings.trainable_copy.as_mut().expect("copy exists").set(as2(value))
             }
-            Slot::LmHead => set2(model.lm_head.as_mut().expect("lm_head copy exists"), as2(value)),
+            Slot::LmHead => model.lm_head.as_mut().expect("lm_head copy exists").set(as2(value)),
             Slot::LinearWeight(n) => set2(&mut model.linear_mut(n).expect("linear").weight, as2(value)),
             Slot::LinearBias { name, .. } => set1(model.linear_mut(name).expect("linear").bias.as_mut().expect("bias"), value),
             Slot::NormWeight(n) => set1(&mut model.layer_norm_mut(n).expect("norm").weight, value),

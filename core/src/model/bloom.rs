@@ -2,13 +2,14 @@
 //! Field names are the checkpoint's, so `transformer.h.3.self_attention.query_key_value` is
 //! `model.transformer.h[3].self_attention.query_key_value` here.
 
-use burn::module::{Module, Param};
+use burn::module::Module;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Int, Tensor};
 
 use super::alibi::{AttentionBias, AttentionMask};
 use super::cache::{KvCache, LayerCache};
 use super::layers::{Embedding, LayerNorm, Linear};
+use super::vocab::{rows_per_block, VocabMatrix};
 use crate::config::BloomConfig;
 
 #[derive(Module, Debug)]
@@ -123,7 +124,7 @@ pub struct BloomForCausalLM {
     /// names `lm_head`. `None`: the head is the word-embedding matrix. A trainable copy of
     /// `word_embeddings` does *not* move the head: peft leaves it on the original, frozen
     /// embedding matrix, and so does ember.
-    pub lm_head: Option<Param<Tensor<2>>>,
+    pub lm_head: Option<VocabMatrix>,
 }
 
 impl BloomForCausalLM {
@@ -147,15 +148,22 @@ impl BloomForCausalLM {
         let weight = self.lm_head_weight();
         let [batch, positions, dim] = hidden.dims();
         let vocab = weight.dims()[0];
-        hidden
-            .reshape([batch * positions, dim])
-            .matmul(weight.transpose())
-            .reshape([batch, positions, vocab])
+        weight.project(hidden.reshape([batch * positions, dim])).reshape([batch, positions, vocab])
     }
 
     /// The `[vocab, hidden]` matrix of the language-model head.
-    pub fn lm_head_weight(&self) -> Tensor<2> {
-        self.lm_head.as_ref().unwrap_or(&self.transformer.word_embeddings.weight).val()
+    pub fn lm_head_weight(&self) -> &VocabMatrix {
+        self.lm_head.as_ref().unwrap_or(&self.transformer.word_embeddings.weight)
+    }
+
+    /// Re-cuts the vocabulary matrices into blocks of `rows` rows, for a device whose binding
+    /// limit is below [`super::vocab::MAX_BLOCK_BYTES`] (and for tests of the block code).
+    pub fn set_vocab_block_rows(&mut self, rows: usize) {
+        let resplit = |m: &mut VocabMatrix| *m = VocabMatrix::split(m.full(), rows, m.is_require_grad());
+        let embeddings = &mut self.transformer.word_embeddings;
+        resplit(&mut embeddings.weight);
+        embeddings.trainable_copy.as_mut().map(resplit);
+        self.lm_head.as_mut().map(resplit);
     }
 
     pub fn num_layers(&self) -> usize {
@@ -175,7 +183,9 @@ impl BloomForCausalLM {
         };
         let word_embeddings_layernorm = layer_norm("transformer.word_embeddings_layernorm")?;
         let ln_f = layer_norm("transformer.ln_f")?;
-        let word_embeddings = Embedding::new(weights.tensor("transformer.word_embeddings.weight", [config.vocab_size, h])?);
+        let block_rows = rows_per_block(h);
+        let word_embeddings =
+            Embedding::new(weights.vocab_matrix("transformer.word_embeddings.weight", [config.vocab_size, h], block_rows)?);
         let mut blocks = Vec::with_capacity(config.n_layer);
         for i in 0..config.n_layer {
             let p = format!("transformer.h.{i}");
@@ -205,7 +215,7 @@ impl BloomForCausalLM {
             lm_head: if config.tie_word_embeddings {
                 None
             } else {
-                Some(super::layers::frozen(weights.tensor("lm_head.weight", [config.vocab_size, h])?))
+                Some(weights.vocab_matrix("lm_head.weight", [config.vocab_size, h], block_rows)?)
             },
         })
     }

@@ -4,7 +4,9 @@
 use burn::module::{Module, Param};
 
 use crate::lora::LoraAdapter;
-use burn::tensor::module::{embedding, linear};
+use burn::tensor::module::linear;
+
+use super::vocab::VocabMatrix;
 use burn::tensor::{Int, Tensor};
 
 /// `torch.nn.Linear`: `y = x Wᵀ + b`, with `weight` stored `[out_features, in_features]`,
@@ -69,22 +71,22 @@ impl LayerNorm {
 /// pass, as peft's `ModulesToSaveWrapper` does (the frozen original stays, as in peft).
 #[derive(Module, Debug)]
 pub struct Embedding {
-    pub weight: Param<Tensor<2>>,
-    pub trainable_copy: Option<Param<Tensor<2>>>,
+    pub weight: VocabMatrix,
+    pub trainable_copy: Option<VocabMatrix>,
 }
 
 impl Embedding {
-    pub fn new(weight: Tensor<2>) -> Self {
-        Embedding { weight: frozen(weight), trainable_copy: None }
+    pub fn new(weight: VocabMatrix) -> Self {
+        Embedding { weight, trainable_copy: None }
     }
 
     /// The weight the forward pass uses: the trainable copy if there is one.
-    pub fn active_weight(&self) -> Tensor<2> {
-        self.trainable_copy.as_ref().unwrap_or(&self.weight).val()
+    pub fn active_weight(&self) -> &VocabMatrix {
+        self.trainable_copy.as_ref().unwrap_or(&self.weight)
     }
 
     pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
-        embedding(self.active_weight(), ids)
+        self.active_weight().rows(ids)
     }
 }
 

@@ -5,10 +5,12 @@ pub mod bloom;
 pub mod cache;
 pub mod layers;
 pub mod names;
+pub mod vocab;
 
 pub use alibi::{AttentionBias, AttentionMask};
 pub use bloom::BloomForCausalLM;
 pub use cache::KvCache;
+pub use vocab::VocabMatrix;
 
 use burn::tensor::Tensor;
 
@@ -16,4 +18,10 @@ use burn::tensor::Tensor;
 /// `BloomForCausalLM`'s (`transformer.h.0.mlp.dense_h_to_4h.weight`).
 pub trait WeightSource {
     fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> crate::Result<Tensor<D>>;
+
+    /// A `[vocab, hidden]` matrix as blocks of `rows` rows (see [`vocab`]); sources that can,
+    /// build each block directly so the whole matrix never sits on the device at once.
+    fn vocab_matrix(&mut self, name: &str, shape: [usize; 2], rows: usize) -> crate::Result<VocabMatrix> {
+        Ok(VocabMatrix::split(self.tensor(name, shape)?, rows, false))
+    }
 }
