@@ -42,7 +42,8 @@ pub fn device_failure(what: &str, report: &str) -> Error {
         let bytes: f64 = size.split(|c: char| !c.is_ascii_digit()).next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
         return Error::invalid(format!(
             "{what}: the GPU could not allocate a buffer of {:.0} MiB (out of memory, or larger than the adapter's \
-             buffer limit shown by `ember devices`); lower the batch size or max length, use a smaller model, or run with --device cpu",
+             buffer limit shown by `ember devices`); lower --per-device-train-batch-size or --max-length, store the base \
+             weights with --dtype f16, add --gradient-checkpointing, use a smaller model, or run with --device cpu",
             bytes / 1048576.0
         ));
     }
@@ -54,4 +55,18 @@ pub fn device_failure(what: &str, report: &str) -> Error {
 #[cfg(not(target_arch = "wasm32"))]
 pub fn read_file(path: &std::path::Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn out_of_memory_names_the_size_the_activity_and_what_to_lower() {
+        let report = "panicked: can't allocate buffer of size: 2147483648 on device";
+        let message = super::device_failure("training (batch 8 x up to 256 tokens)", report).to_string();
+        assert!(message.starts_with("training (batch 8 x up to 256 tokens): "), "{message}");
+        assert!(message.contains("2048 MiB"), "{message}");
+        for advice in ["--per-device-train-batch-size", "--max-length", "--dtype f16", "--gradient-checkpointing"] {
+            assert!(message.contains(advice), "{message} lacks {advice}");
+        }
+    }
 }

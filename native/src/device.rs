@@ -2,18 +2,138 @@
 //! backend. `auto` takes the best hardware GPU and otherwise the CPU backend, which is much
 //! faster than a software rasteriser's "GPU" (Mesa's lavapipe); `gpu` also accepts those.
 
+use burn::tensor::wgpu::WgpuBackend;
 use burn::tensor::{Device, DeviceKind};
 use clap::ValueEnum;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// `--device`: `auto`, `gpu`, `gpu:N` (adapter N as `ember devices` numbers them) or `cpu`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
     /// The best hardware GPU, else the CPU.
+    #[default]
     Auto,
-    /// A GPU through wgpu (a software one if no hardware GPU exists); an error if none.
-    Gpu,
+    /// A GPU through wgpu: the best one (a software one if no hardware GPU exists), or adapter N.
+    Gpu(Option<usize>),
     /// burn's CPU backend.
     Cpu,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "gpu" => Ok(DeviceChoice::Gpu(None)),
+            _ => s
+                .strip_prefix("gpu:")
+                .and_then(|n| n.parse().ok())
+                .map(|n| DeviceChoice::Gpu(Some(n)))
+                .ok_or_else(|| format!("unknown device `{s}`: use auto, gpu, gpu:N (N from `ember devices`) or cpu")),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Auto => f.write_str("auto"),
+            DeviceChoice::Cpu => f.write_str("cpu"),
+            DeviceChoice::Gpu(None) => f.write_str("gpu"),
+            DeviceChoice::Gpu(Some(n)) => write!(f, "gpu:{n}"),
+        }
+    }
+}
+
+impl serde::Serialize for DeviceChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DeviceChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `--backend`: the graphics API wgpu drives the GPU through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Api {
+    Vulkan,
+    Metal,
+    Dx12,
+    Gl,
+}
+
+impl Api {
+    fn backends(self) -> wgpu::Backends {
+        match self {
+            Api::Vulkan => wgpu::Backends::VULKAN,
+            Api::Metal => wgpu::Backends::METAL,
+            Api::Dx12 => wgpu::Backends::DX12,
+            Api::Gl => wgpu::Backends::GL,
+        }
+    }
+
+    fn burn_backend(self) -> WgpuBackend {
+        match self {
+            Api::Vulkan => WgpuBackend::Vulkan,
+            Api::Metal => WgpuBackend::Metal,
+            Api::Dx12 => WgpuBackend::Dx12,
+            Api::Gl => WgpuBackend::Gl,
+        }
+    }
+}
+
+/// The device flags every command takes.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct DeviceArgs {
+    /// auto (best hardware GPU, else CPU), gpu (best GPU, software ones too), gpu:N (adapter N of
+    /// `ember devices`), or cpu.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Graphics API for the GPU: vulkan, metal, dx12 or gl (default: the first the machine has).
+    #[arg(long, value_enum)]
+    pub backend: Option<Api>,
+}
+
+/// Where and in what precision a model runs: the device flags plus `--dtype`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Placement {
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Stored precision of the base weights: f32, f16 or bf16 (half the memory; see README).
+    #[arg(long, default_value = "f32")]
+    pub dtype: ember_core::model::WeightDType,
+}
+
+impl Placement {
+    /// Resolves the device and checks it can hold weights of `--dtype`.
+    pub fn select(&self) -> anyhow::Result<Selected> {
+        let selected = self.device.select()?;
+        check_dtype(&selected, self.dtype)?;
+        Ok(selected)
+    }
+}
+
+impl DeviceArgs {
+    /// Resolves the flags, printing a notice about a fallback to the CPU.
+    pub fn select(&self) -> anyhow::Result<Selected> {
+        let selected = select(self.device, self.backend)?;
+        if let Some(n) = &selected.notice {
+            eprintln!("note: {n}");
+        }
+        Ok(selected)
+    }
+}
+
+/// The device training runs on: `device` with autodiff, and burn's gradient checkpointing
+/// (recomputing memory-bound activations in the backward pass) when asked for.
+pub fn training_device(device: &Device, gradient_checkpointing: bool) -> Device {
+    let device = device.clone().autodiff();
+    if gradient_checkpointing { device.gradient_checkpointing() } else { device }
 }
 
 /// One adapter as wgpu reports it.
@@ -30,10 +150,11 @@ pub struct Adapter {
 
 /// Every adapter wgpu sees on the primary graphics APIs (Vulkan, Metal, DX12), in wgpu's
 /// order; OpenGL's only where none of those has one (probing GL prints display-server noise).
-pub fn adapters() -> Vec<Adapter> {
+/// With `api`, only that API's adapters.
+pub fn adapters(api: Option<Api>) -> Vec<Adapter> {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle());
-    let mut found = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::PRIMARY));
-    if found.is_empty() {
+    let mut found = pollster::block_on(instance.enumerate_adapters(api.map_or(wgpu::Backends::PRIMARY, Api::backends)));
+    if found.is_empty() && api.is_none() {
         found = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::GL));
     }
     found
@@ -72,6 +193,37 @@ fn primary_backend(adapters: &[Adapter]) -> Option<wgpu::Backend> {
         .find(|b| adapters.iter().any(|a| a.backend == *b))
 }
 
+static ACTIVITY: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+/// Records what the device is busy with, so a failure inside burn (which panics) can be
+/// reported as "while <activity>: ..." with the sizes involved.
+pub fn doing(what: impl Into<String>) {
+    if let Ok(mut a) = ACTIVITY.lock() {
+        *a = what.into();
+    }
+}
+
+/// What [`doing`] last recorded ("running" if nothing).
+pub fn activity() -> String {
+    ACTIVITY.lock().ok().filter(|a| !a.is_empty()).map_or_else(|| "running".into(), |a| a.clone())
+}
+
+/// An error, before any work, when the device cannot store weights as `dtype`.
+pub fn check_dtype(selected: &Selected, dtype: ember_core::model::WeightDType) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        selected.device.supports_dtype(dtype.float_dtype()),
+        "--dtype {dtype}: {} cannot store {dtype} tensors; use --dtype f16 or f32, or another --device",
+        selected.description
+    );
+    Ok(())
+}
+
+/// What the device's allocator holds now (bytes reserved, in MiB); `None` for the CPU backend
+/// and others that do not report it.
+pub fn pool_mb(device: &Device) -> Option<f64> {
+    device.memory_pool_usage().map(|u| u.bytes_reserved as f64 / 1048576.0)
+}
+
 /// What a choice resolves to, with a line saying so.
 pub struct Selected {
     pub device: Device,
@@ -80,57 +232,74 @@ pub struct Selected {
     pub notice: Option<String>,
 }
 
-pub fn select(choice: DeviceChoice) -> anyhow::Result<Selected> {
+pub fn select(choice: DeviceChoice, api: Option<Api>) -> anyhow::Result<Selected> {
     let cpu = || Selected { device: Device::flex(), description: "CPU (burn flex backend)".into(), notice: None };
     if choice == DeviceChoice::Cpu {
         return Ok(cpu());
     }
-    let all = adapters();
-    let best = best_adapter(&all, choice == DeviceChoice::Gpu);
-    match (best, choice) {
-        (Some((adapter, kind)), _) => Ok(Selected {
-            device: Device::wgpu(kind),
-            description: format!("{} ({:?}, {:?})", adapter.name, adapter.backend, adapter.device_type),
-            notice: None,
-        }),
-        (None, DeviceChoice::Gpu) => anyhow::bail!(
-            "--device gpu: wgpu found no GPU adapter (install your GPU's Vulkan/Metal/DX12 driver, or Mesa's \
-             mesa-vulkan-drivers for a software one); use --device cpu to run on the CPU"
-        ),
-        (None, _) => {
-            let mut selected = cpu();
-            selected.notice = Some("no hardware GPU found by wgpu; running on the CPU".into());
-            Ok(selected)
+    let all = adapters(api);
+    let on = api.map_or(String::new(), |a| format!(" on {a:?}"));
+    let picked = match choice {
+        DeviceChoice::Gpu(Some(n)) => {
+            let adapter = all.get(n).ok_or_else(|| {
+                anyhow::anyhow!("--device gpu:{n}: wgpu sees {} adapter(s){on}; `ember devices` lists them", all.len())
+            })?;
+            Some((adapter.clone(), device_kind(&all, adapter)))
         }
-    }
+        _ => best_adapter(&all, choice == DeviceChoice::Gpu(None)),
+    };
+    let Some((adapter, kind)) = picked else {
+        if choice == DeviceChoice::Auto {
+            let mut selected = cpu();
+            selected.notice = Some(format!("no hardware GPU found by wgpu{on}; running on the CPU"));
+            return Ok(selected);
+        }
+        anyhow::bail!(
+            "--device gpu: wgpu found no GPU adapter{on} (install your GPU's Vulkan/Metal/DX12 driver, or Mesa's \
+             mesa-vulkan-drivers for a software one); use --device cpu to run on the CPU"
+        )
+    };
+    let description = format!("{} ({:?}, {:?})", adapter.name, adapter.backend, adapter.device_type);
+    let device = match api {
+        None => Device::wgpu(kind),
+        Some(api) => Device::wgpu_options()
+            .device_kind(kind)
+            .graphics_api(api.burn_backend())
+            .init()
+            .map_err(|e| anyhow::anyhow!("could not start {description} on {api:?}: {e}"))?,
+    };
+    Ok(Selected { device, description, notice: None })
 }
 
-/// The preferred adapter on burn's graphics API and its burn `DeviceKind` (the index counts
-/// adapters of the same type on that API, as burn's wgpu runtime does).
-pub fn best_adapter(all: &[Adapter], allow_software: bool) -> Option<(Adapter, DeviceKind)> {
-    let backend = primary_backend(all)?;
-    let on_backend: Vec<&Adapter> = all.iter().filter(|a| a.backend == backend).collect();
-    let best = on_backend
+/// burn's name for `adapter`: its type and its index among adapters of that type on its API.
+fn device_kind(all: &[Adapter], adapter: &Adapter) -> DeviceKind {
+    let index = all
         .iter()
-        .filter(|a| rank(a.device_type).is_some_and(|r| r < 3 || allow_software))
-        .min_by_key(|a| rank(a.device_type))?;
-    let index = on_backend
-        .iter()
-        .filter(|a| a.device_type == best.device_type)
-        .position(|a| std::ptr::eq(*a, *best))
+        .filter(|a| a.backend == adapter.backend && a.device_type == adapter.device_type)
+        .position(|a| a.name == adapter.name && a.driver == adapter.driver)
         .unwrap_or(0);
-    let kind = match best.device_type {
+    match adapter.device_type {
         wgpu::DeviceType::DiscreteGpu => DeviceKind::DiscreteGpu(index),
         wgpu::DeviceType::IntegratedGpu => DeviceKind::IntegratedGpu(index),
         wgpu::DeviceType::VirtualGpu => DeviceKind::VirtualGpu(index),
         _ => DeviceKind::Cpu,
-    };
-    Some(((*best).clone(), kind))
+    }
 }
 
+/// The preferred adapter on burn's graphics API and its burn `DeviceKind`.
+pub fn best_adapter(all: &[Adapter], allow_software: bool) -> Option<(Adapter, DeviceKind)> {
+    let backend = primary_backend(all)?;
+    let best = all
+        .iter()
+        .filter(|a| a.backend == backend && rank(a.device_type).is_some_and(|r| r < 3 || allow_software))
+        .min_by_key(|a| rank(a.device_type))?;
+    Some((best.clone(), device_kind(all, best)))
+}
+
+
 /// `ember devices`: the adapters wgpu sees and what `auto` picks.
-pub fn print_devices() {
-    let all = adapters();
+pub fn print_devices(api: Option<Api>) {
+    let all = adapters(api);
     if all.is_empty() {
         println!("wgpu sees no adapters (no Vulkan/Metal/DX12/GL driver).");
     }

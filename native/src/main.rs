@@ -27,8 +27,12 @@ enum Command {
     /// Mean token cross-entropy and perplexity of a model (and adapter) on a dataset.
     Eval(commands::eval::Args),
     /// List the GPU adapters wgpu sees and which one `--device auto` picks.
-    Devices,
-    /// Measure prefill/decode speed on random weights of a named shape (no checkpoint needed).
+    Devices {
+        /// Only this graphics API's adapters: vulkan, metal, dx12 or gl.
+        #[arg(long, value_enum)]
+        backend: Option<device::Api>,
+    },
+    /// Measure training and generation speed and memory on random weights of a named shape (no checkpoint needed).
     Bench(commands::bench::Args),
 }
 
@@ -52,8 +56,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Merge(args) => commands::merge::run(args),
         Command::Data(args) => commands::data::run(args),
         Command::Eval(args) => commands::eval::run(args),
-        Command::Devices => {
-            device::print_devices();
+        Command::Devices { backend } => {
+            device::print_devices(backend);
             Ok(())
         }
         Command::Bench(args) => commands::bench::run(args),
@@ -67,5 +71,5 @@ fn panic_error(payload: Box<dyn std::any::Any + Send>) -> anyhow::Error {
         .cloned()
         .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "unknown failure".into());
-    ember_core::error::device_failure("internal failure", &message).into()
+    ember_core::error::device_failure(&device::activity(), &message).into()
 }

@@ -67,6 +67,30 @@ fn info_reports_the_architecture() {
 }
 
 #[test]
+fn device_flags_are_checked_with_clear_errors() {
+    let model = model_dir("a");
+    let generate = |extra: &[&str]| {
+        let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--prompt-ids", "5,6", "--max-new-tokens", "2", "--json"];
+        args.extend_from_slice(extra);
+        ember(&args)
+    };
+    let out = generate(&["--device", "gpu:99"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("--device gpu:99") && err.contains("ember devices"), "{err}");
+
+    let out = generate(&["--device", "tpu"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use auto, gpu, gpu:N"), "clap names the accepted values");
+
+    // f16 weights on the CPU: the same greedy tokens as f32 on this fixture, with the flag echoed nowhere else.
+    let f32_ids = stdout_json(&generate(&["--device", "cpu"]))["generated_ids"].clone();
+    let f16 = generate(&["--device", "cpu", "--dtype", "f16"]);
+    assert_eq!(stdout_json(&f16)["generated_ids"], f32_ids);
+    let out = generate(&["--device", "cpu", "--dtype", "f8"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use f32, f16 or bf16"));
+}
+
+#[test]
 fn bad_input_is_one_error_line_not_a_panic() {
     let out = ember(&["generate", "--model", "/nonexistent/model", "--prompt", "hi"]);
     assert_eq!(out.status.code(), Some(1));

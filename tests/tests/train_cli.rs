@@ -163,3 +163,21 @@ fn ctrl_c_writes_a_checkpoint_before_exiting() {
     let step: usize = text.split("interrupted at step ").nth(1).unwrap().split(':').next().unwrap().parse().unwrap();
     assert!(out_dir.join(format!("checkpoint-{step}/optimizer.safetensors")).is_file(), "{text}");
 }
+
+/// f16 base weights and gradient checkpointing train, and the summary reports peak memory.
+#[test]
+fn half_precision_checkpointed_training_reports_peak_memory() {
+    let out = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let mut args = base_args(out.path(), 4);
+    args.extend(["--dtype", "f16", "--gradient-checkpointing"].map(String::from));
+    let run = ember(&args, cache.path());
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let line = stdout.lines().find(|l| l.starts_with("peak memory:")).unwrap_or_else(|| panic!("{stdout}"));
+    let mib: f64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert!(mib > 1.0, "{line}");
+    // The adapter is f32 whatever the base weights were stored in.
+    let saved = adapter(out.path());
+    assert!(saved.names().iter().all(|k| saved.read(k).unwrap().data.iter().all(|v| v.is_finite())));
+}

@@ -15,7 +15,8 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use crate::config::BloomConfig;
 use crate::error::{Error, Result};
 use crate::model::vocab::block_ranges;
-use crate::model::{BloomForCausalLM, VocabMatrix, WeightSource};
+use crate::model::precision::StoredAs;
+use crate::model::{BloomForCausalLM, VocabMatrix, WeightDType, WeightSource};
 pub use host::HostTensor;
 pub use safetensors_file::SafetensorsFile;
 pub use torch_pickle::TorchFile;
@@ -182,10 +183,15 @@ impl ModelDir {
         Ok(ModelDir { dir: dir.to_path_buf(), config })
     }
 
-    /// Loads the model's weights onto `device`.
+    /// Loads the model's weights onto `device`, in f32.
     pub fn load_model(&self, device: &Device) -> Result<BloomForCausalLM> {
+        self.load_model_as(device, WeightDType::F32)
+    }
+
+    /// Loads the model's weights onto `device`, stored as `dtype`.
+    pub fn load_model_as(&self, device: &Device, dtype: WeightDType) -> Result<BloomForCausalLM> {
         let mut checkpoint = Checkpoint::open(&self.dir, device)?;
-        BloomForCausalLM::from_weights(&self.config, &mut checkpoint)
+        BloomForCausalLM::from_weights(&self.config, &mut StoredAs { inner: &mut checkpoint, dtype })
     }
 }
 
@@ -220,8 +226,8 @@ impl WeightSource for RandomWeights {
     }
 }
 
-/// A random-weight model of `config`'s shape.
-pub fn random_model(config: &BloomConfig, device: &Device, seed: u64) -> BloomForCausalLM {
-    BloomForCausalLM::from_weights(config, &mut RandomWeights::new(device, seed))
+/// A random-weight model of `config`'s shape, its weights stored as `dtype`.
+pub fn random_model(config: &BloomConfig, device: &Device, seed: u64, dtype: WeightDType) -> BloomForCausalLM {
+    BloomForCausalLM::from_weights(config, &mut StoredAs { inner: &mut RandomWeights::new(device, seed), dtype })
         .expect("random weights always have the requested shapes")
 }

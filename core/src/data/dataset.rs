@@ -60,14 +60,23 @@ const CHUNK: usize = 4096;
 impl TokenizedDataset {
     /// Encodes a stream of examples in memory.
     pub fn from_examples(examples: Examples, tokenizer: &Tokenizer, template: &Template, max_length: usize) -> Result<Self> {
-        let mut entries = Vec::new();
-        let mut tokens = Vec::new();
+        let mut encoded = Vec::new();
         encode_stream(examples, tokenizer, template, max_length, |e| {
-            entries.push(Entry { offset: tokens.len() as u64, len: e.len() as u32, prompt_len: e.prompt_len as u32, truncated: e.truncated });
-            tokens.extend_from_slice(&e.input_ids);
+            encoded.push(e);
             Ok(())
         })?;
-        Ok(TokenizedDataset { entries, tokens: Tokens::Memory(tokens), from_cache: false })
+        Ok(Self::from_encoded(encoded))
+    }
+
+    /// A dataset of already-encoded examples (benchmarks, tests).
+    pub fn from_encoded(examples: impl IntoIterator<Item = Encoded>) -> Self {
+        let mut entries = Vec::new();
+        let mut tokens = Vec::new();
+        for e in examples {
+            entries.push(Entry { offset: tokens.len() as u64, len: e.len() as u32, prompt_len: e.prompt_len as u32, truncated: e.truncated });
+            tokens.extend_from_slice(&e.input_ids);
+        }
+        TokenizedDataset { entries, tokens: Tokens::Memory(tokens), from_cache: false }
     }
 
     pub fn len(&self) -> usize {

@@ -210,8 +210,9 @@ pub fn apply_lora(model: &mut BloomForCausalLM, config: &LoraConfig, device: &De
     Ok(report)
 }
 
+/// Trained weights are f32 whatever the base weights are stored in.
 fn trainable<const D: usize>(tensor: burn::tensor::Tensor<D>) -> Param<burn::tensor::Tensor<D>> {
-    Param::from_tensor(tensor).set_require_grad(true)
+    Param::from_tensor(crate::model::precision::widened(tensor)).set_require_grad(true)
 }
 
 /// peft's `bias`: "all" trains every bias outside the saved copies, "lora_only" the biases of

@@ -5,6 +5,7 @@ use burn::module::Param;
 
 use super::adapter_file::{to_host, LazyTensor};
 use crate::error::Result;
+use crate::model::precision::widened;
 use crate::model::{BloomForCausalLM, VocabMatrix};
 
 /// Merges every unmerged adapter into its base weight (peft's `merge_adapter`).
@@ -25,7 +26,10 @@ fn fold(model: &mut BloomForCausalLM, sign: f64) {
         if lora.merged == (sign > 0.0) {
             continue;
         }
-        let weight = linear.weight.val() + lora.delta_weight() * sign;
+        // In the weight's stored precision: merging into f16 weights rounds, as in peft.
+        let stored = linear.weight.val();
+        let dtype = stored.dtype();
+        let weight = (widened(stored) + lora.delta_weight() * sign).cast(dtype);
         linear.weight = Param::from_tensor(weight).set_require_grad(linear.weight.is_require_grad());
         lora.merged = sign > 0.0;
     }

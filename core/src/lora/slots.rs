@@ -95,10 +95,13 @@ impl Slot {
     /// a training (autodiff) model the new value becomes a fresh leaf of the graph.
     pub fn write(&self, model: &mut BloomForCausalLM, value: Tensor<1>) {
         let (shape, old) = self.read(model);
-        let value = match (old.is_autodiff(), old.is_require_grad()) {
-            (true, true) => value.autodiff().require_grad(),
-            (true, false) => value.autodiff(),
-            _ => value,
+        // The new leaf joins the old one's graph context, gradient-checkpointing strategy included.
+        let value = match old.gradient_checkpointing_strategy() {
+            Some(strategy) => {
+                let value = value.autodiff().with_gradient_checkpointing_strategy(strategy);
+                if old.is_require_grad() { value.require_grad() } else { value }
+            }
+            None => value,
         };
         let as2 = |v: Tensor<1>| -> Tensor<2> { v.reshape([shape[0], shape[1]]) };
         let set2 = |p: &mut Param<Tensor<2>>, v: Tensor<2>| *p = Param::from_tensor(v).set_require_grad(p.is_require_grad());

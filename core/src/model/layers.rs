@@ -6,6 +6,7 @@ use burn::module::{Module, Param};
 use crate::lora::LoraAdapter;
 use burn::tensor::module::linear;
 
+use super::precision::widened;
 use super::vocab::VocabMatrix;
 use burn::tensor::{Int, Tensor};
 
@@ -28,7 +29,7 @@ impl Linear {
         let mut dims = x.dims();
         let rows = dims[..D - 1].iter().product::<usize>();
         let flat: Tensor<2> = x.reshape([rows, dims[D - 1]]);
-        let mut y = linear(flat.clone(), self.weight.val().transpose(), self.bias.as_ref().map(|b| b.val()));
+        let mut y = frozen_linear(flat.clone(), self.weight.val(), self.bias.as_ref().map(|b| b.val()));
         if let Some(lora) = self.lora.as_ref().filter(|l| !l.merged) {
             y = y + lora.delta(flat);
         }
@@ -42,6 +43,21 @@ impl Linear {
 
     pub fn out_features(&self) -> usize {
         self.weight.dims()[0]
+    }
+}
+
+/// `x Wᵀ + b` in the weight's stored precision, as PyTorch's autocast runs a matmul: with f16
+/// weights the input is rounded to f16 and the product widened back to f32. Widening the weight
+/// instead would make autodiff keep an f32 copy of every weight for the backward pass.
+pub fn frozen_linear(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
+    let dtype = weight.dtype();
+    if dtype == burn::tensor::DType::F32 {
+        return linear(x, weight.transpose(), bias);
+    }
+    let y = widened(x.cast(dtype).matmul(weight.transpose()));
+    match bias {
+        Some(b) => y + widened(b).unsqueeze(),
+        None => y,
     }
 }
 
@@ -62,7 +78,7 @@ impl LayerNorm {
         let centered = x.clone() - x.mean_dim(D - 1);
         let variance = centered.clone().square().mean_dim(D - 1);
         let normed = centered / (variance + self.eps).sqrt();
-        normed * self.weight.val().unsqueeze() + self.bias.val().unsqueeze()
+        normed * widened(self.weight.val()).unsqueeze() + widened(self.bias.val()).unsqueeze()
     }
 }
 

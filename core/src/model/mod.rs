@@ -5,11 +5,13 @@ pub mod bloom;
 pub mod cache;
 pub mod layers;
 pub mod names;
+pub mod precision;
 pub mod vocab;
 
 pub use alibi::{AttentionBias, AttentionMask};
 pub use bloom::BloomForCausalLM;
 pub use cache::KvCache;
+pub use precision::WeightDType;
 pub use vocab::VocabMatrix;
 
 use burn::tensor::Tensor;

@@ -11,6 +11,8 @@ use burn::module::{Module, Param};
 use burn::tensor::module::embedding;
 use burn::tensor::{Gradients, Int, Tensor};
 
+use super::layers::frozen_linear;
+use super::precision::widened;
 use crate::error::{device_failure, Result};
 
 /// The largest block, in bytes of f32: the 128 MiB storage-binding limit of WebGPU's default
@@ -46,9 +48,9 @@ impl VocabMatrix {
         Self::new(block_ranges(vocab, rows).into_iter().map(|r| matrix.clone().slice_dim(0, r)).collect(), trainable)
     }
 
-    /// A trainable copy (peft's `modules_to_save`), block by block.
+    /// A trainable f32 copy (peft's `modules_to_save`), block by block.
     pub fn trainable_copy(&self) -> Self {
-        Self::new(self.blocks.iter().map(|b| b.val()).collect(), true)
+        Self::new(self.blocks.iter().map(|b| widened(b.val())).collect(), true)
     }
 
     /// `[vocab, hidden]`.
@@ -64,7 +66,7 @@ impl VocabMatrix {
     /// Rows of the matrix picked by `ids` (`[batch, positions]` → `[batch, positions, hidden]`).
     pub fn rows(&self, ids: Tensor<2, Int>) -> Tensor<3> {
         if self.blocks.len() == 1 {
-            return embedding(self.blocks[0].val(), ids);
+            return widened(embedding(self.blocks[0].val(), ids));
         }
         let mut start = 0;
         let mut sum: Option<Tensor<3>> = None;
@@ -72,7 +74,7 @@ impl VocabMatrix {
             let n = block.dims()[0];
             let inside = ids.clone().greater_equal_elem(start as i64).bool_and(ids.clone().lower_elem((start + n) as i64));
             let local = (ids.clone() - start as i64).clamp(0, n as i64 - 1);
-            let picked = embedding(block.val(), local) * inside.float().unsqueeze_dim::<3>(2);
+            let picked = widened(embedding(block.val(), local)) * inside.float().unsqueeze_dim::<3>(2);
             sum = Some(match sum {
                 Some(s) => s + picked,
                 None => picked,
@@ -82,9 +84,14 @@ impl VocabMatrix {
         sum.expect("at least one block")
     }
 
+    /// `x Wᵀ` block by block: `[rows, hidden]` → one `[rows, block rows]` per block.
+    pub fn project_blocks(&self, x: Tensor<2>) -> Vec<Tensor<2>> {
+        self.blocks.iter().map(|b| frozen_linear(x.clone(), b.val(), None)).collect()
+    }
+
     /// `x Wᵀ`: `[rows, hidden]` → `[rows, vocab]`.
     pub fn project(&self, x: Tensor<2>) -> Tensor<2> {
-        let parts: Vec<Tensor<2>> = self.blocks.iter().map(|b| x.clone().matmul(b.val().transpose())).collect();
+        let parts = self.project_blocks(x);
         if parts.len() == 1 {
             parts.into_iter().next().expect("one block")
         } else {
@@ -95,7 +102,7 @@ impl VocabMatrix {
     /// The whole matrix as one tensor. On a device with a binding limit this fails for matrices
     /// above it: use it only where the full matrix is needed at once (training a copy).
     pub fn full(&self) -> Tensor<2> {
-        Tensor::cat(self.blocks.iter().map(|b| b.val()).collect(), 0)
+        Tensor::cat(self.blocks.iter().map(|b| widened(b.val())).collect(), 0)
     }
 
     /// The gradient of the whole matrix in `grads`, if it has one.
@@ -120,7 +127,7 @@ impl VocabMatrix {
         let mut out = Vec::new();
         for block in &self.blocks {
             let [a, b] = block.dims();
-            let values = block.val().reshape([a * b]).try_into_vec_as::<f32>();
+            let values = widened(block.val()).reshape([a * b]).try_into_vec_as::<f32>();
             out.extend(values.map_err(|e| device_failure("reading weights", &format!("{e:?}")))?);
         }
         Ok(out)

@@ -4,7 +4,7 @@ use ember_core::eval::evaluate;
 
 use super::data_args::DataArgs;
 use super::load;
-use crate::device::DeviceChoice;
+use crate::device::Placement;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -19,15 +19,15 @@ pub struct Args {
     /// Examples per forward pass.
     #[arg(long, default_value_t = 8)]
     batch_size: usize,
-    #[arg(long, value_enum, default_value = "auto")]
-    device: DeviceChoice,
+    #[command(flatten)]
+    placement: Placement,
     /// End with one JSON line: {"eval_loss", "perplexity", "num_tokens", "num_examples"}.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let loaded = load(&args.model, args.adapter.as_deref(), args.device, false)?;
+    let loaded = load(&args.model, args.adapter.as_deref(), &args.placement, false)?;
     let dataset = args.data.load(&loaded.tokenizer)?;
     let pad = loaded.dir.config.pad_token_id.unwrap_or(0);
     let result = evaluate(&loaded.model, &dataset, args.batch_size, pad, loaded.tokenizer.padding_side, &loaded.device, |done, total| {

@@ -7,7 +7,7 @@ use ember_core::template;
 use ember_core::tokenizer::TextStream;
 
 use super::load;
-use crate::device::DeviceChoice;
+use crate::device::Placement;
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Template {
@@ -58,15 +58,15 @@ pub struct Args {
     /// Random seed for sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(long, value_enum, default_value = "auto")]
-    device: DeviceChoice,
+    #[command(flatten)]
+    placement: Placement,
     /// Print one JSON object {"prompt_ids", "generated_ids", "text"} instead of streaming text.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let loaded = load(&args.model, args.adapter.as_deref(), args.device, args.json)?;
+    let loaded = load(&args.model, args.adapter.as_deref(), &args.placement, args.json)?;
     let tokenizer = &loaded.tokenizer;
     let prompt_ids = match (&args.prompt, &args.prompt_ids) {
         (_, Some(ids)) => ids.clone(),

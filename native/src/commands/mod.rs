@@ -17,7 +17,7 @@ use ember_core::lora::merge::merge;
 use ember_core::model::BloomForCausalLM;
 use ember_core::tokenizer::Tokenizer;
 
-use crate::device::{self, DeviceChoice};
+use crate::device::Placement;
 
 /// A model directory loaded onto the chosen device, with its tokenizer.
 pub struct Loaded {
@@ -28,17 +28,16 @@ pub struct Loaded {
 }
 
 /// Loads a model directory (and a LoRA adapter, merged in for inference at no extra cost).
-pub fn load(model: &Path, adapter: Option<&Path>, choice: DeviceChoice, quiet: bool) -> anyhow::Result<Loaded> {
+pub fn load(model: &Path, adapter: Option<&Path>, placement: &Placement, quiet: bool) -> anyhow::Result<Loaded> {
     let dir = ModelDir::open(model)?;
     let tokenizer = Tokenizer::open(model, &dir.config)?;
-    let selected = device::select(choice)?;
-    if let Some(notice) = &selected.notice {
-        eprintln!("note: {notice}");
-    }
+    let selected = placement.select()?;
+    let dtype = placement.dtype;
     if !quiet {
         eprintln!("device: {}", selected.description);
     }
-    let mut model = dir.load_model(&selected.device)?;
+    crate::device::doing(format!("running {} ({dtype}) on {}", model.display(), selected.description));
+    let mut model = dir.load_model_as(&selected.device, dtype)?;
     if let Some(adapter) = adapter {
         let (_, report) = load_adapter(&mut model, adapter, &selected.device)?;
         merge(&mut model);

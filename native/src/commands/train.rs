@@ -25,7 +25,8 @@ use serde_json::Value;
 use super::bench::peak_rss_mb;
 use super::data_args::cache_dir;
 use super::lora_args::LoraArgs;
-use crate::device::{self, DeviceChoice};
+use crate::device::{self, Api, DeviceArgs, DeviceChoice};
+use ember_core::model::WeightDType;
 
 /// Every flag is optional: unset flags fall back to the config file, then to transformers'
 /// defaults. Names are transformers' / peft's.
@@ -84,7 +85,15 @@ pub struct Args {
     #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] init_adapter: Option<PathBuf>,
     /// A checkpoint directory, or `latest` for the newest in --output-dir.
     #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] resume_from_checkpoint: Option<String>,
-    #[arg(long, value_enum)] #[serde(skip_serializing_if = "Option::is_none")] device: Option<DeviceChoice>,
+    /// auto, gpu, gpu:N (from `ember devices`) or cpu.
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] device: Option<DeviceChoice>,
+    /// Graphics API for the GPU: vulkan, metal, dx12 or gl.
+    #[arg(long, value_enum)] #[serde(skip_serializing_if = "Option::is_none")] backend: Option<Api>,
+    /// Stored precision of the frozen base weights: f32, f16 or bf16 (LoRA weights, gradients
+    /// and optimizer state stay f32).
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] dtype: Option<WeightDType>,
+    /// Recompute memory-bound activations in the backward pass instead of keeping them.
+    #[arg(long)] #[serde(skip_serializing_if = "std::ops::Not::not")] gradient_checkpointing: bool,
 }
 
 /// The merged settings.
@@ -109,6 +118,9 @@ pub struct Settings {
     pub init_adapter: Option<PathBuf>,
     pub resume_from_checkpoint: Option<String>,
     pub device: DeviceChoice,
+    pub backend: Option<Api>,
+    pub dtype: WeightDType,
+    pub gradient_checkpointing: bool,
     #[serde(flatten)]
     pub training: TrainingArgs,
 }
@@ -134,6 +146,9 @@ impl Default for Settings {
             init_adapter: None,
             resume_from_checkpoint: None,
             device: DeviceChoice::Auto,
+            backend: None,
+            dtype: WeightDType::F32,
+            gradient_checkpointing: false,
             training: TrainingArgs::default(),
         }
     }
@@ -210,10 +225,8 @@ pub fn train(settings: Settings, demo_question: Option<&str>) -> anyhow::Result<
     settings.training.validate()?;
     let dir = ModelDir::open(&model_path)?;
     let tokenizer = Tokenizer::open(&model_path, &dir.config)?;
-    let selected = device::select(settings.device)?;
-    if let Some(n) = &selected.notice {
-        eprintln!("note: {n}");
-    }
+    let selected = DeviceArgs { device: settings.device, backend: settings.backend }.select()?;
+    device::check_dtype(&selected, settings.dtype)?;
     eprintln!("device: {}", selected.description);
 
     let train_data = settings.dataset(&data_path, &tokenizer)?;
@@ -224,8 +237,12 @@ pub fn train(settings: Settings, demo_question: Option<&str>) -> anyhow::Result<
         stats.examples, stats.without_labels, settings.max_length, stats.tokens
     );
 
-    let device = selected.device.clone().autodiff();
-    let mut model = dir.load_model(&device)?;
+    device::doing(format!(
+        "training on {} (batch {} x up to {} tokens, base weights {})",
+        selected.description, settings.training.per_device_train_batch_size, settings.max_length, settings.dtype
+    ));
+    let device = device::training_device(&selected.device, settings.gradient_checkpointing);
+    let mut model = dir.load_model_as(&device, settings.dtype)?;
     // LoRA's random initialisation is drawn from the device generator: seed it, so runs repeat.
     device.seed(settings.training.seed);
     let (lora, report) = match &settings.init_adapter {
@@ -265,6 +282,7 @@ pub fn train(settings: Settings, demo_question: Option<&str>) -> anyhow::Result<
     let start = Instant::now();
     let mut tokens = 0usize;
     let mut last_epoch = 0.0;
+    let mut peak_pool_mb: Option<f64> = None;
     let finished = trainer.run(
         &train_data,
         eval_data.as_ref(),
@@ -272,6 +290,9 @@ pub fn train(settings: Settings, demo_question: Option<&str>) -> anyhow::Result<
             Event::Step(r) => {
                 tokens += r.tokens;
                 last_epoch = r.epoch;
+                if let Some(mb) = device::pool_mb(&selected.device) {
+                    peak_pool_mb = Some(peak_pool_mb.map_or(mb, |p| p.max(mb)));
+                }
                 let rate = tokens as f64 / start.elapsed().as_secs_f64();
                 bar.set_message(format!("epoch {:.2} loss {:.4} lr {:.2e} {:.0} tok/s", r.epoch, r.loss, r.learning_rate, rate));
                 bar.set_position(r.step as u64);
@@ -302,7 +323,10 @@ pub fn train(settings: Settings, demo_question: Option<&str>) -> anyhow::Result<
     let first = trainer.step_losses.first().map_or(f64::NAN, |s| s.1);
     let last = trainer.step_losses.last().map_or(f64::NAN, |s| s.1);
     println!("done: {} steps in {seconds:.1} s ({:.0} tokens/s); loss {first:.4} → {last:.4}", trainer.global_step, tokens as f64 / seconds);
-    println!("peak memory: {:.0} MiB (process RSS)", peak_rss_mb());
+    match peak_pool_mb {
+        Some(gpu) => println!("peak memory: {gpu:.0} MiB on the device (allocator reserve), {:.0} MiB process RSS", peak_rss_mb()),
+        None => println!("peak memory: {:.0} MiB (process RSS)", peak_rss_mb()),
+    }
     println!("{}", report.trainable_line());
     println!("adapter, trainer_state.json and loss.svg written to {}", out.display());
 

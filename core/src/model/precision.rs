@@ -1,0 +1,86 @@
+//! Stored precision of the frozen base weights (`--dtype`, like loading with
+//! `torch_dtype=torch.float16` and training with `fp16=True`): f16 or bf16 halves the memory of
+//! the base model, while LoRA weights, gradients and optimizer state stay f32.
+//!
+//! As under PyTorch's autocast, the matmuls with frozen weights run in the weights' precision
+//! (inputs rounded, products widened back: `layers::frozen_linear`), everything else in f32
+//! (layer norms, softmax, GELU, the loss, LoRA). Parity is held to PyTorch's own f16/bf16
+//! deviation on the same fixture (tests/fixtures/models/a/dtype_tolerance.json).
+
+use burn::tensor::{DType, FloatDType, Tensor};
+
+use super::vocab::VocabMatrix;
+use super::WeightSource;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightDType {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+}
+
+impl WeightDType {
+    pub fn float_dtype(self) -> FloatDType {
+        match self {
+            WeightDType::F32 => FloatDType::F32,
+            WeightDType::F16 => FloatDType::F16,
+            WeightDType::Bf16 => FloatDType::BF16,
+        }
+    }
+
+    pub fn bytes(self) -> usize {
+        if self == WeightDType::F32 { 4 } else { 2 }
+    }
+}
+
+impl std::str::FromStr for WeightDType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" | "fp32" => Ok(WeightDType::F32),
+            "f16" | "float16" | "fp16" | "half" => Ok(WeightDType::F16),
+            "bf16" | "bfloat16" => Ok(WeightDType::Bf16),
+            _ => Err(format!("unknown dtype `{s}`: use f32, f16 or bf16")),
+        }
+    }
+}
+
+impl std::fmt::Display for WeightDType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WeightDType::F32 => "f32",
+            WeightDType::F16 => "f16",
+            WeightDType::Bf16 => "bf16",
+        })
+    }
+}
+
+/// `tensor` as f32, for arithmetic with f32 activations (a no-op for f32 weights).
+pub fn widened<const D: usize>(tensor: Tensor<D>) -> Tensor<D> {
+    if tensor.dtype() == DType::F32 { tensor } else { tensor.cast(FloatDType::F32) }
+}
+
+/// A weight source whose tensors are stored as `dtype`, converted one tensor at a time so an
+/// f32 copy of the whole model never exists.
+pub struct StoredAs<'a, W> {
+    pub inner: &'a mut W,
+    pub dtype: WeightDType,
+}
+
+impl<W: WeightSource> WeightSource for StoredAs<'_, W> {
+    fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> crate::Result<Tensor<D>> {
+        let tensor = self.inner.tensor(name, shape)?;
+        Ok(if self.dtype == WeightDType::F32 { tensor } else { tensor.cast(self.dtype.float_dtype()) })
+    }
+
+    fn vocab_matrix(&mut self, name: &str, shape: [usize; 2], rows: usize) -> crate::Result<VocabMatrix> {
+        let matrix = self.inner.vocab_matrix(name, shape, rows)?;
+        if self.dtype == WeightDType::F32 {
+            return Ok(matrix);
+        }
+        let blocks = matrix.blocks.into_iter().map(|b| b.val().cast(self.dtype.float_dtype())).collect();
+        Ok(VocabMatrix::new(blocks, false))
+    }
+}

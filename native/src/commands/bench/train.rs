@@ -1,0 +1,106 @@
+//! `ember bench train`: LoRA training steps on random weights and random tokens, timed as the
+//! real trainer runs them (forward, backward, clipping, AdamW), for comparison with
+//! `bench/peft_baseline.py` on the same shape, batch, sequence length and dtype.
+
+use std::time::Instant;
+
+use ember_core::checkpoint::random_model;
+use ember_core::data::encode::Encoded;
+use ember_core::data::TokenizedDataset;
+use ember_core::lora::{apply_lora, LoraConfig};
+use ember_core::tokenizer::PaddingSide;
+use ember_core::train::{Trainer, TrainingArgs};
+
+use super::{median, peak_rss_mb, shape};
+use crate::device::{self, Placement};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// bloom-560m, bloom-1b1, bloom-1b4, tiny, or a path to a config.json.
+    #[arg(long, default_value = "bloom-560m")]
+    shape: String,
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Tokens per sequence (every sequence full, every token a label).
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    /// Timed steps (after --warmup untimed ones).
+    #[arg(long, default_value_t = 5)]
+    steps: usize,
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Recompute memory-bound activations in the backward pass instead of keeping them.
+    #[arg(long)]
+    gradient_checkpointing: bool,
+    #[command(flatten)]
+    placement: Placement,
+    /// End with one JSON line of the results.
+    #[arg(long)]
+    json: bool,
+}
+
+/// LoRA as the issue fixes it for comparisons: r=8 on `query_key_value`, peft's usual alpha
+/// and dropout.
+const LORA: &str = r#"{"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["query_key_value"]}"#;
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let config = shape(&args.shape)?;
+    let selected = args.placement.select()?;
+    crate::device::doing(format!("benchmarking training on {} (batch {} x {} tokens, base weights {})", selected.description, args.batch, args.seq, args.placement.dtype));
+    eprintln!(
+        "device: {}\nshape: {} ({} parameters, random weights), batch {} x {} tokens, base weights {}",
+        selected.description,
+        args.shape,
+        super::super::with_commas(config.num_parameters()),
+        args.batch,
+        args.seq,
+        args.placement.dtype
+    );
+    let device = device::training_device(&selected.device, args.gradient_checkpointing);
+    let mut model = random_model(&config, &device, 0, args.placement.dtype);
+    let lora = LoraConfig::from_json(LORA, "LoRA settings")?;
+    let report = apply_lora(&mut model, &lora, &device)?;
+    eprintln!("{}", report.trainable_line());
+
+    let total = args.warmup + args.steps;
+    let vocab = config.vocab_size as u32;
+    let data = TokenizedDataset::from_encoded((0..args.batch * total).map(|row| Encoded {
+        input_ids: (0..args.seq).map(|i| 4 + ((row * 131 + i) as u32 * 7919) % (vocab - 4)).collect(),
+        prompt_len: 0,
+        truncated: false,
+    }));
+    let training = TrainingArgs {
+        per_device_train_batch_size: args.batch,
+        max_steps: total as i64,
+        save_steps: 0,
+        shuffle: false,
+        ..TrainingArgs::default()
+    };
+    let mut trainer = Trainer::new(model, lora, training, &data, 3, PaddingSide::Right, &device)?;
+    let mut step_s = Vec::new();
+    for step in 0..total {
+        let start = Instant::now();
+        let report = trainer.step(&data)?;
+        let seconds = start.elapsed().as_secs_f64();
+        eprintln!("step {}: {:.2} s, loss {:.4}", step + 1, seconds, report.loss);
+        if step >= args.warmup {
+            step_s.push(seconds);
+        }
+    }
+    let step = median(&mut step_s);
+    let tokens_per_s = (args.batch * args.seq) as f64 / step;
+    let peak = peak_rss_mb();
+    println!("{:<26} {:>12}", "metric", "value");
+    println!("{:<26} {:>12.1}", "training tokens/s", tokens_per_s);
+    println!("{:<26} {:>12.3}", "step median (s)", step);
+    println!("{:<26} {:>12.0}", "peak RSS (MiB)", peak);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({ "tokens_per_s": tokens_per_s, "step_s_median": step, "peak_rss_mb": peak,
+                                "shape": args.shape, "batch": args.batch, "seq": args.seq, "dtype": args.placement.dtype.to_string(),
+                                "gradient_checkpointing": args.gradient_checkpointing, "device": selected.description })
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,97 @@
+//! `--dtype f16|bf16`: base weights stored in half precision give logits and per-token losses
+//! as close to transformers' f32 results as PyTorch's own f16/bf16 run of the same fixture is
+//! (tests/fixtures/models/a/dtype_tolerance.json, written by make_fixtures.py), while the model
+//! takes half the memory and LoRA training stays f32. Rounding errors of different kernels are
+//! not the same numbers, so "as close" allows [`MARGIN`] times PyTorch's deviation.
+
+use burn::tensor::{DType, Device};
+use ember_core::checkpoint::ModelDir;
+use ember_core::lora::{apply_lora, LoraConfig};
+use ember_core::model::WeightDType;
+use ember_tests::{logits, max_abs_diff, model_dir, test_devices, Golden};
+use serde_json::Value;
+
+/// PyTorch's own deviation times this is the tolerance.
+const MARGIN: f64 = 1.25;
+
+fn tolerance(dtype: &str, key: &str) -> f64 {
+    let text = std::fs::read_to_string(model_dir("a").join("dtype_tolerance.json")).unwrap();
+    let json: Value = serde_json::from_str(&text).unwrap();
+    json[dtype][key].as_f64().unwrap() * MARGIN
+}
+
+/// Next-token cross-entropy at each real position, from `[batch, seq, vocab]` logits (compared
+/// token by token: a mean lets errors of opposite sign cancel by chance).
+fn token_losses(logits: &[f32], ids: &[Vec<i64>], mask: &[Vec<i64>]) -> Vec<f64> {
+    let (b, t) = (ids.len(), ids[0].len());
+    let vocab = logits.len() / (b * t);
+    let mut losses = Vec::new();
+    for r in 0..b {
+        for p in 0..t - 1 {
+            if mask[r][p + 1] == 0 {
+                continue;
+            }
+            let row = &logits[(r * t + p) * vocab..(r * t + p + 1) * vocab];
+            let max = row.iter().cloned().fold(f32::MIN, f32::max) as f64;
+            let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+            losses.push(lse - row[ids[r][p + 1] as usize] as f64);
+        }
+    }
+    losses
+}
+
+/// Largest |Δ| over the positions the mask keeps (padding rows are not compared, as in PyTorch's).
+fn masked_diff(a: &[f32], b: &[f32], mask: &[Vec<i64>]) -> f32 {
+    let t = mask[0].len();
+    let vocab = a.len() / (mask.len() * t);
+    let keep = |i: usize| mask[i / (t * vocab)][(i / vocab) % t] == 1;
+    a.iter().zip(b).enumerate().filter(|(i, _)| keep(*i)).map(|(_, (x, y))| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[test]
+fn half_precision_weights_stay_within_pytorchs_own_deviation() {
+    let dir = ModelDir::open(&model_dir("a")).unwrap();
+    let golden = Golden::open(&model_dir("a").join("golden.safetensors"));
+    for (device_name, device) in test_devices() {
+        for (dtype, name) in [(WeightDType::F16, "f16"), (WeightDType::Bf16, "bf16")] {
+            if !device.supports_dtype(dtype.float_dtype()) {
+                eprintln!("{device_name}: {name} not supported by this device, skipped");
+                continue;
+            }
+            let model = dir.load_model_as(&device, dtype).unwrap();
+            assert_eq!(model.transformer.h[0].mlp.dense_h_to_4h.weight.val().dtype(), DType::from(dtype.float_dtype()));
+            for batch in ["unpadded", "padded"] {
+                let ids = golden.rows(&format!("{batch}.input_ids"));
+                let mask = golden.rows(&format!("{batch}.attention_mask"));
+                let reference = golden.f32s(&format!("{batch}.logits"));
+                let ours = logits(&model, &ids, &mask, &device);
+                let diff = masked_diff(&ours, &reference, &mask) as f64;
+                let allowed = tolerance(name, "max_abs_logit_diff");
+                eprintln!("{device_name} {name} {batch}: max |Δlogit| {diff:.4} (allowed {allowed:.4})");
+                assert!(diff <= allowed, "{device_name} {name} {batch}: max |Δlogit| {diff} > PyTorch's {allowed}");
+                // Not trivially equal: the weights really were rounded.
+                assert!(max_abs_diff(&ours, &reference) > 1e-6, "{device_name} {name}: no rounding seen");
+                let (a, b) = (token_losses(&ours, &ids, &mask), token_losses(&reference, &ids, &mask));
+                let loss_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+                let allowed = tolerance(name, "max_abs_token_loss_diff");
+                eprintln!("{device_name} {name} {batch}: max |Δ token loss| {loss_diff:.4} (allowed {allowed:.4})");
+                assert!(loss_diff <= allowed, "{device_name} {name} {batch}: max |Δ token loss| {loss_diff} > PyTorch's {allowed}");
+            }
+        }
+    }
+}
+
+#[test]
+fn lora_weights_stay_f32_on_half_precision_base_weights() {
+    let device = Device::flex().autodiff();
+    let mut model = ModelDir::open(&model_dir("a")).unwrap().load_model_as(&device, WeightDType::F16).unwrap();
+    let lora = LoraConfig::from_json(r#"{"r": 4, "target_modules": ["query_key_value"], "modules_to_save": ["ln_f", "word_embeddings"]}"#, "test").unwrap();
+    apply_lora(&mut model, &lora, &device).unwrap();
+    let qkv = &model.transformer.h[0].self_attention.query_key_value;
+    assert_eq!(qkv.weight.val().dtype(), DType::F16);
+    assert_eq!(qkv.lora.as_ref().unwrap().lora_a.val().dtype(), DType::F32);
+    assert_eq!(model.transformer.ln_f.weight.val().dtype(), DType::F32, "modules_to_save copies train in f32");
+    let copy = model.transformer.word_embeddings.trainable_copy.as_ref().unwrap();
+    assert_eq!(copy.blocks[0].val().dtype(), DType::F32);
+    assert_eq!(model.transformer.word_embeddings.weight.blocks[0].val().dtype(), DType::F16);
+}
