@@ -90,6 +90,28 @@ fn device_flags_are_checked_with_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("use f32, f16 or bf16"));
 }
 
+/// `--backend vulkan` pins the graphics API: on a machine with a Vulkan adapter (Mesa's
+/// lavapipe in CI) `ember devices` lists it with its limits, and generating on `gpu:0` over
+/// Vulkan gives the CPU's greedy tokens.
+#[test]
+fn backend_flag_pins_the_graphics_api() {
+    let out = ember(&["devices", "--backend", "vulkan"]);
+    let listing = String::from_utf8_lossy(&out.stdout).to_string();
+    if !listing.contains("backend Vulkan") {
+        assert!(std::env::var("EMBER_REQUIRE_WGPU").map_or(true, |v| v != "1"), "no Vulkan adapter: {listing}");
+        eprintln!("note: no Vulkan adapter; skipped");
+        return;
+    }
+    assert!(listing.contains("max storage binding"), "{listing}");
+    let model = model_dir("a");
+    let run = |device: &[&str]| {
+        let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--prompt-ids", "5,6,7", "--max-new-tokens", "4", "--json"];
+        args.extend_from_slice(device);
+        stdout_json(&ember(&args))["generated_ids"].clone()
+    };
+    assert_eq!(run(&["--device", "gpu:0", "--backend", "vulkan"]), run(&["--device", "cpu"]));
+}
+
 #[test]
 fn bad_input_is_one_error_line_not_a_panic() {
     let out = ember(&["generate", "--model", "/nonexistent/model", "--prompt", "hi"]);
