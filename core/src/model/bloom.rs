@@ -67,10 +67,12 @@ impl BloomMlp {
     }
 }
 
-/// BLOOM's tanh approximation of GELU, with transformers' constants.
+/// BLOOM's tanh approximation of GELU, `x·½(1 + tanh(0.79788456·x·(1 + 0.044715·x²)))` with
+/// transformers' constants, written as `x·σ(2·inner)` (the same function, since
+/// `½(1 + tanh z) = σ(2z)`): fewer element-wise passes, each of which autodiff also runs backward.
 pub fn bloom_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    let inner = (x.clone() * x.clone() * 0.044715 + 1.0) * x.clone() * 0.797_884_56;
-    x * 0.5 * (inner.tanh() + 1.0)
+    let twice_inner = (x.clone() * x.clone() * (2.0 * 0.797_884_56 * 0.044715) + 2.0 * 0.797_884_56) * x.clone();
+    x * burn::tensor::activation::sigmoid(twice_inner)
 }
 
 #[derive(Module, Debug)]
