@@ -37,6 +37,7 @@ enum Command {
 }
 
 fn main() {
+    keep_freed_memory();
     let cli = Cli::parse();
     // burn reports device failures (a buffer the GPU cannot allocate, a lost device) by
     // panicking; turn those into the same one-line error as every other failure.
@@ -61,6 +62,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => commands::bench::run(args),
+    }
+}
+
+/// burn's CPU backend allocates a fresh buffer for every intermediate tensor. glibc hands
+/// buffers above its mmap threshold back to the OS when they are freed (and trims the heap),
+/// so the next step's buffers are page-faulted and zeroed again: about 12% of a training
+/// step's time. Raising the threshold to its maximum (32 MiB) and never trimming keeps that
+/// memory for reuse; the peak is unchanged. (`bench train` on bloom-560m: 11.8 → 11.1 s.)
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }
 
