@@ -112,6 +112,23 @@ fn backend_flag_pins_the_graphics_api() {
     assert_eq!(run(&["--device", "gpu:0", "--backend", "vulkan"]), run(&["--device", "cpu"]));
 }
 
+/// Running out of GPU memory is one error line saying how much could not be allocated and what
+/// to lower, not a panic (on lavapipe in CI: a 1 GiB-per-row attention score tensor).
+#[test]
+fn gpu_out_of_memory_is_explained() {
+    if ember_tests::wgpu_device().is_none() {
+        assert!(std::env::var("EMBER_REQUIRE_WGPU").map_or(true, |v| v != "1"), "no wgpu adapter");
+        return;
+    }
+    let out = ember(&["bench", "train", "--shape", "tiny", "--batch", "512", "--seq", "1024", "--steps", "1", "--warmup", "0", "--device", "gpu"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line = err.lines().filter(|l| l.starts_with("error:")).last().unwrap_or_else(|| panic!("{err}"));
+    assert!(line.contains("could not allocate a buffer of") && line.contains("MiB"), "{line}");
+    assert!(line.contains("--per-device-train-batch-size") && line.contains("--dtype f16"), "{line}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 #[test]
 fn bad_input_is_one_error_line_not_a_panic() {
     let out = ember(&["generate", "--model", "/nonexistent/model", "--prompt", "hi"]);
