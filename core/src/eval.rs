@@ -3,7 +3,8 @@
 use burn::tensor::Device;
 
 use crate::data::{collate, TokenizedDataset};
-use crate::error::{device_failure, Result};
+use crate::error::Result;
+use crate::readback::{blocking, scalar};
 use crate::loss::loss_sum;
 use crate::model::BloomForCausalLM;
 use crate::tokenizer::PaddingSide;
@@ -24,6 +25,19 @@ pub fn evaluate(
     pad_id: u32,
     side: PaddingSide,
     device: &Device,
+    progress: impl FnMut(usize, usize),
+) -> Result<EvalResult> {
+    blocking(evaluate_async(model, dataset, batch_size, pad_id, side, device, progress))
+}
+
+/// [`evaluate`] for platforms that cannot block on the device (the browser).
+pub async fn evaluate_async(
+    model: &BloomForCausalLM,
+    dataset: &TokenizedDataset,
+    batch_size: usize,
+    pad_id: u32,
+    side: PaddingSide,
+    device: &Device,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<EvalResult> {
     let indices = dataset.trainable_indices();
@@ -34,7 +48,7 @@ pub fn evaluate(
         let refs: Vec<_> = examples.iter().collect();
         let batch = collate(&refs, pad_id, side, None);
         let (sum, count) = loss_sum(model, &batch, device);
-        total += sum.try_into_scalar::<f32>().map_err(|e| device_failure("evaluating", &format!("{e:?}")))? as f64;
+        total += scalar(sum, "evaluating").await? as f64;
         tokens += count;
         progress((done + 1) * batch_size.min(indices.len()), indices.len());
     }

@@ -8,6 +8,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
 use crate::model::{AttentionMask, BloomForCausalLM, KvCache};
+use crate::readback::{blocking, values};
 
 /// How to pick each next token when sampling (`do_sample=True`). Defaults are transformers'.
 #[derive(Debug, Clone, PartialEq)]
@@ -95,6 +96,16 @@ impl<'a> Decoder<'a> {
 
     /// Feeds `prompts` left-padded with `pad_id`; returns `batch * vocab` logits.
     pub fn prefill(&mut self, prompts: &[Vec<u32>], pad_id: u32) -> Result<Vec<f32>> {
+        blocking(self.prefill_async(prompts, pad_id))
+    }
+
+    /// Feeds one token per row (every row attends to it, as transformers does).
+    pub fn step(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+        blocking(self.step_async(ids))
+    }
+
+    /// [`Self::prefill`] for platforms that cannot block on the device (the browser).
+    pub async fn prefill_async(&mut self, prompts: &[Vec<u32>], pad_id: u32) -> Result<Vec<f32>> {
         let len = prompts.iter().map(Vec::len).max().unwrap_or(0);
         let padded: Vec<u32> = prompts
             .iter()
@@ -103,31 +114,39 @@ impl<'a> Decoder<'a> {
         self.batch = prompts.len();
         self.cache = KvCache::new(self.model.num_layers());
         self.mask = AttentionMask::new(prompts.iter().map(|p| (0..len).map(|i| i >= len - p.len()).collect()).collect());
-        self.run(&padded, len)
+        self.run(&padded, len).await
     }
 
-    /// Feeds one token per row (every row attends to it, as transformers does).
-    pub fn step(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
+    /// [`Self::step`] for platforms that cannot block on the device (the browser).
+    pub async fn step_async(&mut self, ids: &[u32]) -> Result<Vec<f32>> {
         self.mask.push(&vec![true; self.batch]);
-        self.run(ids, 1)
+        self.run(ids, 1).await
     }
 
-    fn run(&mut self, ids: &[u32], len: usize) -> Result<Vec<f32>> {
+    async fn run(&mut self, ids: &[u32], len: usize) -> Result<Vec<f32>> {
         let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
         let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [self.batch, len]), &self.device);
         let hidden = self.model.hidden_states(input, &self.mask, Some(&mut self.cache));
         let logits = self.model.lm_head(hidden.slice_dim(1, len - 1..len));
         let vocab = logits.dims()[2];
-        logits
-            .reshape([self.batch * vocab])
-            .try_into_vec_as::<f32>()
-            .map_err(|e| crate::error::device_failure("reading logits", &format!("{e:?}")))
+        values(logits.reshape([self.batch * vocab]), "reading logits").await
     }
 }
 
 /// Generates continuations of `prompts` (token ids, unpadded). Returns each row's new tokens,
 /// up to and including eos. `on_step` sees each step's token per row (`None` once a row ended).
 pub fn generate(
+    model: &BloomForCausalLM,
+    prompts: &[Vec<u32>],
+    config: &GenerationConfig,
+    device: &Device,
+    on_step: impl FnMut(&[Option<u32>]),
+) -> Result<Vec<Vec<u32>>> {
+    blocking(generate_async(model, prompts, config, device, on_step))
+}
+
+/// [`generate`] for platforms that cannot block on the device (the browser).
+pub async fn generate_async(
     model: &BloomForCausalLM,
     prompts: &[Vec<u32>],
     config: &GenerationConfig,
@@ -148,12 +167,12 @@ pub fn generate(
 
     for step_index in 0..budget {
         let logits = if step_index == 0 {
-            decoder.prefill(prompts, config.pad_token_id)?
+            decoder.prefill_async(prompts, config.pad_token_id).await?
         } else {
             let last: Vec<u32> = (0..batch)
                 .map(|r| if finished[r] && generated[r].len() < step_index { config.pad_token_id } else { *history[r].last().unwrap() })
                 .collect();
-            decoder.step(&last)?
+            decoder.step_async(&last).await?
         };
         let vocab = logits.len() / batch;
         let mut step = vec![None; batch];

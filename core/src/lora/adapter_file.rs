@@ -12,8 +12,9 @@ use super::config::LoraConfig;
 use super::inject::{apply_lora, LoraReport};
 use super::slots::adapter_slots;
 use crate::checkpoint::TensorFile;
-use crate::error::{device_failure, Error, Result};
+use crate::error::{Error, Result};
 use crate::model::BloomForCausalLM;
+use crate::readback::{blocking, values};
 
 pub const CONFIG_FILE: &str = "adapter_config.json";
 pub const WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -64,7 +65,7 @@ impl View for &LazyTensor {
 }
 
 pub fn to_host(tensor: Tensor<1>) -> Result<Vec<f32>> {
-    tensor.try_into_vec_as::<f32>().map_err(|e| device_failure("reading weights", &format!("{e:?}")))
+    blocking(values(tensor, "reading weights"))
 }
 
 /// The adapter's tensors under peft's keys.

@@ -14,7 +14,8 @@ use burn::tensor::{Gradients, Int, Tensor};
 
 use super::layers::frozen_linear;
 use super::precision::widened;
-use crate::error::{device_failure, Result};
+use crate::error::Result;
+use crate::readback::{blocking, values};
 
 /// The largest block, in bytes of f32. It must stay under the 128 MiB storage-binding limit of
 /// WebGPU's defaults, lavapipe and many GPUs; 32 MiB also keeps a block's logits for a training
@@ -131,8 +132,7 @@ impl VocabMatrix {
         let mut out = Vec::new();
         for block in &self.blocks {
             let [a, b] = block.dims();
-            let values = widened(block.val()).reshape([a * b]).try_into_vec_as::<f32>();
-            out.extend(values.map_err(|e| device_failure("reading weights", &format!("{e:?}")))?);
+            out.extend(blocking(values(block.val().reshape([a * b]), "reading weights"))?);
         }
         Ok(out)
     }

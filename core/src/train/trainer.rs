@@ -15,12 +15,13 @@ use serde_json::{json, Value};
 use super::adamw::{AdamW, AdamWConfig};
 use super::args::TrainingArgs;
 use crate::data::{collate, Batch, TokenizedDataset};
-use crate::error::{device_failure, Error, Result};
+use crate::error::{Error, Result};
 use crate::eval::{evaluate, EvalResult};
 use crate::lora::slots::{adapter_slots, Slot};
 use crate::lora::LoraConfig;
 use crate::loss::loss_sum;
 use crate::model::BloomForCausalLM;
+use crate::readback::{blocking, scalar};
 use crate::tokenizer::PaddingSide;
 
 /// What one optimizer step did.
@@ -129,6 +130,11 @@ impl Trainer {
 
     /// One optimizer step.
     pub fn step(&mut self, dataset: &TokenizedDataset) -> Result<StepReport> {
+        blocking(self.step_async(dataset))
+    }
+
+    /// [`Self::step`] for platforms that cannot block on the device (the browser).
+    pub async fn step_async(&mut self, dataset: &TokenizedDataset) -> Result<StepReport> {
         let k = self.global_step;
         // Dropout masks depend only on the seed and the step, so a resumed run draws the same.
         self.device.seed(self.args.seed.wrapping_add(k as u64));
@@ -143,7 +149,7 @@ impl Trainer {
             let (sum, _) = loss_sum(&self.model, batch, &self.device);
             let micro_loss = sum / label_tokens.max(1) as f64;
             let gradients = micro_loss.backward();
-            loss += micro_loss.inner().try_into_scalar::<f32>().map_err(|e| device_failure("training", &format!("{e:?}")))? as f64;
+            loss += scalar(micro_loss.inner(), "training").await? as f64;
             for (acc, slot) in grads.iter_mut().zip(&self.slots) {
                 if let Some(g) = slot.grad(&self.model, &gradients) {
                     *acc = Some(match acc.take() {
@@ -166,7 +172,7 @@ impl Trainer {
         let grad_norm = if squares.is_empty() {
             0.0
         } else {
-            (Tensor::cat(squares, 0).sum().try_into_scalar::<f32>().map_err(|e| device_failure("training", &format!("{e:?}")))? as f64).sqrt()
+            (scalar(Tensor::cat(squares, 0).sum(), "training").await? as f64).sqrt()
         };
         let clip = if self.args.max_grad_norm > 0.0 { (self.args.max_grad_norm / (grad_norm + 1e-6)).min(1.0) } else { 1.0 };
         let learning_rate = self.args.learning_rate_at(k, self.total_steps);
