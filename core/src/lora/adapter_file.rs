@@ -85,7 +85,18 @@ fn metadata() -> Option<HashMap<String, String>> {
 
 /// `adapter_model.safetensors` as bytes (for the browser, which has no file system).
 pub fn adapter_safetensors_bytes(model: &BloomForCausalLM, config: &LoraConfig) -> Result<Vec<u8>> {
-    let tensors = adapter_tensors(model, config)?;
+    blocking(adapter_safetensors_bytes_async(model, config))
+}
+
+/// [`adapter_safetensors_bytes`] for platforms that cannot block on the device (the browser):
+/// every tensor is read back first, then serialised.
+pub async fn adapter_safetensors_bytes_async(model: &BloomForCausalLM, config: &LoraConfig) -> Result<Vec<u8>> {
+    let mut tensors = Vec::new();
+    for slot in adapter_slots(config, model)? {
+        let (shape, value) = slot.read(model);
+        let data = values(value, "reading the adapter").await?;
+        tensors.push((slot.key(), LazyTensor::new(shape, move || Ok(data.clone()))));
+    }
     safetensors::serialize(tensors.iter().map(|(k, t)| (k.clone(), t)), metadata())
         .map_err(|e| Error::invalid(format!("cannot serialise the adapter: {e}")))
 }
