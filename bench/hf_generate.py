@@ -73,11 +73,19 @@ def main():
         "new_tokens": args.new_tokens,
         "device": f"CPU (PyTorch {torch.__version__}, {torch.get_num_threads()} threads)",
     }
+    report(
+        [("prefill tokens/s", result["prefill_tokens_per_s"], 1),
+         ("decode tokens/s", result["decode_tokens_per_s"], 2),
+         ("peak RSS (MiB)", peak_rss_mb, 0)],
+        result, args.json)
+
+
+def report(rows, result, as_json):
+    """The table ember's benchmarks print, then (with --json) the result as one JSON line."""
     print(f"{'metric':<26} {'value':>12}")
-    print(f"{'prefill tokens/s':<26} {result['prefill_tokens_per_s']:>12.1f}")
-    print(f"{'decode tokens/s':<26} {result['decode_tokens_per_s']:>12.2f}")
-    print(f"{'peak RSS (MiB)':<26} {peak_rss_mb:>12.0f}")
-    if args.json:
+    for name, value, decimals in rows:
+        print(f"{name:<26} {value:>12.{decimals}f}")
+    if as_json:
         print(json.dumps(result))
 
 

@@ -8,7 +8,6 @@ Uses CUDA when --device cuda is given (and then reports GPU memory too). Prints 
 --json, one last JSON line with the same keys as ember's.
 """
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -18,7 +17,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import BloomConfig, BloomForCausalLM
 
-from hf_generate import SHAPES
+from hf_generate import SHAPES, report
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
@@ -83,12 +82,9 @@ def main():
     }
     if device.type == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_reserved() / 2**20
-    print(f"{'metric':<26} {'value':>12}")
-    print(f"{'training tokens/s':<26} {result['tokens_per_s']:>12.1f}")
-    print(f"{'step median (s)':<26} {step:>12.3f}")
-    print(f"{'peak RSS (MiB)':<26} {result['peak_rss_mb']:>12.0f}")
-    if args.json:
-        print(json.dumps(result))
+    report(
+        [("training tokens/s", result["tokens_per_s"], 1), ("step median (s)", step, 3), ("peak RSS (MiB)", result["peak_rss_mb"], 0)],
+        result, args.json)
 
 
 if __name__ == "__main__":

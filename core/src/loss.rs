@@ -11,6 +11,7 @@
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::data::{Batch, IGNORE_INDEX};
+use crate::model::vocab::ids_in_block;
 use crate::model::{AttentionMask, BloomForCausalLM};
 
 /// Summed cross-entropy over the label tokens of `batch` (a one-element tensor, so it can be
@@ -44,14 +45,13 @@ pub fn shifted_cross_entropy_sum(model: &BloomForCausalLM, hidden: Tensor<3>, la
 
     let mut log_sum_exps = Vec::new();
     let mut picked: Option<Tensor<2>> = None;
-    let mut start = 0i64;
+    let mut start = 0;
     for logits in model.lm_head_weight().project_blocks(x) {
-        let size = logits.dims()[1] as i64;
+        let size = logits.dims()[1];
         log_sum_exps.push(log_sum_exp(logits.clone()));
         // The label's logit, from the block that holds it (zero from the others).
-        let inside = targets.clone().greater_equal_elem(start).bool_and(targets.clone().lower_elem(start + size));
-        let local = (targets.clone() - start).clamp(0, size - 1);
-        let here = logits.gather(1, local) * inside.float();
+        let (local, inside) = ids_in_block(&targets, start..start + size);
+        let here = logits.gather(1, local) * inside;
         picked = Some(match picked {
             Some(p) => p + here,
             None => here,

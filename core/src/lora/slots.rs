@@ -9,7 +9,7 @@ use super::config::LoraConfig;
 use super::inject::select_modules;
 use crate::error::Result;
 use crate::model::names::ModuleKind;
-use crate::model::BloomForCausalLM;
+use crate::model::{BloomForCausalLM, VocabMatrix};
 
 /// peft prefixes every key with the wrapper path of the base model.
 pub const PREFIX: &str = "base_model.model.";
@@ -88,13 +88,29 @@ impl Slot {
 
     /// Expected shape of the value in `model`.
     pub fn shape(&self, model: &BloomForCausalLM) -> Vec<usize> {
-        self.read(model).0
+        self.shape_and_leaf(model).0
+    }
+
+    /// The shape, and a tensor in the same graph context as the value (autodiff, trainability,
+    /// checkpointing strategy): for a vocabulary matrix its first block, so the blocks are not
+    /// joined just to learn these.
+    fn shape_and_leaf(&self, model: &BloomForCausalLM) -> (Vec<usize>, Tensor<1>) {
+        let first_block = |m: &VocabMatrix| {
+            let block = m.blocks[0].val();
+            let [a, b] = block.dims();
+            (m.dims().to_vec(), block.reshape([a * b]))
+        };
+        match self {
+            Slot::EmbeddingCopy(_) => first_block(model.transformer.word_embeddings.active_weight()),
+            Slot::LmHead => first_block(model.lm_head_weight()),
+            _ => self.read(model),
+        }
     }
 
     /// Replaces the value; `value` has the slot's shape, flattened. Trainability is kept, and on
     /// a training (autodiff) model the new value becomes a fresh leaf of the graph.
     pub fn write(&self, model: &mut BloomForCausalLM, value: Tensor<1>) {
-        let (shape, old) = self.read(model);
+        let (shape, old) = self.shape_and_leaf(model);
         // The new leaf joins the old one's graph context, gradient-checkpointing strategy included.
         let value = match old.gradient_checkpointing_strategy() {
             Some(strategy) => {

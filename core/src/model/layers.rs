@@ -2,13 +2,12 @@
 //! `bias`) and PyTorch's layouts, so a checkpoint tensor maps onto a field unchanged.
 
 use burn::module::{Module, Param};
-
-use crate::lora::LoraAdapter;
 use burn::tensor::module::linear;
+use burn::tensor::{Int, Tensor};
 
 use super::precision::widened;
 use super::vocab::VocabMatrix;
-use burn::tensor::{Int, Tensor};
+use crate::lora::LoraAdapter;
 
 /// `torch.nn.Linear`: `y = x Wᵀ + b`, with `weight` stored `[out_features, in_features]`,
 /// plus an optional LoRA adapter beside it.

@@ -34,6 +34,15 @@ pub fn block_ranges(vocab: usize, rows: usize) -> Vec<std::ops::Range<usize>> {
     (0..vocab.div_ceil(rows).max(1)).map(|i| i * rows..((i + 1) * rows).min(vocab)).collect()
 }
 
+/// For the rows `block` of the vocabulary: each id's index inside the block (clamped into it, so
+/// any id is a valid index), and 1.0 where the id really falls in the block, 0.0 elsewhere.
+pub fn ids_in_block(ids: &Tensor<2, Int>, block: std::ops::Range<usize>) -> (Tensor<2, Int>, Tensor<2>) {
+    let (start, end) = (block.start as i64, block.end as i64);
+    let inside = ids.clone().greater_equal_elem(start).bool_and(ids.clone().lower_elem(end));
+    let local = (ids.clone() - start).clamp(0, end - start - 1);
+    (local, inside.float())
+}
+
 #[derive(Module, Debug)]
 pub struct VocabMatrix {
     pub blocks: Vec<Param<Tensor<2>>>,
@@ -77,9 +86,8 @@ impl VocabMatrix {
         let mut sum: Option<Tensor<3>> = None;
         for block in &self.blocks {
             let n = block.dims()[0];
-            let inside = ids.clone().greater_equal_elem(start as i64).bool_and(ids.clone().lower_elem((start + n) as i64));
-            let local = (ids.clone() - start as i64).clamp(0, n as i64 - 1);
-            let picked = widened(embedding(block.val(), local)) * inside.float().unsqueeze_dim::<3>(2);
+            let (local, inside) = ids_in_block(&ids, start..start + n);
+            let picked = widened(embedding(block.val(), local)) * inside.unsqueeze_dim::<3>(2);
             sum = Some(match sum {
                 Some(s) => s + picked,
                 None => picked,

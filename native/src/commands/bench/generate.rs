@@ -5,7 +5,7 @@ use std::time::Instant;
 use ember_core::checkpoint::random_model;
 use ember_core::generate::{argmax, Decoder};
 
-use super::{median, peak_rss_mb, shape};
+use super::{median, peak_rss_mb, print_table, shape};
 use crate::device::Placement;
 
 #[derive(clap::Args)]
@@ -58,12 +58,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let prefill_tps = args.prompt_len as f64 / prefill;
     let decode_tps = 1.0 / step;
     let peak_rss_mb = peak_rss_mb();
-    println!("{:<26} {:>12}", "metric", "value");
-    println!("{:<26} {:>12.1}", "prefill tokens/s", prefill_tps);
-    println!("{:<26} {:>12.2}", "decode tokens/s", decode_tps);
-    println!("{:<26} {:>12.1}", "prefill median (ms)", prefill * 1e3);
-    println!("{:<26} {:>12.1}", "decode step median (ms)", step * 1e3);
-    println!("{:<26} {:>12.0}", "peak RSS (MiB)", peak_rss_mb);
+    print_table(&[
+        ("prefill tokens/s", prefill_tps, 1),
+        ("decode tokens/s", decode_tps, 2),
+        ("prefill median (ms)", prefill * 1e3, 1),
+        ("decode step median (ms)", step * 1e3, 1),
+        ("peak RSS (MiB)", peak_rss_mb, 0),
+    ]);
     if args.json {
         println!(
             "{}",

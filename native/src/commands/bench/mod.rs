@@ -77,6 +77,14 @@ pub fn shape(name: &str) -> anyhow::Result<BloomConfig> {
     anyhow::bail!("--shape {name}: not a known shape (bloom-560m, bloom-1b1, bloom-1b4, tiny) nor a config.json file")
 }
 
+/// The human-readable result table: (metric, value, decimals) per row.
+pub fn print_table(rows: &[(&str, f64, usize)]) {
+    println!("{:<26} {:>12}", "metric", "value");
+    for (name, value, decimals) in rows {
+        println!("{name:<26} {value:>12.decimals$}");
+    }
+}
+
 pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(f64::NAN)

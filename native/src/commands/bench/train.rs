@@ -11,7 +11,7 @@ use ember_core::lora::{apply_lora, LoraConfig};
 use ember_core::tokenizer::PaddingSide;
 use ember_core::train::{Trainer, TrainingArgs};
 
-use super::{median, peak_rss_mb, shape};
+use super::{median, peak_rss_mb, print_table, shape};
 use crate::device::{self, Placement};
 
 #[derive(clap::Args)]
@@ -90,10 +90,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let step = median(&mut step_s);
     let tokens_per_s = (args.batch * args.seq) as f64 / step;
     let peak = peak_rss_mb();
-    println!("{:<26} {:>12}", "metric", "value");
-    println!("{:<26} {:>12.1}", "training tokens/s", tokens_per_s);
-    println!("{:<26} {:>12.3}", "step median (s)", step);
-    println!("{:<26} {:>12.0}", "peak RSS (MiB)", peak);
+    print_table(&[("training tokens/s", tokens_per_s, 1), ("step median (s)", step, 3), ("peak RSS (MiB)", peak, 0)]);
     if args.json {
         println!(
             "{}",
