@@ -209,7 +209,7 @@ pub fn activity() -> String {
 }
 
 /// An error, before any work, when the device cannot store weights as `dtype`.
-pub fn check_dtype(selected: &Selected, dtype: ember_core::model::WeightDType) -> anyhow::Result<()> {
+fn check_dtype(selected: &Selected, dtype: ember_core::model::WeightDType) -> anyhow::Result<()> {
     anyhow::ensure!(
         selected.device.supports_dtype(dtype.float_dtype()),
         "--dtype {dtype}: {} cannot store {dtype} tensors; use --dtype f16 or f32, or another --device",

@@ -25,7 +25,7 @@ use serde_json::Value;
 use super::bench::peak_rss_mb;
 use super::data_args::cache_dir;
 use super::lora_args::LoraArgs;
-use crate::device::{self, Api, DeviceArgs, DeviceChoice};
+use crate::device::{self, Api, DeviceArgs, DeviceChoice, Placement};
 use ember_core::model::WeightDType;
 
 /// Every flag is optional: unset flags fall back to the config file, then to transformers'
@@ -225,8 +225,8 @@ pub fn train(settings: Settings, demo_question: Option<&str>) -> anyhow::Result<
     settings.training.validate()?;
     let dir = ModelDir::open(&model_path)?;
     let tokenizer = Tokenizer::open(&model_path, &dir.config)?;
-    let selected = DeviceArgs { device: settings.device, backend: settings.backend }.select()?;
-    device::check_dtype(&selected, settings.dtype)?;
+    let device_args = DeviceArgs { device: settings.device, backend: settings.backend };
+    let selected = Placement { device: device_args, dtype: settings.dtype }.select()?;
     eprintln!("device: {}", selected.description);
 
     let train_data = settings.dataset(&data_path, &tokenizer)?;
