@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh Debian machine: installs what the tests need (software Vulkan so
 # the wgpu tests run without a GPU; the wasm32 target, wasm-bindgen-cli and Debian's Chromium
-# for the browser tests), builds once in the release profile (shared by tests and binaries),
-# runs the whole test suite, then the browser tests (ember-core as wasm32 in headless Chromium).
+# for the browser tests; Node.js and playwright-core for the page's end-to-end test), builds once
+# in the release profile (shared by tests and binaries), runs the whole test suite, then the
+# browser tests (ember-core as wasm32 in headless Chromium), then the page end to end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,19 +14,18 @@ if ! compgen -G "/usr/share/vulkan/icd.d/lvp_icd*.json" >/dev/null; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
 fi
-if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || ! fc-list | grep -qi "WenQuanYi"; then
+  # (and a small CJK font, so the page's screenshots show the Chinese demo data as text)
   echo "== installing Debian's Chromium and ChromeDriver for the browser tests"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver fonts-wqy-microhei >/dev/null
 fi
-rustup target add wasm32-unknown-unknown >/dev/null
-# The test runner must be the exact wasm-bindgen version in Cargo.lock. (Not --locked: a locked
-# dependency of wasm-bindgen-cli is missing from the registry.)
-wasm_bindgen=$(grep -A1 '^name = "wasm-bindgen"$' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
-if [ "$(wasm-bindgen --version 2>/dev/null | cut -d' ' -f2)" != "$wasm_bindgen" ]; then
-  echo "== installing wasm-bindgen-cli $wasm_bindgen"
-  cargo install -q wasm-bindgen-cli --version "$wasm_bindgen"
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "== installing Node.js and npm for the end-to-end test of the page (playwright-core)"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 fi
+source scripts/wasm-tools.sh
 
 # Outside the clone so that repeated runs (and CI on the same machine) start warm.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ember-target}"
@@ -39,4 +39,8 @@ EMBER_REQUIRE_WGPU=1 cargo test --release --workspace --locked
 
 echo "== browser tests: ember-core as wasm32 in headless Chromium (WebGPU and CPU)"
 web/test.sh --locked
+
+echo "== the browser page end to end: build it (dev profile), serve it with ember web, drive Chromium"
+web/build.sh --dev --locked
+(cd tests/e2e && npm ci --no-audit --no-fund --silent && node page.mjs)
 echo "== all tests passed"

@@ -140,18 +140,23 @@ pub fn generate(
     prompts: &[Vec<u32>],
     config: &GenerationConfig,
     device: &Device,
-    on_step: impl FnMut(&[Option<u32>]),
+    mut on_step: impl FnMut(&[Option<u32>]),
 ) -> Result<Vec<Vec<u32>>> {
-    blocking(generate_async(model, prompts, config, device, on_step))
+    blocking(generate_async(model, prompts, config, device, async |step: &[Option<u32>]| {
+        on_step(step);
+        true
+    }))
 }
 
-/// [`generate`] for platforms that cannot block on the device (the browser).
+/// [`generate`] for platforms that cannot block on the device (the browser). `on_step` is
+/// async so the caller can hand control back to its event loop between tokens (a stop button
+/// must get through); it returns `false` to stop early.
 pub async fn generate_async(
     model: &BloomForCausalLM,
     prompts: &[Vec<u32>],
     config: &GenerationConfig,
     device: &Device,
-    mut on_step: impl FnMut(&[Option<u32>]),
+    mut on_step: impl AsyncFnMut(&[Option<u32>]) -> bool,
 ) -> Result<Vec<Vec<u32>>> {
     config.validate()?;
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
@@ -187,8 +192,7 @@ pub async fn generate_async(
             step[row] = Some(token);
             finished[row] = Some(token) == config.eos_token_id;
         }
-        on_step(&step);
-        if finished.iter().all(|&f| f) {
+        if !on_step(&step).await || finished.iter().all(|&f| f) {
             break;
         }
     }

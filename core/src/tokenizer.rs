@@ -93,6 +93,16 @@ impl Tokenizer {
         })
     }
 
+    /// The padding id transformers uses for this model: config.json's, else the tokenizer's, else 0.
+    pub fn pad_id(&self, config: &BloomConfig) -> u32 {
+        config.pad_token_id.or(self.pad.as_ref().map(|t| t.id)).unwrap_or(0)
+    }
+
+    /// The id that ends generation: config.json's, else the tokenizer's.
+    pub fn eos_id(&self, config: &BloomConfig) -> Option<u32> {
+        config.eos_token_id.or(self.eos.as_ref().map(|t| t.id))
+    }
+
     /// Token ids of `text`, with the special tokens the tokenizer's post-processor adds (none
     /// for BLOOM), like `tokenizer(text).input_ids`.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {

@@ -34,6 +34,8 @@ enum Command {
     },
     /// Measure training and generation speed and memory on random weights of a named shape (no checkpoint needed).
     Bench(commands::bench::Args),
+    /// Serve the browser page (web/dist, built by web/build.sh) on 127.0.0.1.
+    Web(commands::web::Args),
 }
 
 fn main() {
@@ -62,6 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => commands::bench::run(args),
+        Command::Web(args) => commands::web::run(args),
     }
 }
 

@@ -205,3 +205,51 @@ fn eval_json_reports_transformers_loss_and_data_shows_stats() {
     assert!(text.contains("[Human: 把下面的句子翻译成英文。"), "{text}");
     assert!(text.contains("truncated at 32:    9") && text.contains("without label token: 1"), "{text}");
 }
+
+/// `ember web` serves a built page with the MIME types browsers insist on, and without one says
+/// how to build it.
+#[test]
+fn web_serves_the_page_and_explains_a_missing_build() {
+    let out = ember(&["web", "--dir", "/nonexistent/dist"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("web/build.sh"), "{stderr}");
+
+    let dir = std::env::temp_dir().join(format!("ember-web-test-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("demo")).unwrap();
+    for (name, body) in [("index.html", "<html></html>"), ("ember_web_bg.wasm", "\0asm"), ("worker.js", "//"), ("demo/config.json", "{}")] {
+        std::fs::write(dir.join(name), body).unwrap();
+    }
+    let mut server = Command::new(ember_bin())
+        .args(["web", "--port", "0", "--dir"])
+        .arg(&dir)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first_line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(server.stdout.take().unwrap()), &mut first_line).unwrap();
+    let address = first_line.split("http://").nth(1).and_then(|s| s.split('/').next()).expect(&first_line).to_string();
+    let get = |path: &str| {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&address).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        response
+    };
+    let checks = [
+        ("/", "200 OK", "text/html"),
+        ("/ember_web_bg.wasm", "200 OK", "application/wasm"),
+        ("/worker.js", "200 OK", "text/javascript"),
+        ("/demo/config.json", "200 OK", "application/json"),
+        ("/missing.js", "404", "text/plain"),
+        ("/../Cargo.toml", "404", "text/plain"),
+    ];
+    let results: Vec<String> = checks.iter().map(|(path, _, _)| get(path)).collect();
+    server.kill().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    for ((path, status, mime), response) in checks.iter().zip(results) {
+        let head = response.split("\r\n\r\n").next().unwrap_or_default();
+        assert!(head.contains(status) && head.contains(&format!("Content-Type: {mime}")), "GET {path}:\n{head}");
+    }
+}

@@ -65,7 +65,9 @@ pub fn check_len(path: &std::path::Path, name: &str, bytes: usize, shape: &[usiz
 pub enum FileBytes {
     #[cfg(not(target_arch = "wasm32"))]
     Mapped(memmap2::Mmap),
-    Owned(Vec<u8>),
+    /// Shared, so the browser can load the same file bytes again (onto the training device)
+    /// without a second copy.
+    Owned(std::sync::Arc<Vec<u8>>),
 }
 
 impl FileBytes {

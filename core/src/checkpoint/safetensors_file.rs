@@ -27,8 +27,8 @@ impl SafetensorsFile {
     }
 
     /// A safetensors file already in memory (the browser gets its files this way).
-    pub fn from_bytes(origin: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Self> {
-        Self::parse(origin.into(), FileBytes::Owned(bytes))
+    pub fn from_bytes(origin: impl Into<PathBuf>, bytes: impl Into<std::sync::Arc<Vec<u8>>>) -> Result<Self> {
+        Self::parse(origin.into(), FileBytes::Owned(bytes.into()))
     }
 
     fn parse(path: PathBuf, buffer: FileBytes) -> Result<Self> {

@@ -38,8 +38,8 @@ impl TorchFile {
         Self::parse(path.to_path_buf(), FileBytes::map(path)?)
     }
 
-    pub fn from_bytes(origin: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Self> {
-        Self::parse(origin.into(), FileBytes::Owned(bytes))
+    pub fn from_bytes(origin: impl Into<PathBuf>, bytes: impl Into<std::sync::Arc<Vec<u8>>>) -> Result<Self> {
+        Self::parse(origin.into(), FileBytes::Owned(bytes.into()))
     }
 
     fn parse(path: PathBuf, bytes: FileBytes) -> Result<Self> {

@@ -148,7 +148,7 @@ impl ModelShape {
         }
     }
 
-    fn base_params(&self) -> usize {
+    pub fn base_params(&self) -> usize {
         module_names(self.layers).iter().filter(|(n, _)| n != "lm_head").map(|(n, k)| self.params(n, *k)).sum()
     }
 }

@@ -89,8 +89,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         max_length: args.max_length,
         sampling: (!args.greedy).then_some(Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed }),
         repetition_penalty: args.repetition_penalty,
-        eos_token_id: config.eos_token_id.or(tokenizer.eos.as_ref().map(|t| t.id)),
-        pad_token_id: config.pad_token_id.or(tokenizer.pad.as_ref().map(|t| t.id)).unwrap_or(0),
+        eos_token_id: tokenizer.eos_id(config),
+        pad_token_id: tokenizer.pad_id(config),
     };
 
     let mut stream = TextStream::new();

@@ -8,6 +8,7 @@ pub mod info;
 pub mod lora_args;
 pub mod merge;
 pub mod train;
+pub mod web;
 
 use std::path::Path;
 

@@ -259,7 +259,7 @@ pub fn train(settings: Settings, demo_question: Option<&str>) -> anyhow::Result<
         super::demo::show_answer("before training", &model, &tokenizer, question, &selected.device)?;
     }
 
-    let pad = dir.config.pad_token_id.or(tokenizer.pad.as_ref().map(|t| t.id)).unwrap_or(0);
+    let pad = tokenizer.pad_id(&dir.config);
     let mut trainer = Trainer::new(model, lora, settings.training.clone(), &train_data, pad, tokenizer.padding_side, &device)?;
     if let Some(spec) = &settings.resume_from_checkpoint {
         let checkpoint = resolve_checkpoint(spec, Path::new(&settings.training.output_dir))?;

@@ -1,0 +1,205 @@
+// End-to-end test of the browser page: `ember web` serves web/dist, Debian's Chromium (driven by
+// playwright-core, no browser download) loads the demo model, shows messages for bad files,
+// generates, fine-tunes 5 steps while the loss chart updates, downloads the adapter, and
+// `ember generate --adapter` loads that download and gives the page's greedy answer. Then a reload
+// keeps the examples and the adapter, and "Use CPU" gives the same answer on the CPU fallback.
+// Runs on WebGPU when Chromium offers an adapter (and says so), on the CPU otherwise. Screenshots of each step go to $EMBER_E2E_SCREENSHOTS (default tests/e2e/screenshots);
+// `node page.mjs --update-docs` also copies them to docs/screenshots.
+//
+// Environment: EMBER_BIN (the ember binary), EMBER_WEB_DIST (the built page, default web/dist).
+import { chromium } from "playwright-core";
+import { spawn, execFileSync } from "node:child_process";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+
+const root = path.resolve(import.meta.dirname, "../..");
+const targetDir = process.env.CARGO_TARGET_DIR ??
+  JSON.parse(execFileSync("cargo", ["metadata", "--format-version", "1", "--no-deps"], { cwd: root })).target_directory;
+const ember = process.env.EMBER_BIN ?? path.join(targetDir, "release", "ember");
+const dist = process.env.EMBER_WEB_DIST ?? path.join(root, "web", "dist");
+const shots = process.env.EMBER_E2E_SCREENSHOTS ?? path.join(import.meta.dirname, "screenshots");
+const work = fs.mkdtempSync(path.join(os.tmpdir(), "ember-e2e-"));
+const MINUTE = 60_000;
+
+function log(message) {
+  console.log(`[e2e] ${message}`);
+}
+
+/** Starts `ember web` on a free port; resolves to its URL. */
+function serve() {
+  const server = spawn(ember, ["web", "--port", "0", "--dir", dist], { stdio: ["ignore", "pipe", "inherit"] });
+  return new Promise((resolve, reject) => {
+    server.on("exit", (code) => reject(new Error(`ember web exited with ${code}`)));
+    server.stdout.on("data", (chunk) => {
+      const url = /http:\/\/[\d.:]+\//.exec(chunk.toString());
+      if (url) resolve({ server, url: url[0] });
+    });
+  });
+}
+
+async function shot(page, name) {
+  fs.mkdirSync(shots, { recursive: true });
+  await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
+}
+
+async function text(page, selector) {
+  return (await page.locator(selector).textContent()) ?? "";
+}
+
+/** Waits until the page has a backend and says which one runs the tests. */
+async function started(page) {
+  await page.waitForFunction(() => (document.querySelector("#backend")?.textContent ?? "starting…") !== "starting…", null, { timeout: 2 * MINUTE });
+  const backend = await text(page, "#backend");
+  log(`backend: ${backend}`);
+  if (backend.startsWith("CPU")) log("headless Chromium offers no WebGPU adapter here: this run tests the CPU (WebAssembly) fallback");
+  return backend;
+}
+
+async function loadDemo(page) {
+  await page.click("#load-demo");
+  await page.waitForFunction(() => document.querySelector("#model-status")?.textContent.startsWith("Model loaded"), null, { timeout: 2 * MINUTE });
+}
+
+/** Greedy generation in the page; returns the adapter's text. */
+async function generateGreedy(page, maxNewTokens) {
+  await page.click("#tab-generate");
+  await page.uncheck("#sample");
+  await page.fill("#max-new-tokens", String(maxNewTokens));
+  await page.click("#generate");
+  await page.waitForFunction(() => document.querySelector("#stats-adapter")?.textContent !== "", null, { timeout: 5 * MINUTE });
+  return text(page, "#output-adapter");
+}
+
+async function download(page, selector, dir) {
+  const [file] = await Promise.all([page.waitForEvent("download"), page.click(selector)]);
+  const saved = path.join(dir, file.suggestedFilename());
+  await file.saveAs(saved);
+  return saved;
+}
+
+async function expectError(page, pattern, what) {
+  const shown = (source) => new RegExp(source).test(document.querySelector("#error")?.textContent ?? "");
+  await page.waitForFunction(shown, pattern.source, { timeout: 2 * MINUTE }).catch(async (e) => {
+    const error = await page.locator("#error").textContent({ timeout: 1000 }).catch(() => "(no message)");
+    throw new Error(`${what}: expected a message matching ${pattern}, the page shows: ${error}; adapter status: ${await text(page, "#adapter-status")}`, { cause: e });
+  });
+  log(`${what}: "${await text(page, "#error span")}"`);
+  await page.click("#error .close");
+}
+
+const { server, url } = await serve();
+let cli; // what `ember generate --adapter` answers with the page's adapter
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: ["--no-sandbox", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--enable-unsafe-webgpu"],
+});
+try {
+  const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1200, height: 900 } });
+  const page = await context.newPage();
+  const pageErrors = [];
+  page.on("pageerror", (e) => pageErrors.push(e.message));
+  page.on("console", (m) => (m.type() === "error" || process.env.EMBER_E2E_VERBOSE) && log(`console: ${m.text()}`));
+
+  // 1. Load the demo model.
+  await page.goto(url);
+  const backend = await started(page);
+  await loadDemo(page);
+  log(await text(page, "#model-status"));
+  await shot(page, "1-load");
+
+  // 2. Bad files give a message, and the page keeps working.
+  const demo = (name) => ({ name, mimeType: "application/octet-stream", buffer: fs.readFileSync(path.join(root, "demo", "model", name)) });
+  const fixture = (dir, name) => ({ name, mimeType: "application/octet-stream", buffer: fs.readFileSync(path.join(root, "tests", "fixtures", dir, name)) });
+  await page.setInputFiles("#model-files", [{ name: "config.json", mimeType: "application/json", buffer: Buffer.from("{not json") }, demo("tokenizer.json"), demo("model.safetensors")]);
+  await expectError(page, /config\.json: not valid JSON/, "wrong JSON");
+  await page.setInputFiles("#model-files", [demo("config.json"), demo("tokenizer.json")]);
+  await expectError(page, /model\.safetensors: missing/, "incomplete files");
+  await page.setInputFiles("#model-files", [demo("config.json"), demo("tokenizer.json"), fixture("models/a", "model.safetensors")]);
+  await expectError(page, /model\.safetensors/, "another model's weights");
+  await loadDemo(page);
+  await page.setInputFiles("#adapter-files", [fixture("adapters/bias-all", "adapter_config.json"), fixture("adapters/bias-all", "adapter_model.safetensors")]);
+  await expectError(page, /does not fit|different base/, "an adapter for another base");
+  await shot(page, "2-errors");
+  await loadDemo(page);
+  // 3. Generate (sampled, the page's default) with the base model.
+  await page.click("#generate");
+  await page.waitForFunction(() => document.querySelector("#stats-base")?.textContent !== "", null, { timeout: 5 * MINUTE });
+  const stats = await text(page, "#stats-base");
+  assert.ok((await text(page, "#output-base")).length > 0, "the base model generated no text");
+  log(`generate: ${stats} (${backend})`);
+  await shot(page, "3-generate");
+
+  // 4. Fine-tune 5 steps on the demo examples; the chart must update while training runs.
+  await page.click("#tab-finetune");
+  await page.click("#demo-examples");
+  assert.match(await text(page, "#examples-status"), /^\d+ examples$/);
+  await page.fill("#steps", "5");
+  await page.evaluate(() => {
+    window.chartSizes = [];
+    const chart = document.querySelector("#loss-chart");
+    new MutationObserver(() => window.chartSizes.push(Number(chart.dataset.points))).observe(chart, { attributes: true, attributeFilter: ["data-points"] });
+  });
+  await page.click("#train");
+  await page.waitForFunction(() => /^(done|stopped) after/.test(document.querySelector("#train-status")?.textContent ?? ""), null, { timeout: 10 * MINUTE });
+  const sizes = await page.evaluate(() => window.chartSizes);
+  log(`training: ${await text(page, "#train-status")}; chart sizes seen: ${sizes.join(", ")}`);
+  assert.equal(await page.getAttribute("#loss-chart", "data-points"), "5");
+  assert.ok(sizes.filter((n) => n > 0 && n < 5).length >= 2, `the chart did not update during training (sizes seen: ${sizes})`);
+  const points = (await page.getAttribute("#loss-chart polyline", "points")).trim().split(/\s+/);
+  assert.equal(points.length, 5);
+  await page.waitForFunction(() => document.querySelector("#adapter-status")?.textContent.startsWith("Adapter in use"), null, { timeout: MINUTE });
+  await shot(page, "4-finetune");
+
+  // 5. Download the adapter (one zip, and the two files), and load the files with ember.
+  const adapterDir = path.join(work, "adapter");
+  fs.mkdirSync(adapterDir);
+  const weights = await download(page, "#download-weights", adapterDir);
+  const config = await download(page, "#download-config", adapterDir);
+  const zip = await download(page, "#download-zip", work);
+  assert.equal(path.basename(weights), "adapter_model.safetensors");
+  assert.equal(JSON.parse(fs.readFileSync(config, "utf8")).peft_type, "LORA");
+  assert.equal(fs.readFileSync(zip).subarray(0, 2).toString(), "PK");
+  assert.ok(fs.statSync(zip).size > fs.statSync(weights).size);
+  const pageText = await generateGreedy(page, 12);
+  cli = JSON.parse(execFileSync(ember, [
+    "generate", "--model", path.join(root, "demo", "model"), "--adapter", adapterDir, "--device", "cpu",
+    "--prompt", await page.inputValue("#prompt"), "--greedy", "--max-new-tokens", "12", "--json",
+  ], { encoding: "utf8" }));
+  log(`greedy with the adapter — page: ${JSON.stringify(pageText)}, ember generate --adapter: ${JSON.stringify(cli.text)}`);
+  assert.equal(pageText, cli.text, "ember, loading the downloaded adapter, generates other text than the page");
+  await shot(page, "5-download");
+
+  // 6. A reload keeps the examples and the adapter.
+  await page.reload();
+  await started(page);
+  await page.click("#tab-finetune");
+  assert.match(await text(page, "#examples-status"), /^\d+ examples$/, "the examples were not restored");
+  assert.match(await text(page, "#adapter-status"), /kept from the last session/);
+  await loadDemo(page);
+  await page.waitForFunction(() => document.querySelector("#adapter-status")?.textContent.startsWith("Adapter in use"), null, { timeout: MINUTE });
+  await shot(page, "6-reload");
+
+  // 7. "Use CPU" runs the same work on the CPU (WebAssembly), with the same greedy answer.
+  await page.check("#force-cpu");
+  await page.waitForFunction(() => document.querySelector("#backend")?.textContent.startsWith("CPU"), null, { timeout: 2 * MINUTE });
+  await loadDemo(page);
+  await page.waitForFunction(() => document.querySelector("#adapter-status")?.textContent.startsWith("Adapter in use"), null, { timeout: MINUTE });
+  const cpuText = await generateGreedy(page, 12);
+  log(`CPU (WebAssembly): ${await text(page, "#stats-base")}; greedy with the adapter: ${JSON.stringify(cpuText)}`);
+  assert.equal(cpuText, cli.text, "the CPU fallback generates other text than ember");
+
+  assert.deepEqual(pageErrors, [], "uncaught errors in the page");
+  log(`passed; screenshots in ${shots}`);
+} finally {
+  await browser.close();
+  server.kill();
+}
+
+if (process.argv.includes("--update-docs")) {
+  const docs = path.join(root, "docs", "screenshots");
+  fs.mkdirSync(docs, { recursive: true });
+  for (const name of fs.readdirSync(shots)) fs.copyFileSync(path.join(shots, name), path.join(docs, name));
+  log(`copied the screenshots to ${docs}`);
+}

@@ -1,0 +1,144 @@
+//! The page's side of the worker: starts it, sends requests, and turns its replies into state.
+//! A worker that crashes is replaced, and the page says what happened.
+
+use std::cell::RefCell;
+
+use leptos::prelude::*;
+use wasm_bindgen::prelude::*;
+use web_sys::{ErrorEvent, MessageEvent, Worker, WorkerOptions, WorkerType};
+
+use super::{storage, AdapterFiles, State};
+use crate::message::{bytes, pack, unpack, Attached};
+use crate::protocol::{Reply, Request, Side, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+
+thread_local! {
+    static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
+}
+
+/// Starts a worker (its wasm loads from `worker.js`, beside the page).
+pub fn spawn(state: State) {
+    let options = WorkerOptions::new();
+    options.set_type(WorkerType::Module);
+    let worker = match Worker::new_with_options("./worker.js", &options) {
+        Ok(worker) => worker,
+        Err(e) => return state.fail(format!("cannot start the model worker: {}", crate::message::js_error(&e))),
+    };
+    let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| match unpack::<Reply>(&event.data()) {
+        Ok((reply, files)) => apply(state, reply, files),
+        Err(message) => state.fail(message),
+    });
+    worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
+    on_message.forget();
+    let on_error = Closure::<dyn FnMut(ErrorEvent)>::new(move |event: ErrorEvent| {
+        event.prevent_default();
+        crashed(state, &event.message());
+    });
+    worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+    on_error.forget();
+    WORKER.with(|w| *w.borrow_mut() = Some(worker));
+}
+
+/// A new worker (after "Use CPU" changed, or a crash): the model must be loaded again.
+pub fn restart(state: State) {
+    if let Some(old) = WORKER.with(|w| w.borrow_mut().take()) {
+        old.terminate();
+    }
+    state.backend.set("starting…".into());
+    state.model.set(None);
+    state.adapter_in_use.set(false);
+    state.busy.set(false);
+    state.progress.set(None);
+    spawn(state);
+}
+
+fn crashed(state: State, why: &str) {
+    state.fail(format!("{why} — the model worker was restarted; load the model again"));
+    restart(state);
+}
+
+/// Sends the user's `request` (with `files`) to the worker; the last message goes.
+pub fn send(state: State, request: &Request, files: Attached) {
+    if !matches!(request, Request::Stop) {
+        state.error.set(None);
+    }
+    post(state, request, files);
+}
+
+/// Sends `request` without touching the message bar (for requests the page makes itself).
+fn post(state: State, request: &Request, files: Attached) {
+    if !matches!(request, Request::Stop | Request::Start { .. }) {
+        state.busy.set(true);
+    }
+    let (data, transfer) = pack(request, &files);
+    let sent = WORKER.with(|w| w.borrow().as_ref().map(|w| w.post_message_with_transfer(&data, &transfer)));
+    match sent {
+        Some(Ok(())) => {}
+        Some(Err(e)) => state.fail(format!("cannot reach the model worker: {}", crate::message::js_error(&e))),
+        None => state.fail("the model worker is not running: reload the page"),
+    }
+}
+
+fn apply(state: State, reply: Reply, files: Attached) {
+    match reply {
+        Reply::WorkerReady => post(state, &Request::Start { force_cpu: state.force_cpu.get_untracked() }, Vec::new()),
+        Reply::Started { backend, .. } => state.backend.set(backend),
+        Reply::Progress { what, done, total } => state.progress.set(Some((what, done, total))),
+        Reply::ModelLoaded { summary } => {
+            state.model.set(Some(summary));
+            state.adapter_in_use.set(false);
+            state.output_base.set(String::new());
+            state.output_adapter.set(String::new());
+            apply_restored_adapter(state);
+        }
+        Reply::AdapterReady { summary, config_json } => {
+            let weights = files.iter().find(|(n, _)| n == ADAPTER_WEIGHTS).map(|(_, b)| bytes(b)).unwrap_or_default();
+            let adapter = AdapterFiles { summary, config_json, weights };
+            storage::save_adapter(&adapter);
+            state.adapter.set(Some(adapter));
+            state.adapter_in_use.set(true);
+        }
+        Reply::Token { side, text } => output(state, side).update(|o| o.push_str(&text)),
+        Reply::Generated { side, tokens, tokens_per_s, first_token_ms } => {
+            let stats = if side == Side::Base { state.stats_base } else { state.stats_adapter };
+            stats.set(format!("{tokens} tokens · {tokens_per_s:.1} tokens/s · first token after {first_token_ms:.0} ms"));
+        }
+        Reply::Step { step, total, loss, learning_rate, steps_per_s } => {
+            state.losses.update(|l| l.push((step, loss)));
+            state.progress.set(Some((format!("training: step {step} of {total}"), step as f64, total as f64)));
+            state.train_status.set(format!("step {step}/{total} · loss {loss:.4} · lr {learning_rate:.2e} · {steps_per_s:.2} steps/s"));
+        }
+        Reply::Trained { steps, stopped } => {
+            let how = if stopped { "stopped" } else { "done" };
+            state.train_status.update(|s| *s = format!("{how} after {steps} steps · {s}"));
+        }
+        Reply::Idle { memory } => {
+            state.busy.set(false);
+            state.progress.set(None);
+            state.memory.set(memory);
+        }
+        Reply::Failed { message } => {
+            if message.starts_with("the model worker crashed") {
+                crashed(state, &message);
+            } else {
+                state.fail(message);
+            }
+        }
+    }
+}
+
+pub fn output(state: State, side: Side) -> RwSignal<String> {
+    if side == Side::Base { state.output_base } else { state.output_adapter }
+}
+
+/// The page's adapter (trained, loaded, or kept from the last session) goes into a freshly loaded
+/// model; the worker queues it before anything the user asks next. An adapter made for another
+/// base model gets a message.
+fn apply_restored_adapter(state: State) {
+    if let Some(adapter) = state.adapter.get_untracked() {
+        let files = vec![
+            (ADAPTER_CONFIG.to_string(), crate::message::buffer(adapter.config_json.as_bytes())),
+            (ADAPTER_WEIGHTS.to_string(), crate::message::buffer(&adapter.weights)),
+        ];
+        post(state, &Request::LoadAdapter { origin: "last adapter".into() }, files);
+    }
+}

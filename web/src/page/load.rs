@@ -1,0 +1,125 @@
+//! Loading: the bundled demo model, a model folder or files (picked or dropped), a URL, and a
+//! PEFT adapter folder.
+
+use leptos::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::{spawn_local, JsFuture};
+use web_sys::{File, FileList, HtmlInputElement};
+
+use super::{send, State};
+use crate::message::Attached;
+use crate::protocol::Request;
+
+#[component]
+pub fn LoadPanel(state: State) -> impl IntoView {
+    let url = RwSignal::new(String::new());
+    let dragging = RwSignal::new(false);
+    let model_files = move |list: Option<FileList>| read_and_send(state, list, |_| Request::LoadModelFiles);
+    let adapter_files = move |list: Option<FileList>| read_and_send(state, list, |origin| Request::LoadAdapter { origin });
+    view! {
+        <section class="panel load">
+            <h2>"1 · Load a model"</h2>
+            <div class="row">
+                <button id="load-demo" disabled=move || state.busy.get()
+                    on:click=move |_| send(state, &Request::LoadModelUrl { url: page_url("demo/model/") }, Vec::new())>
+                    "Load the demo model"
+                </button>
+                <label class="file-button">"Model folder…"
+                    <input id="model-folder" type="file" prop:webkitdirectory=true multiple
+                        on:change=move |ev| model_files(input_files(&ev))/>
+                </label>
+                <label class="file-button">"Model files…"
+                    <input id="model-files" type="file" multiple accept=".json,.safetensors,.bin"
+                        on:change=move |ev| model_files(input_files(&ev))/>
+                </label>
+                <input id="model-url" class="url" placeholder="or a URL of a model folder (config.json, tokenizer.json, model.safetensors)"
+                    prop:value=move || url.get() on:input=move |ev| url.set(event_target_value(&ev))/>
+                <button id="load-url" disabled=move || state.busy.get() || url.get().trim().is_empty()
+                    on:click=move |_| send(state, &Request::LoadModelUrl { url: url.get_untracked().trim().to_string() }, Vec::new())>
+                    "Load URL"
+                </button>
+            </div>
+            <div id="drop" class="drop" class:dragging=move || dragging.get()
+                on:dragover=move |ev: web_sys::DragEvent| { ev.prevent_default(); dragging.set(true); }
+                on:dragleave=move |_| dragging.set(false)
+                on:drop=move |ev: web_sys::DragEvent| {
+                    ev.prevent_default();
+                    dragging.set(false);
+                    model_files(ev.data_transfer().and_then(|d| d.files()));
+                }>
+                "…or drop config.json, tokenizer.json and model.safetensors here"
+            </div>
+            <p id="model-status" class="status">
+                {move || state.model.get().map_or("No model loaded.".to_string(), |s| format!("Model loaded — {s}"))}
+            </p>
+            <div class="row">
+                <label class="file-button">"Adapter folder…"
+                    <input id="adapter-folder" type="file" prop:webkitdirectory=true multiple disabled=move || state.model.get().is_none()
+                        on:change=move |ev| adapter_files(input_files(&ev))/>
+                </label>
+                <label class="file-button">"Adapter files…"
+                    <input id="adapter-files" type="file" multiple accept=".json,.safetensors" disabled=move || state.model.get().is_none()
+                        on:change=move |ev| adapter_files(input_files(&ev))/>
+                </label>
+                <span id="adapter-status" class="status">
+                    {move || match (state.adapter.get(), state.adapter_in_use.get()) {
+                        (None, _) => "No adapter: load a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) or fine-tune one.".to_string(),
+                        (Some(a), true) => format!("Adapter in use — {}", a.summary),
+                        (Some(a), false) => format!("Adapter kept from the last session ({}): applied when a model loads.", a.summary),
+                    }}
+                </span>
+            </div>
+            <Show when=move || state.progress.get().is_some()>
+                {move || state.progress.get().map(|(what, done, total)| view! {
+                    <div id="progress" class="progress">
+                        <progress max=total value=done></progress>
+                        <span>{what}" "{size_or_count(done, total)}</span>
+                    </div>
+                })}
+            </Show>
+        </section>
+    }
+}
+
+/// `path` relative to the page (the demo model is served beside it).
+fn page_url(path: &str) -> String {
+    let href = web_sys::window().and_then(|w| w.location().href().ok()).unwrap_or_default();
+    web_sys::Url::new_with_base(path, &href).map(|u| u.href()).unwrap_or_else(|_| path.to_string())
+}
+
+fn input_files(ev: &leptos::ev::Event) -> Option<FileList> {
+    ev.target()?.dyn_into::<HtmlInputElement>().ok()?.files()
+}
+
+/// Reads the chosen files and sends them with the request `make(origin)` builds.
+fn read_and_send(state: State, list: Option<FileList>, make: impl FnOnce(String) -> Request + 'static) {
+    let files: Vec<File> = list.map(|l| (0..l.length()).filter_map(|i| l.get(i)).collect()).unwrap_or_default();
+    if files.is_empty() {
+        return;
+    }
+    // A picked folder's files carry it in their relative path: name the adapter after it.
+    let relative = js_sys::Reflect::get(&files[0], &"webkitRelativePath".into()).ok().and_then(|v| v.as_string()).unwrap_or_default();
+    let origin = relative.split('/').next().filter(|s| !s.is_empty() && relative.contains('/')).unwrap_or("uploaded adapter").to_string();
+    let total: f64 = files.iter().map(|f| f.size()).sum();
+    state.progress.set(Some((format!("reading {} files", files.len()), 0.0, total)));
+    spawn_local(async move {
+        let mut attached: Attached = Vec::new();
+        for file in &files {
+            match JsFuture::from(file.array_buffer()).await {
+                Ok(buffer) => attached.push((file.name(), buffer.unchecked_into())),
+                Err(e) => return state.fail(format!("{}: cannot read: {}", file.name(), crate::message::js_error(&e))),
+            }
+        }
+        send(state, &make(origin), attached);
+    });
+}
+
+fn size_or_count(done: f64, total: f64) -> String {
+    if total > 4096.0 {
+        format!("{:.1} / {:.1} MB", done / 1e6, total / 1e6)
+    } else if total > 1.0 {
+        format!("{done:.0} / {total:.0}")
+    } else {
+        String::new()
+    }
+}

@@ -1,0 +1,145 @@
+//! The page (leptos, client-side rendered): load a model, generate, fine-tune, download. All
+//! model work happens in the worker ([`bridge`]); the page only keeps what it shows.
+
+mod bridge;
+mod chart;
+mod download;
+mod finetune;
+mod generate;
+mod load;
+mod storage;
+
+use leptos::prelude::*;
+use wasm_bindgen::prelude::*;
+
+pub use bridge::send;
+
+/// An adapter the page can offer for download: from training, loading, or the last session.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdapterFiles {
+    pub summary: String,
+    pub config_json: String,
+    pub weights: Vec<u8>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Tab {
+    Generate,
+    FineTune,
+}
+
+/// Everything the page shows, as signals (cheap to copy into event handlers).
+#[derive(Clone, Copy)]
+pub struct State {
+    pub backend: RwSignal<String>,
+    pub force_cpu: RwSignal<bool>,
+    pub busy: RwSignal<bool>,
+    /// What is being done, bytes or steps done, and the total.
+    pub progress: RwSignal<Option<(String, f64, f64)>>,
+    pub error: RwSignal<Option<String>>,
+    pub model: RwSignal<Option<String>>,
+    pub adapter: RwSignal<Option<AdapterFiles>>,
+    /// Whether the worker has `adapter` in use (a restored one is applied once a model loads).
+    pub adapter_in_use: RwSignal<bool>,
+    pub output_base: RwSignal<String>,
+    pub output_adapter: RwSignal<String>,
+    pub stats_base: RwSignal<String>,
+    pub stats_adapter: RwSignal<String>,
+    pub examples: RwSignal<String>,
+    pub losses: RwSignal<Vec<(usize, f64)>>,
+    pub train_status: RwSignal<String>,
+    pub memory: RwSignal<String>,
+    pub tab: RwSignal<Tab>,
+}
+
+impl State {
+    fn new() -> Self {
+        State {
+            backend: RwSignal::new("starting…".into()),
+            force_cpu: RwSignal::new(false),
+            busy: RwSignal::new(false),
+            progress: RwSignal::new(None),
+            error: RwSignal::new(None),
+            model: RwSignal::new(None),
+            adapter: RwSignal::new(None),
+            adapter_in_use: RwSignal::new(false),
+            output_base: RwSignal::new(String::new()),
+            output_adapter: RwSignal::new(String::new()),
+            stats_base: RwSignal::new(String::new()),
+            stats_adapter: RwSignal::new(String::new()),
+            examples: RwSignal::new(String::new()),
+            losses: RwSignal::new(Vec::new()),
+            train_status: RwSignal::new(String::new()),
+            memory: RwSignal::new(String::new()),
+            tab: RwSignal::new(Tab::Generate),
+        }
+    }
+
+    /// Shows a problem in the page's message bar (never a dead page).
+    pub fn fail(&self, message: impl Into<String>) {
+        self.error.set(Some(message.into()));
+    }
+}
+
+/// Entry point of `index.html`.
+#[wasm_bindgen]
+pub fn start_page() {
+    console_error_panic_hook::set_once();
+    let state = State::new();
+    bridge::spawn(state);
+    storage::restore(state);
+    leptos::mount::mount_to_body(move || view! { <App state=state/> });
+}
+
+#[component]
+fn App(state: State) -> impl IntoView {
+    let tab_button = move |tab: Tab, id: &'static str, label: &'static str| {
+        view! {
+            <button id=id class:active=move || state.tab.get() == tab on:click=move |_| state.tab.set(tab)>{label}</button>
+        }
+    };
+    view! {
+        <header>
+            <h1>"Ember"</h1>
+            <p class="tagline">"LoRA fine-tuning of BLOOM models, in this page, on your device."</p>
+            <div class="backend-line">
+                "Running on: " <span id="backend">{move || state.backend.get()}</span>
+                <label class="force-cpu">
+                    <input id="force-cpu" type="checkbox" prop:checked=move || state.force_cpu.get()
+                        on:change=move |ev| { state.force_cpu.set(event_target_checked(&ev)); bridge::restart(state); }/>
+                    " Use CPU"
+                </label>
+                <span id="memory" class="muted">{move || state.memory.get()}</span>
+            </div>
+        </header>
+        <Show when=move || state.error.get().is_some()>
+            <div id="error" class="error" role="alert">
+                <span>{move || state.error.get().unwrap_or_default()}</span>
+                <button class="close" on:click=move |_| state.error.set(None)>"×"</button>
+            </div>
+        </Show>
+        <load::LoadPanel state=state/>
+        <nav class="tabs">
+            {tab_button(Tab::Generate, "tab-generate", "Generate")}
+            {tab_button(Tab::FineTune, "tab-finetune", "Fine-tune")}
+        </nav>
+        <div class:hidden=move || state.tab.get() != Tab::Generate><generate::GeneratePanel state=state/></div>
+        <div class:hidden=move || state.tab.get() != Tab::FineTune><finetune::FineTunePanel state=state/></div>
+    }
+}
+
+/// A labelled text field bound to `value`.
+#[component]
+fn Field(id: &'static str, label: &'static str, value: RwSignal<String>) -> impl IntoView {
+    view! {
+        <label class="field">
+            <span>{label}</span>
+            <input id=id prop:value=move || value.get() on:input=move |ev| value.set(event_target_value(&ev))/>
+        </label>
+    }
+}
+
+/// `text` parsed as a number, or a message naming the field.
+fn number<T: std::str::FromStr>(text: &str, field: &str) -> Result<T, String> {
+    text.trim().parse().map_err(|_| format!("{field}: \"{text}\" is not a valid number"))
+}

@@ -1,0 +1,96 @@
+//! Loading a model folder from a URL: each file is fetched once and kept in the browser's
+//! Cache Storage, so the next visit (or reload) reads it locally; progress is reported in bytes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ember_core::{Error, Result};
+use js_sys::{Reflect, Uint8Array};
+use wasm_bindgen::{JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{Cache, ReadableStreamDefaultReader, Response, WorkerGlobalScope};
+
+use super::post;
+use super::session::ModelFiles;
+use crate::message::js_error;
+use crate::protocol::Reply;
+
+const CACHE_NAME: &str = "ember-models-v1";
+
+/// `config.json`, `tokenizer.json`, the weights and the optional tokenizer files under `url`.
+pub async fn model_files(url: &str) -> Result<ModelFiles> {
+    let folder = if url.ends_with('/') { url.to_string() } else { format!("{url}/") };
+    let cache = open_cache().await;
+    let mut files = HashMap::new();
+    for (name, required) in [("config.json", true), ("tokenizer.json", true), ("tokenizer_config.json", false), ("special_tokens_map.json", false)] {
+        match fetch_cached(cache.as_ref(), &format!("{folder}{name}")).await? {
+            Some(bytes) => {
+                files.insert(name.to_string(), Arc::new(bytes));
+            }
+            None if required => return Err(Error::file(format!("{folder}{name}"), "not found (HTTP 404): is this the URL of a model folder?")),
+            None => {}
+        }
+    }
+    for name in ["model.safetensors", "pytorch_model.bin"] {
+        if let Some(bytes) = fetch_cached(cache.as_ref(), &format!("{folder}{name}")).await? {
+            files.insert(name.to_string(), Arc::new(bytes));
+            return Ok(ModelFiles::new(files));
+        }
+    }
+    Err(Error::file(format!("{folder}model.safetensors"), "not found (HTTP 404), nor pytorch_model.bin"))
+}
+
+fn scope() -> WorkerGlobalScope {
+    js_sys::global().unchecked_into()
+}
+
+/// The model cache, or `None` where the browser offers none (then every load downloads).
+async fn open_cache() -> Option<Cache> {
+    let caches = scope().caches().ok()?;
+    JsFuture::from(caches.open(CACHE_NAME)).await.ok()?.dyn_into().ok()
+}
+
+/// The bytes at `url` (`None` for 404), from the cache when it has them.
+async fn fetch_cached(cache: Option<&Cache>, url: &str) -> Result<Option<Vec<u8>>> {
+    let failed = |e: JsValue| Error::file(url, format!("cannot download: {}", js_error(&e)));
+    if let Some(cache) = cache {
+        let hit = JsFuture::from(cache.match_with_str(url)).await.map_err(failed)?;
+        if let Ok(response) = hit.dyn_into::<Response>() {
+            return read_body(response, url, "from the browser cache").await.map(Some);
+        }
+    }
+    let response: Response = JsFuture::from(scope().fetch_with_str(url)).await.map_err(failed)?.unchecked_into();
+    if response.status() == 404 {
+        return Ok(None);
+    }
+    if !response.ok() {
+        return Err(Error::file(url, format!("cannot download: HTTP {} {}", response.status(), response.status_text())));
+    }
+    if let Some(cache) = cache {
+        if let Ok(copy) = response.clone() {
+            // Best effort: a full disk only means the next visit downloads again.
+            let _ = JsFuture::from(cache.put_with_str(url, &copy)).await;
+        }
+    }
+    read_body(response, url, "downloading").await.map(Some)
+}
+
+/// Reads a response body chunk by chunk, posting progress.
+async fn read_body(response: Response, url: &str, doing: &str) -> Result<Vec<u8>> {
+    let failed = |e: JsValue| Error::file(url, format!("cannot read: {}", js_error(&e)));
+    let total: f64 = response.headers().get("content-length").ok().flatten().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    let name = url.rsplit('/').next().unwrap_or(url);
+    let Some(body) = response.body() else { return Ok(Vec::new()) };
+    let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
+    let mut bytes = Vec::with_capacity(total as usize);
+    loop {
+        let chunk = JsFuture::from(reader.read()).await.map_err(failed)?;
+        if Reflect::get(&chunk, &"done".into()).map_err(failed)?.is_truthy() {
+            break;
+        }
+        let value: Uint8Array = Reflect::get(&chunk, &"value".into()).map_err(failed)?.unchecked_into();
+        bytes.extend_from_slice(&value.to_vec());
+        post(&Reply::Progress { what: format!("{doing} {name}"), done: bytes.len() as f64, total: total.max(bytes.len() as f64) }, Vec::new());
+    }
+    Ok(bytes)
+}

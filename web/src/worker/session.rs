@@ -1,0 +1,338 @@
+//! What the worker does with ember-core: load a base model and adapters from file bytes,
+//! generate with tokens streamed to the page, fine-tune one step at a time. Nothing here is
+//! re-implemented: it is the same code `ember` runs natively, on the browser's device.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use burn::tensor::Device;
+use ember_core::checkpoint::{Checkpoint, SafetensorsFile, TensorFile, TorchFile};
+use ember_core::data::TokenizedDataset;
+use ember_core::generate::{generate_async, GenerationConfig, Sampling};
+use ember_core::lora::adapter_file::{adapter_safetensors_bytes_async, load_adapter_tensors};
+use ember_core::lora::inject::{commas, ModelShape};
+use ember_core::lora::{apply_lora, LoraConfig, TargetModules};
+use ember_core::model::BloomForCausalLM;
+use ember_core::template::{human_assistant, Template};
+use ember_core::tokenizer::{TextStream, Tokenizer};
+use ember_core::train::{Trainer, TrainingArgs};
+use ember_core::{BloomConfig, Error, Result};
+
+use super::{now_ms, post, stop_requested, yield_now};
+use crate::backend;
+use crate::message::{buffer, bytes, Attached};
+use crate::protocol::{GenerateRequest, Reply, Request, Side, TrainRequest, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
+
+/// A 32-bit WebAssembly memory is 4 GiB at most; leave room for activations and the allocator.
+const WASM_MEMORY_BUDGET: usize = 3584 << 20;
+
+pub struct Session {
+    device: Device,
+    pub backend: String,
+    pub gpu: bool,
+    /// The adapter's `maxStorageBufferBindingSize`: no single tensor may be larger on this GPU.
+    max_binding: Option<f64>,
+    base: Option<Base>,
+    /// The base model with the current adapter (loaded or trained).
+    adapted: Option<BloomForCausalLM>,
+}
+
+struct Base {
+    config: BloomConfig,
+    tokenizer: Tokenizer,
+    /// The weight file, kept to build the training copy of the model on the autodiff device.
+    weights: (String, Arc<Vec<u8>>),
+    model: BloomForCausalLM,
+    params: usize,
+}
+
+impl Session {
+    pub async fn start(force_cpu: bool) -> Session {
+        if !force_cpu {
+            if let Some(device) = backend::webgpu().await {
+                let adapter = backend::webgpu_adapter().await;
+                let name = adapter.as_ref().map_or("WebGPU".to_string(), |a| format!("WebGPU: {}", a.name));
+                let max_binding = adapter.map(|a| a.max_storage_binding);
+                return Session { device, backend: name, gpu: true, max_binding, base: None, adapted: None };
+            }
+        }
+        let why = if force_cpu { "chosen" } else { "no WebGPU adapter in this browser" };
+        Session { device: backend::cpu(), backend: format!("CPU (WebAssembly) — {why}"), gpu: false, max_binding: None, base: None, adapted: None }
+    }
+
+    pub async fn handle(&mut self, request: Request, files: Attached) -> Result<()> {
+        match request {
+            Request::LoadModelFiles => self.load_base(ModelFiles::from_attached(&files)),
+            Request::LoadModelUrl { url } => self.load_base(super::fetch::model_files(&url).await?),
+            Request::LoadAdapter { origin } => self.load_adapter(ModelFiles::from_attached(&files), &origin),
+            Request::Generate(request) => self.generate(&request).await,
+            Request::Train(request) => self.train(&request).await,
+            Request::Start { .. } | Request::Stop => Ok(()),
+        }
+    }
+
+    pub fn memory_line(&self) -> String {
+        match &self.base {
+            Some(base) => format!(", model weights {:.1} MiB on the {}", base.params as f64 * 4.0 / 1048576.0, if self.gpu { "GPU" } else { "CPU" }),
+            None => String::new(),
+        }
+    }
+
+    fn base(&self) -> Result<&Base> {
+        self.base.as_ref().ok_or_else(|| Error::invalid("no model loaded: load the demo model, a model folder or a URL first"))
+    }
+
+    fn load_base(&mut self, files: ModelFiles) -> Result<()> {
+        let config = BloomConfig::from_json(files.text("config.json")?, "config.json")?;
+        let tokenizer = Tokenizer::from_parts(
+            files.need("tokenizer.json")?,
+            "tokenizer.json",
+            files.optional_text("tokenizer_config.json")?,
+            files.optional_text("special_tokens_map.json")?,
+            &config,
+        )?;
+        if tokenizer.vocab_size() > config.vocab_size {
+            return Err(Error::file(
+                "tokenizer.json",
+                format!("has {} tokens but config.json's vocab_size is {}: the files come from different models", tokenizer.vocab_size(), config.vocab_size),
+            ));
+        }
+        let weights = files.weights()?;
+        let params = ModelShape::of_config(&config).base_params();
+        self.check_fits(&config, params, weights.1.len())?;
+        post(&Reply::Progress { what: format!("uploading {} to the {}", weights.0, self.backend), done: 0.0, total: 1.0 }, Vec::new());
+        self.base = None;
+        self.adapted = None;
+        let model = model_from(&config, &weights, &self.device)?;
+        let summary = format!(
+            "BLOOM: {} layers, hidden size {}, vocabulary {}; {} parameters ({:.1} MiB as f32)",
+            config.n_layer,
+            config.hidden_size,
+            config.vocab_size,
+            commas(params),
+            params as f64 * 4.0 / 1048576.0
+        );
+        self.base = Some(Base { config, tokenizer, weights, model, params });
+        post(&Reply::ModelLoaded { summary }, Vec::new());
+        Ok(())
+    }
+
+    /// A clear refusal instead of a crash for models this browser cannot hold.
+    fn check_fits(&self, config: &BloomConfig, params: usize, file_bytes: usize) -> Result<()> {
+        let in_wasm = file_bytes + if self.gpu { 0 } else { params * 4 };
+        if in_wasm > WASM_MEMORY_BUDGET {
+            return Err(Error::invalid(format!(
+                "this model ({} parameters) needs about {:.1} GiB of WebAssembly memory here, and a page has 4 GiB at most: use a smaller model, or the ember command line",
+                commas(params),
+                in_wasm as f64 / (1u64 << 30) as f64
+            )));
+        }
+        let largest = 4.0 * (4 * config.hidden_size * config.hidden_size) as f64;
+        if let Some(limit) = self.max_binding.filter(|&limit| largest > limit) {
+            return Err(Error::invalid(format!(
+                "the model's largest weight matrix ({:.0} MiB) is over this GPU's storage-buffer limit ({:.0} MiB): tick \"Use CPU\" or use a smaller model",
+                largest / 1048576.0,
+                limit / 1048576.0
+            )));
+        }
+        Ok(())
+    }
+
+    fn load_adapter(&mut self, files: ModelFiles, origin: &str) -> Result<()> {
+        let base = self.base()?;
+        let config = LoraConfig::from_json(files.text(ADAPTER_CONFIG)?, &format!("{origin}/{ADAPTER_CONFIG}"))?;
+        let weights = files.need(ADAPTER_WEIGHTS)?;
+        let file = SafetensorsFile::from_bytes(format!("{origin}/{ADAPTER_WEIGHTS}"), weights.clone())?;
+        let mut model = base.model.clone();
+        let report = load_adapter_tensors(&mut model, &config, &file, &self.device)?;
+        self.adapted = Some(model);
+        let summary = format!("{origin}: LoRA r={}, alpha={}; {}", config.r, config.lora_alpha, report.trainable_line());
+        let files = vec![(ADAPTER_CONFIG.to_string(), buffer(config.to_json().as_bytes())), (ADAPTER_WEIGHTS.to_string(), buffer(weights))];
+        post(&Reply::AdapterReady { summary, config_json: config.to_json() }, files);
+        Ok(())
+    }
+
+    async fn generate(&self, request: &GenerateRequest) -> Result<()> {
+        let base = self.base()?;
+        let adapted = match (request.with_adapter, &self.adapted) {
+            (true, None) => return Err(Error::invalid("no adapter yet: load one or fine-tune first (or untick \"with adapter\")")),
+            (true, Some(model)) => Some(model),
+            (false, _) => None,
+        };
+        let text = if request.template { human_assistant(&request.prompt) } else { request.prompt.clone() };
+        let prompt = base.tokenizer.encode(&text)?;
+        let config = GenerationConfig {
+            max_new_tokens: Some(request.max_new_tokens),
+            max_length: None,
+            sampling: request.sample.then_some(Sampling {
+                temperature: request.temperature,
+                top_k: request.top_k,
+                top_p: request.top_p,
+                seed: request.seed,
+            }),
+            repetition_penalty: 1.0,
+            eos_token_id: base.tokenizer.eos_id(&base.config),
+            pad_token_id: base.tokenizer.pad_id(&base.config),
+        };
+        self.stream(Side::Base, &base.model, &base.tokenizer, &prompt, &config).await?;
+        if let Some(model) = adapted {
+            if !stop_requested() {
+                self.stream(Side::Adapter, model, &base.tokenizer, &prompt, &config).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Generates from one model, posting text as tokens complete it.
+    async fn stream(&self, side: Side, model: &BloomForCausalLM, tokenizer: &Tokenizer, prompt: &[u32], config: &GenerationConfig) -> Result<()> {
+        let start = now_ms();
+        let mut first_token_ms = None;
+        let mut count = 0usize;
+        let mut text = TextStream::new();
+        let mut failure = None;
+        generate_async(model, &[prompt.to_vec()], config, &self.device, async |step: &[Option<u32>]| {
+            if let Some(id) = step[0] {
+                count += 1;
+                first_token_ms.get_or_insert_with(|| now_ms() - start);
+                match text.push(tokenizer, id) {
+                    Ok(fresh) if !fresh.is_empty() => post(&Reply::Token { side, text: fresh }, Vec::new()),
+                    Ok(_) => {}
+                    Err(e) => failure = Some(e),
+                }
+            }
+            yield_now().await;
+            !stop_requested() && failure.is_none()
+        })
+        .await?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let first_token_ms = first_token_ms.unwrap_or(0.0);
+        // Decoding speed: the tokens after the first, over the time after the first.
+        let decode_s = (now_ms() - start - first_token_ms) / 1000.0;
+        let tokens_per_s = if count > 1 && decode_s > 0.0 { (count - 1) as f64 / decode_s } else { 0.0 };
+        post(&Reply::Generated { side, tokens: count, tokens_per_s, first_token_ms }, Vec::new());
+        Ok(())
+    }
+
+    async fn train(&mut self, request: &TrainRequest) -> Result<()> {
+        let base = self.base()?;
+        let examples = crate::examples::parse(&request.examples)?;
+        let data = TokenizedDataset::from_examples(Box::new(examples.into_iter().map(Ok)), &base.tokenizer, &Template::HumanAssistant, request.max_length)?;
+        let lora = lora_config(request)?;
+        let device = self.device.clone().autodiff();
+        let mut model = model_from(&base.config, &base.weights, &device)?;
+        let report = apply_lora(&mut model, &lora, &device)?;
+        post(&Reply::Progress { what: report.trainable_line(), done: 0.0, total: request.steps as f64 }, Vec::new());
+        let args = TrainingArgs {
+            per_device_train_batch_size: request.batch_size,
+            learning_rate: request.learning_rate,
+            max_steps: request.steps as i64,
+            logging_steps: 1,
+            save_steps: 0,
+            ..TrainingArgs::default()
+        };
+        let pad = base.tokenizer.pad_id(&base.config);
+        let mut trainer = Trainer::new(model, lora.clone(), args, &data, pad, base.tokenizer.padding_side, &device)?;
+        let start = now_ms();
+        let mut steps = 0;
+        while steps < trainer.total_steps && !stop_requested() {
+            let report = trainer.step_async(&data).await?;
+            if !report.loss.is_finite() {
+                return Err(Error::invalid(format!("the loss became {} at step {}: lower the learning rate", report.loss, report.step)));
+            }
+            steps = report.step;
+            let steps_per_s = steps as f64 / ((now_ms() - start) / 1000.0);
+            post(&Reply::Step { step: steps, total: trainer.total_steps, loss: report.loss, learning_rate: report.learning_rate, steps_per_s }, Vec::new());
+            yield_now().await;
+        }
+        post(&Reply::Trained { steps, stopped: steps < trainer.total_steps }, Vec::new());
+        let weights = adapter_safetensors_bytes_async(&trainer.model, &lora).await?;
+        self.adapted = Some(trainer.model.valid_model());
+        let summary = format!("fine-tuned here: {steps} steps, LoRA r={}, alpha={}; {}", lora.r, lora.lora_alpha, report.trainable_line());
+        let config_json = ember_core::lora::adapter_file::config_json(&lora);
+        let files = vec![(ADAPTER_CONFIG.to_string(), buffer(config_json.as_bytes())), (ADAPTER_WEIGHTS.to_string(), buffer(&weights))];
+        post(&Reply::AdapterReady { summary, config_json }, files);
+        Ok(())
+    }
+}
+
+/// peft's `LoraConfig` from the page's fields.
+fn lora_config(request: &TrainRequest) -> Result<LoraConfig> {
+    let names = |text: &str| text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect::<Vec<_>>();
+    let targets = request.target_modules.trim();
+    // peft reads a string as a regex and a list as module names; the page's one field is a
+    // regex when it holds regex syntax.
+    let target_modules = if targets.chars().any(|c| "^$*+?()[]{}|\\".contains(c)) {
+        TargetModules::Regex(targets.to_string())
+    } else {
+        TargetModules::Names(names(targets))
+    };
+    let saved = names(&request.modules_to_save);
+    let lora = LoraConfig {
+        task_type: Some("CAUSAL_LM".into()),
+        r: request.r,
+        lora_alpha: request.lora_alpha,
+        target_modules: Some(target_modules),
+        modules_to_save: (!saved.is_empty()).then_some(saved),
+        ..LoraConfig::default()
+    };
+    lora.validate().map_err(Error::invalid)?;
+    Ok(lora)
+}
+
+fn model_from(config: &BloomConfig, (name, bytes): &(String, Arc<Vec<u8>>), device: &Device) -> Result<BloomForCausalLM> {
+    let file: Box<dyn TensorFile> = if name.ends_with(".bin") {
+        Box::new(TorchFile::from_bytes(name.as_str(), bytes.clone())?)
+    } else {
+        Box::new(SafetensorsFile::from_bytes(name.as_str(), bytes.clone())?)
+    };
+    let mut checkpoint = Checkpoint::from_files(name.as_str(), vec![file], device);
+    BloomForCausalLM::from_weights(config, &mut checkpoint)
+}
+
+/// The files of a model or adapter folder, by base name.
+pub struct ModelFiles(HashMap<String, Arc<Vec<u8>>>);
+
+impl ModelFiles {
+    pub fn new(files: HashMap<String, Arc<Vec<u8>>>) -> Self {
+        ModelFiles(files)
+    }
+
+    fn from_attached(files: &Attached) -> Self {
+        let base_name = |path: &str| path.rsplit('/').next().unwrap_or(path).to_string();
+        ModelFiles(files.iter().map(|(name, buf)| (base_name(name), Arc::new(bytes(buf)))).collect())
+    }
+
+    fn need(&self, name: &str) -> Result<&Arc<Vec<u8>>> {
+        self.0.get(name).ok_or_else(|| {
+            let mut given: Vec<&str> = self.0.keys().map(String::as_str).collect();
+            given.sort();
+            let given = if given.is_empty() { "no files".to_string() } else { given.join(", ") };
+            Error::file(name, format!("missing (got {given}): choose the whole folder, or add this file"))
+        })
+    }
+
+    fn text(&self, name: &str) -> Result<&str> {
+        std::str::from_utf8(self.need(name)?).map_err(|_| Error::file(name, "is not UTF-8 text: is this the right file?"))
+    }
+
+    fn optional_text(&self, name: &str) -> Result<Option<&str>> {
+        if self.0.contains_key(name) { self.text(name).map(Some) } else { Ok(None) }
+    }
+
+    /// The one weight file, as transformers looks for it.
+    fn weights(&self) -> Result<(String, Arc<Vec<u8>>)> {
+        for name in ["model.safetensors", "pytorch_model.bin"] {
+            if let Some(bytes) = self.0.get(name) {
+                return Ok((name.to_string(), bytes.clone()));
+            }
+        }
+        if self.0.keys().any(|k| k.ends_with(".index.json")) {
+            return Err(Error::invalid(
+                "sharded checkpoints are not loaded in the browser: save the model as one model.safetensors (save_pretrained with a larger max_shard_size)",
+            ));
+        }
+        self.need("model.safetensors").map(|_| unreachable!())
+    }
+}
