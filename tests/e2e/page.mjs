@@ -22,6 +22,7 @@ const dist = process.env.EMBER_WEB_DIST ?? path.join(root, "web", "dist");
 const shots = process.env.EMBER_E2E_SCREENSHOTS ?? path.join(import.meta.dirname, "screenshots");
 const work = fs.mkdtempSync(path.join(os.tmpdir(), "ember-e2e-"));
 const MINUTE = 60_000;
+fs.rmSync(shots, { recursive: true, force: true });
 
 function log(message) {
   console.log(`[e2e] ${message}`);
@@ -118,6 +119,9 @@ try {
   await expectError(page, /model\.safetensors: missing/, "incomplete files");
   await page.setInputFiles("#model-files", [demo("config.json"), demo("tokenizer.json"), fixture("models/a", "model.safetensors")]);
   await expectError(page, /model\.safetensors/, "another model's weights");
+  const huge = { model_type: "bloom", hidden_size: 16384, n_layer: 70, n_head: 128, vocab_size: 250880 };
+  await page.setInputFiles("#model-files", [{ name: "config.json", mimeType: "application/json", buffer: Buffer.from(JSON.stringify(huge)) }, demo("tokenizer.json"), demo("model.safetensors")]);
+  await expectError(page, /4 GiB at most|storage-buffer limit/, "a model too large for the browser");
   await loadDemo(page);
   await page.setInputFiles("#adapter-files", [fixture("adapters/bias-all", "adapter_config.json"), fixture("adapters/bias-all", "adapter_model.safetensors")]);
   await expectError(page, /does not fit|different base/, "an adapter for another base");
@@ -130,6 +134,18 @@ try {
   assert.ok((await text(page, "#output-base")).length > 0, "the base model generated no text");
   log(`generate: ${stats} (${backend})`);
   await shot(page, "3-generate");
+  // Stop ends a long greedy generation early.
+  await page.uncheck("#sample");
+  await page.fill("#max-new-tokens", "500");
+  await page.click("#generate");
+  await page.waitForFunction(() => document.querySelector("#output-base")?.textContent.length > 0, null, { timeout: 5 * MINUTE });
+  await page.click("#stop-generate");
+  await page.waitForFunction(() => document.querySelector("#stats-base")?.textContent !== "", null, { timeout: 5 * MINUTE });
+  const stopped = Number((await text(page, "#stats-base")).split(" ")[0]);
+  log(`stopped after ${stopped} of 500 tokens`);
+  assert.ok(stopped < 500, "Stop did not end the generation");
+  await page.check("#sample");
+  await page.fill("#max-new-tokens", "64");
 
   // 4. Fine-tune 5 steps on the demo examples; the chart must update while training runs.
   await page.click("#tab-finetune");
@@ -189,6 +205,13 @@ try {
   const cpuText = await generateGreedy(page, 12);
   log(`CPU (WebAssembly): ${await text(page, "#stats-base")}; greedy with the adapter: ${JSON.stringify(cpuText)}`);
   assert.equal(cpuText, cli.text, "the CPU fallback generates other text than ember");
+  await page.click("#tab-finetune");
+  await page.click("#demo-examples");
+  await page.fill("#steps", "5");
+  await page.click("#train");
+  await page.waitForFunction(() => /^(done|stopped) after/.test(document.querySelector("#train-status")?.textContent ?? ""), null, { timeout: 10 * MINUTE });
+  log(`CPU (WebAssembly) training: ${await text(page, "#train-status")}`);
+  assert.equal(await page.getAttribute("#loss-chart", "data-points"), "5");
 
   assert.deepEqual(pageErrors, [], "uncaught errors in the page");
   log(`passed; screenshots in ${shots}`);

@@ -50,7 +50,7 @@ pub async fn webgpu_adapter() -> Option<AdapterInfo> {
     parts.dedup();
     let fallback = get(&adapter, "isFallbackAdapter").or_else(|| info.as_ref().and_then(|i| get(i, "isFallbackAdapter"))).is_some_and(|v| v.is_truthy());
     if fallback {
-        parts.push("(software fallback adapter)".into());
+        parts.push("(software fallback adapter: \"Use CPU\" is usually faster)".into());
     }
     let name = if parts.is_empty() { "unnamed adapter".into() } else { parts.join(" ") };
     let max_storage_binding = get(&adapter, "limits").and_then(|l| get(&l, "maxStorageBufferBindingSize")).and_then(|v| v.as_f64()).unwrap_or(128.0 * 1048576.0);
