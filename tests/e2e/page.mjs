@@ -101,7 +101,11 @@ try {
   const page = await context.newPage();
   const pageErrors = [];
   page.on("pageerror", (e) => pageErrors.push(e.message));
-  page.on("console", (m) => (m.type() === "error" || process.env.EMBER_E2E_VERBOSE) && log(`console: ${m.text()}`));
+  const panics = [];
+  page.on("console", (m) => {
+    if (m.text().includes("panicked")) panics.push(m.text().split("\n")[0]);
+    if (m.type() === "error" || process.env.EMBER_E2E_VERBOSE) log(`console: ${m.text()}`);
+  });
 
   // 1. Load the demo model.
   await page.goto(url);
@@ -214,6 +218,7 @@ try {
   assert.equal(await page.getAttribute("#loss-chart", "data-points"), "5");
 
   assert.deepEqual(pageErrors, [], "uncaught errors in the page");
+  assert.deepEqual(panics, [], "the worker panicked");
   log(`passed; screenshots in ${shots}`);
 } finally {
   await browser.close();

@@ -1,7 +1,7 @@
 //! The page's side of the worker: starts it, sends requests, and turns its replies into state.
 //! A worker that crashes is replaced, and the page says what happened.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use leptos::prelude::*;
 use wasm_bindgen::prelude::*;
@@ -13,6 +13,8 @@ use crate::protocol::{Reply, Request, Side, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 
 thread_local! {
     static WORKER: RefCell<Option<Worker>> = const { RefCell::new(None) };
+    /// Counts workers started, so events still queued from a replaced worker are ignored.
+    static GENERATION: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Starts a worker (its wasm loads from `worker.js`, beside the page).
@@ -23,15 +25,23 @@ pub fn spawn(state: State) {
         Ok(worker) => worker,
         Err(e) => return state.fail(format!("cannot start the model worker: {}", crate::message::js_error(&e))),
     };
+    let generation = GENERATION.with(|g| g.get() + 1);
+    GENERATION.set(generation);
+    let current = move || GENERATION.get() == generation;
     let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| match unpack::<Reply>(&event.data()) {
-        Ok((reply, files)) => apply(state, reply, files),
+        Ok((reply, files)) if current() => apply(state, reply, files),
+        Ok(_) => {}
         Err(message) => state.fail(message),
     });
     worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
     on_message.forget();
+    // A panic first posts its message (Reply::Failed), then surfaces here as "unreachable":
+    // by then this worker has been replaced and the better message is on screen.
     let on_error = Closure::<dyn FnMut(ErrorEvent)>::new(move |event: ErrorEvent| {
         event.prevent_default();
-        crashed(state, &event.message());
+        if current() {
+            crashed(state, &event.message());
+        }
     });
     worker.set_onerror(Some(on_error.as_ref().unchecked_ref()));
     on_error.forget();

@@ -24,7 +24,7 @@ use crate::message::{buffer, bytes, Attached};
 use crate::protocol::{GenerateRequest, Reply, Request, Side, TrainRequest, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 
 /// A 32-bit WebAssembly memory is 4 GiB at most; leave room for activations and the allocator.
-const WASM_MEMORY_BUDGET: usize = 3584 << 20;
+const WASM_MEMORY_BUDGET: f64 = 3584.0 * 1048576.0;
 
 pub struct Session {
     device: Device,
@@ -98,8 +98,8 @@ impl Session {
             ));
         }
         let weights = files.weights()?;
+        self.check_fits(&config, weights.1.len())?;
         let params = ModelShape::of_config(&config).base_params();
-        self.check_fits(&config, params, weights.1.len())?;
         post(&Reply::Progress { what: format!("uploading {} to the {}", weights.0, self.backend), done: 0.0, total: 1.0 }, Vec::new());
         self.base = None;
         self.adapted = None;
@@ -117,17 +117,21 @@ impl Session {
         Ok(())
     }
 
-    /// A clear refusal instead of a crash for models this browser cannot hold.
-    fn check_fits(&self, config: &BloomConfig, params: usize, file_bytes: usize) -> Result<()> {
-        let in_wasm = file_bytes + if self.gpu { 0 } else { params * 4 };
+    /// A clear refusal instead of a crash for models this browser cannot hold. Counted in f64:
+    /// `usize` is 32 bits on wasm32, and a large model's parameter count overflows it.
+    fn check_fits(&self, config: &BloomConfig, file_bytes: usize) -> Result<()> {
+        let (h, layers, vocab) = (config.hidden_size as f64, config.n_layer as f64, config.vocab_size as f64);
+        // Embedding, and per layer the four linear maps (12 h² weights) plus biases and norms.
+        let params = vocab * h + layers * (12.0 * h * h + 13.0 * h);
+        let in_wasm = file_bytes as f64 + if self.gpu { 0.0 } else { params * 4.0 };
         if in_wasm > WASM_MEMORY_BUDGET {
             return Err(Error::invalid(format!(
-                "this model ({} parameters) needs about {:.1} GiB of WebAssembly memory here, and a page has 4 GiB at most: use a smaller model, or the ember command line",
-                commas(params),
-                in_wasm as f64 / (1u64 << 30) as f64
+                "this model (about {:.2e} parameters) needs about {:.1} GiB of WebAssembly memory here, and a page has 4 GiB at most: use a smaller model, or the ember command line",
+                params,
+                in_wasm / (1u64 << 30) as f64
             )));
         }
-        let largest = 4.0 * (4 * config.hidden_size * config.hidden_size) as f64;
+        let largest = 4.0 * 4.0 * h * h;
         if let Some(limit) = self.max_binding.filter(|&limit| largest > limit) {
             return Err(Error::invalid(format!(
                 "the model's largest weight matrix ({:.0} MiB) is over this GPU's storage-buffer limit ({:.0} MiB): tick \"Use CPU\" or use a smaller model",
