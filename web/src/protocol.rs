@@ -67,7 +67,7 @@ pub enum Side {
 pub enum Reply {
     /// The worker's wasm is running and listens: the page may send `Start`.
     WorkerReady,
-    Started { backend: String, gpu: bool },
+    Started { backend: String },
     Progress { what: String, done: f64, total: f64 },
     ModelLoaded { summary: String },
     /// The attached adapter files are now in use (loaded or just trained).
@@ -83,5 +83,4 @@ pub enum Reply {
 }
 
 /// The file names of a PEFT adapter, as peft's `save_pretrained` writes them.
-pub const ADAPTER_CONFIG: &str = "adapter_config.json";
-pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
+pub use ember_core::lora::adapter_file::{CONFIG_FILE as ADAPTER_CONFIG, WEIGHTS_FILE as ADAPTER_WEIGHTS};

@@ -135,8 +135,21 @@ fn open_tensor_file(path: &Path) -> Result<Box<dyn TensorFile>> {
     if !path.is_file() {
         return Err(Error::file(path, "weight shard listed in the index is missing"));
     }
-    let is_safetensors = path.extension().is_some_and(|e| e == "safetensors");
-    Ok(if is_safetensors { Box::new(SafetensorsFile::open(path)?) } else { Box::new(TorchFile::open(path)?) })
+    Ok(if is_safetensors(path) { Box::new(SafetensorsFile::open(path)?) } else { Box::new(TorchFile::open(path)?) })
+}
+
+/// Weight files are safetensors by their extension, torch pickles otherwise.
+fn is_safetensors(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "safetensors")
+}
+
+/// A weight file already in memory (the browser's files), read by the same rule as on disk.
+pub fn tensor_file_from_bytes(name: &str, bytes: std::sync::Arc<Vec<u8>>) -> Result<Box<dyn TensorFile>> {
+    Ok(if is_safetensors(Path::new(name)) {
+        Box::new(SafetensorsFile::from_bytes(name, bytes)?)
+    } else {
+        Box::new(TorchFile::from_bytes(name, bytes)?)
+    })
 }
 
 /// The shard files named by a `*.index.json` (transformers' `{"weight_map": {name: file}}`).

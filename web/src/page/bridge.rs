@@ -91,7 +91,7 @@ fn post(state: State, request: &Request, files: Attached) {
 fn apply(state: State, reply: Reply, files: Attached) {
     match reply {
         Reply::WorkerReady => post(state, &Request::Start { force_cpu: state.force_cpu.get_untracked() }, Vec::new()),
-        Reply::Started { backend, .. } => state.backend.set(backend),
+        Reply::Started { backend } => state.backend.set(backend),
         Reply::Progress { what, done, total } => state.progress.set(Some((what, done, total))),
         Reply::ModelLoaded { summary } => {
             state.model.set(Some(summary));

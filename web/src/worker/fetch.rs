@@ -31,13 +31,14 @@ pub async fn model_files(url: &str) -> Result<ModelFiles> {
             None => {}
         }
     }
-    for name in ["model.safetensors", "pytorch_model.bin"] {
+    for name in super::session::single_weight_files() {
         if let Some(bytes) = fetch_cached(cache.as_ref(), &format!("{folder}{name}")).await? {
             files.insert(name.to_string(), Arc::new(bytes));
             return Ok(ModelFiles::new(files));
         }
     }
-    Err(Error::file(format!("{folder}model.safetensors"), "not found (HTTP 404), nor pytorch_model.bin"))
+    let tried: Vec<&str> = super::session::single_weight_files().collect();
+    Err(Error::file(&folder, format!("no weights found (HTTP 404 for {})", tried.join(", "))))
 }
 
 fn scope() -> WorkerGlobalScope {
@@ -83,6 +84,7 @@ async fn read_body(response: Response, url: &str, doing: &str) -> Result<Vec<u8>
     let Some(body) = response.body() else { return Ok(Vec::new()) };
     let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
     let mut bytes = Vec::with_capacity(total as usize);
+    let mut reported = 0.0;
     loop {
         let chunk = JsFuture::from(reader.read()).await.map_err(failed)?;
         if Reflect::get(&chunk, &"done".into()).map_err(failed)?.is_truthy() {
@@ -90,7 +92,11 @@ async fn read_body(response: Response, url: &str, doing: &str) -> Result<Vec<u8>
         }
         let value: Uint8Array = Reflect::get(&chunk, &"value".into()).map_err(failed)?.unchecked_into();
         bytes.extend_from_slice(&value.to_vec());
-        post(&Reply::Progress { what: format!("{doing} {name}"), done: bytes.len() as f64, total: total.max(bytes.len() as f64) }, Vec::new());
+        // A message per percent, not per chunk (a large file arrives in tens of thousands).
+        if bytes.len() as f64 >= reported + total / 100.0 {
+            reported = bytes.len() as f64;
+            post(&Reply::Progress { what: format!("{doing} {name}"), done: reported, total: total.max(reported) }, Vec::new());
+        }
     }
     Ok(bytes)
 }

@@ -81,7 +81,7 @@ async fn drain_queue() {
 async fn run(session: &mut Option<Session>, request: Request, files: Attached) -> Result<(), String> {
     if let Request::Start { force_cpu } = request {
         let started = Session::start(force_cpu).await;
-        post(&Reply::Started { backend: started.backend.clone(), gpu: started.gpu }, Vec::new());
+        post(&Reply::Started { backend: started.backend.clone() }, Vec::new());
         *session = Some(started);
         return Ok(());
     }

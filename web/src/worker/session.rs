@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use burn::tensor::Device;
-use ember_core::checkpoint::{Checkpoint, SafetensorsFile, TensorFile, TorchFile};
+use ember_core::checkpoint::{tensor_file_from_bytes, Checkpoint, SafetensorsFile, WEIGHT_FILES};
 use ember_core::data::TokenizedDataset;
 use ember_core::generate::{generate_async, GenerationConfig, Sampling};
 use ember_core::lora::adapter_file::{adapter_safetensors_bytes_async, load_adapter_tensors};
@@ -29,7 +29,7 @@ const WASM_MEMORY_BUDGET: f64 = 3584.0 * 1048576.0;
 pub struct Session {
     device: Device,
     pub backend: String,
-    pub gpu: bool,
+    gpu: bool,
     /// The adapter's `maxStorageBufferBindingSize`: no single tensor may be larger on this GPU.
     max_binding: Option<f64>,
     base: Option<Base>,
@@ -286,13 +286,14 @@ fn lora_config(request: &TrainRequest) -> Result<LoraConfig> {
 }
 
 fn model_from(config: &BloomConfig, (name, bytes): &(String, Arc<Vec<u8>>), device: &Device) -> Result<BloomForCausalLM> {
-    let file: Box<dyn TensorFile> = if name.ends_with(".bin") {
-        Box::new(TorchFile::from_bytes(name.as_str(), bytes.clone())?)
-    } else {
-        Box::new(SafetensorsFile::from_bytes(name.as_str(), bytes.clone())?)
-    };
-    let mut checkpoint = Checkpoint::from_files(name.as_str(), vec![file], device);
+    let mut checkpoint = Checkpoint::from_files(name.as_str(), vec![tensor_file_from_bytes(name, bytes.clone())?], device);
     BloomForCausalLM::from_weights(config, &mut checkpoint)
+}
+
+/// The single-file weight names transformers looks for, in its order (the browser takes no
+/// sharded checkpoints).
+pub fn single_weight_files() -> impl Iterator<Item = &'static str> {
+    WEIGHT_FILES.into_iter().filter(|name| !name.ends_with(".index.json"))
 }
 
 /// The files of a model or adapter folder, by base name.
@@ -309,12 +310,14 @@ impl ModelFiles {
     }
 
     fn need(&self, name: &str) -> Result<&Arc<Vec<u8>>> {
-        self.0.get(name).ok_or_else(|| {
-            let mut given: Vec<&str> = self.0.keys().map(String::as_str).collect();
-            given.sort();
-            let given = if given.is_empty() { "no files".to_string() } else { given.join(", ") };
-            Error::file(name, format!("missing (got {given}): choose the whole folder, or add this file"))
-        })
+        self.0.get(name).ok_or_else(|| self.missing(name))
+    }
+
+    fn missing(&self, name: &str) -> Error {
+        let mut given: Vec<&str> = self.0.keys().map(String::as_str).collect();
+        given.sort();
+        let given = if given.is_empty() { "no files".to_string() } else { given.join(", ") };
+        Error::file(name, format!("missing (got {given}): choose the whole folder, or add this file"))
     }
 
     fn text(&self, name: &str) -> Result<&str> {
@@ -327,16 +330,14 @@ impl ModelFiles {
 
     /// The one weight file, as transformers looks for it.
     fn weights(&self) -> Result<(String, Arc<Vec<u8>>)> {
-        for name in ["model.safetensors", "pytorch_model.bin"] {
-            if let Some(bytes) = self.0.get(name) {
-                return Ok((name.to_string(), bytes.clone()));
-            }
+        if let Some(name) = single_weight_files().find(|name| self.0.contains_key(*name)) {
+            return Ok((name.to_string(), self.0[name].clone()));
         }
         if self.0.keys().any(|k| k.ends_with(".index.json")) {
             return Err(Error::invalid(
                 "sharded checkpoints are not loaded in the browser: save the model as one model.safetensors (save_pretrained with a larger max_shard_size)",
             ));
         }
-        self.need("model.safetensors").map(|_| unreachable!())
+        Err(self.missing(WEIGHT_FILES[0]))
     }
 }
