@@ -4,14 +4,18 @@
 //! accumulated optimizer step, or a whole dataset).
 //!
 //! The logits are never put together as one `[positions, vocab]` tensor: each block of the
-//! vocabulary matrix gives its logits, its log-sum-exp and the logit of the labels that fall in
-//! it, and the blocks' log-sum-exps combine into the full one. Only the positions that predict a
-//! label are projected (the last position of each row predicts nothing).
+//! vocabulary matrix gives its log-sum-exp, and the blocks' log-sum-exps combine into the full
+//! one. Only the positions that predict a label are projected (the last position of each row
+//! predicts nothing). With the fused kernel (`ember_shaders::cross_entropy`, on by default) no
+//! block's logits are kept for the backward pass, and the label's logit is the dot product of
+//! the hidden state with the label's row of the matrix; in plain burn each block's logits are
+//! kept and the label's logit gathered from them.
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
+use ember_shaders::cross_entropy::{linear_log_sum_exp, log_sum_exp};
 
 use crate::data::{Batch, IGNORE_INDEX};
-use crate::model::vocab::ids_in_block;
+use crate::model::vocab::{ids_in_block, VocabMatrix};
 use crate::model::{AttentionMask, BloomForCausalLM};
 
 /// Summed cross-entropy over the label tokens of `batch` (a one-element tensor, so it can be
@@ -43,14 +47,35 @@ pub fn shifted_cross_entropy_sum(model: &BloomForCausalLM, hidden: Tensor<3>, la
     let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), device);
     let weights = Tensor::<1>::from_data(TensorData::new(weights, [n]), device);
 
+    let head = model.lm_head_weight();
+    let (log_sum_exps, picked) =
+        if model.fused_cross_entropy { fused_terms(head, x, targets) } else { plain_terms(head, x, &targets) };
+    let log_sum_exp = if log_sum_exps.len() == 1 { log_sum_exps.into_iter().next().expect("one block") } else { log_sum_exp(Tensor::cat(log_sum_exps, 1)) };
+    let nll = (log_sum_exp - picked).reshape([n]);
+    ((nll * weights).sum(), count)
+}
+
+/// Each block's log-sum-exp (`[n, 1]`, no logits kept) and the label logits, `x · W[label]`.
+fn fused_terms(head: &VocabMatrix, x: Tensor<2>, targets: Tensor<2, Int>) -> (Vec<Tensor<2>>, Tensor<2>) {
+    let lse = head.blocks.iter().map(|b| linear_log_sum_exp(x.clone(), b.val())).collect();
+    let [n, dim] = x.dims();
+    // Rounded to the weights' precision first, as the head's matmul rounds its input.
+    let dtype = head.blocks[0].val().dtype();
+    let x = if dtype == DType::F32 { x } else { x.cast(dtype).cast(FloatDType::F32) };
+    let picked = (x * head.rows(targets).reshape([n, dim])).sum_dim(1);
+    (lse, picked)
+}
+
+/// Each block's logits, their log-sum-exp, and the label's logit gathered from the block that
+/// holds it (zero from the others).
+fn plain_terms(head: &VocabMatrix, x: Tensor<2>, targets: &Tensor<2, Int>) -> (Vec<Tensor<2>>, Tensor<2>) {
     let mut log_sum_exps = Vec::new();
     let mut picked: Option<Tensor<2>> = None;
     let mut start = 0;
-    for logits in model.lm_head_weight().project_blocks(x) {
+    for logits in head.project_blocks(x) {
         let size = logits.dims()[1];
         log_sum_exps.push(log_sum_exp(logits.clone()));
-        // The label's logit, from the block that holds it (zero from the others).
-        let (local, inside) = ids_in_block(&targets, start..start + size);
+        let (local, inside) = ids_in_block(targets, start..start + size);
         let here = logits.gather(1, local) * inside;
         picked = Some(match picked {
             Some(p) => p + here,
@@ -58,14 +83,6 @@ pub fn shifted_cross_entropy_sum(model: &BloomForCausalLM, hidden: Tensor<3>, la
         });
         start += size;
     }
-    let log_sum_exp = if log_sum_exps.len() == 1 { log_sum_exps.remove(0) } else { self::log_sum_exp(Tensor::cat(log_sum_exps, 1)) };
-    let nll = (log_sum_exp - picked.expect("at least one block")).reshape([n]);
-    ((nll * weights).sum(), count)
+    (log_sum_exps, picked.expect("at least one block"))
 }
 
-/// `log Σ exp` along dimension 1 (`[rows, k]` → `[rows, 1]`), shifted by the (constant) row
-/// maximum so nothing overflows.
-fn log_sum_exp(x: Tensor<2>) -> Tensor<2> {
-    let max = x.clone().max_dim(1).detach();
-    (x - max.clone()).exp().sum_dim(1).log() + max
-}

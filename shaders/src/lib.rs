@@ -1,1 +1,78 @@
-//! Hand-written kernels (none yet).
+//! Hand-written kernels for the hot paths of LoRA training, each with the plain burn
+//! computation beside it (what the tests check the kernel against, and what runs when the
+//! kernel is switched off).
+//!
+//! - [`gelu`]: BLOOM's tanh-GELU, forward and backward in one pass each.
+//! - [`cross_entropy`]: the log-sum-exp of the head's logits without keeping them.
+//!
+//! They are one burn backend extension ([`ops::FusedOps`]): CubeCL kernels on the wgpu
+//! backend (`cube.rs`, feature `wgpu`), multi-core loops on the CPU backend (`flex.rs`), and
+//! hand-written backward passes under autodiff (`autodiff.rs`). [`Kernels`] says which are on.
+
+mod autodiff;
+pub mod cross_entropy;
+#[cfg(feature = "wgpu")]
+mod cube;
+mod flex;
+pub mod gelu;
+pub mod ops;
+
+use burn::tensor::Device;
+
+/// Which fused kernels the model uses (`ember ... --kernels`); the others run as plain burn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kernels {
+    pub gelu: bool,
+    pub cross_entropy: bool,
+}
+
+impl Kernels {
+    pub const ALL: Kernels = Kernels { gelu: true, cross_entropy: true };
+    pub const NONE: Kernels = Kernels { gelu: false, cross_entropy: false };
+    /// The names `--kernels` takes, in a list.
+    pub const NAMES: [&'static str; 2] = ["gelu", "cross-entropy"];
+}
+
+impl Default for Kernels {
+    fn default() -> Self {
+        Kernels::ALL
+    }
+}
+
+impl std::str::FromStr for Kernels {
+    type Err = String;
+    /// `all`, `none`, or a comma-separated list of kernel names.
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "all" => return Ok(Kernels::ALL),
+            "none" | "plain" => return Ok(Kernels::NONE),
+            _ => {}
+        }
+        let mut k = Kernels::NONE;
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "gelu" => k.gelu = true,
+                "cross-entropy" | "ce" => k.cross_entropy = true,
+                _ => return Err(format!("unknown kernel `{name}`: use all, none, or a list of {}", Kernels::NAMES.join(", "))),
+            }
+        }
+        Ok(k)
+    }
+}
+
+impl std::fmt::Display for Kernels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let on: Vec<&str> = [(self.gelu, "gelu"), (self.cross_entropy, "cross-entropy")].iter().filter(|(b, _)| *b).map(|(_, n)| *n).collect();
+        f.write_str(if on.is_empty() { "none" } else if on.len() == Kernels::NAMES.len() { "all" } else { "" })?;
+        if !on.is_empty() && on.len() < Kernels::NAMES.len() {
+            f.write_str(&on.join(","))?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether `device`'s backend has the kernels: the CPU backend always, wgpu when this crate was
+/// built with its `wgpu` feature. Elsewhere the wrappers run the plain computation.
+pub fn has_kernels(device: &Device) -> bool {
+    cfg!(feature = "wgpu") || device.clone().inner() == Device::flex()
+}

@@ -11,6 +11,7 @@ use super::cache::{KvCache, LayerCache};
 use super::layers::{Embedding, LayerNorm, Linear};
 use super::vocab::{rows_per_block, VocabMatrix};
 use crate::config::BloomConfig;
+pub use ember_shaders::Kernels;
 
 #[derive(Module, Debug)]
 pub struct BloomAttention {
@@ -59,20 +60,16 @@ impl BloomAttention {
 pub struct BloomMlp {
     pub dense_h_to_4h: Linear,
     pub dense_4h_to_h: Linear,
+    /// BLOOM's tanh-GELU as the fused kernel (`ember_shaders::gelu`) or in plain burn.
+    pub fused_gelu: bool,
 }
 
 impl BloomMlp {
     pub fn forward(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
-        self.dense_4h_to_h.forward(bloom_gelu(self.dense_h_to_4h.forward(x))) + residual
+        let h = self.dense_h_to_4h.forward(x);
+        let h = if self.fused_gelu { ember_shaders::gelu::gelu(h) } else { ember_shaders::gelu::plain(h) };
+        self.dense_4h_to_h.forward(h) + residual
     }
-}
-
-/// BLOOM's tanh approximation of GELU, `x·½(1 + tanh(0.79788456·x·(1 + 0.044715·x²)))` with
-/// transformers' constants, written as `x·σ(2·inner)` (the same function, since
-/// `½(1 + tanh z) = σ(2z)`): fewer element-wise passes, each of which autodiff also runs backward.
-pub fn bloom_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    let twice_inner = (x.clone() * x.clone() * (2.0 * 0.797_884_56 * 0.044715) + 2.0 * 0.797_884_56) * x.clone();
-    x * burn::tensor::activation::sigmoid(twice_inner)
 }
 
 #[derive(Module, Debug)]
@@ -127,6 +124,9 @@ pub struct BloomForCausalLM {
     /// `word_embeddings` does *not* move the head: peft leaves it on the original, frozen
     /// embedding matrix, and so does ember.
     pub lm_head: Option<VocabMatrix>,
+    /// The loss's log-sum-exp over the head as the fused kernel that keeps no logits
+    /// (`ember_shaders::cross_entropy`), or in plain burn.
+    pub fused_cross_entropy: bool,
 }
 
 impl BloomForCausalLM {
@@ -168,6 +168,19 @@ impl BloomForCausalLM {
         self.lm_head.as_mut().map(resplit);
     }
 
+    /// Switches the fused kernels on or off (all on by default).
+    pub fn set_kernels(&mut self, kernels: Kernels) {
+        self.fused_cross_entropy = kernels.cross_entropy;
+        for block in &mut self.transformer.h {
+            block.mlp.fused_gelu = kernels.gelu;
+        }
+    }
+
+    /// Which fused kernels are on.
+    pub fn kernels(&self) -> Kernels {
+        Kernels { gelu: self.transformer.h.first().is_none_or(|b| b.mlp.fused_gelu), cross_entropy: self.fused_cross_entropy }
+    }
+
     pub fn num_layers(&self) -> usize {
         self.transformer.h.len()
     }
@@ -207,13 +220,14 @@ impl BloomForCausalLM {
                 input_layernorm: layer_norm("input_layernorm")?,
                 post_attention_layernorm: layer_norm("post_attention_layernorm")?,
                 self_attention: BloomAttention { query_key_value, dense, num_heads: config.n_head },
-                mlp: BloomMlp { dense_h_to_4h, dense_4h_to_h },
+                mlp: BloomMlp { dense_h_to_4h, dense_4h_to_h, fused_gelu: Kernels::default().gelu },
                 apply_residual_connection_post_layernorm: config.apply_residual_connection_post_layernorm,
             });
         }
         Ok(BloomForCausalLM {
             transformer: BloomModel { word_embeddings, word_embeddings_layernorm, h: blocks, ln_f },
             num_heads: config.n_head,
+            fused_cross_entropy: Kernels::default().cross_entropy,
             lm_head: if config.tie_word_embeddings {
                 None
             } else {

@@ -9,7 +9,7 @@ pub mod precision;
 pub mod vocab;
 
 pub use alibi::{AttentionBias, AttentionMask};
-pub use bloom::BloomForCausalLM;
+pub use bloom::{BloomForCausalLM, Kernels};
 pub use cache::KvCache;
 pub use precision::WeightDType;
 pub use vocab::VocabMatrix;

@@ -39,6 +39,7 @@ pub fn load(model: &Path, adapter: Option<&Path>, placement: &Placement, quiet: 
     }
     crate::device::doing(format!("running {} ({dtype}) on {}", model.display(), selected.description));
     let mut model = dir.load_model_as(&selected.device, dtype)?;
+    model.set_kernels(placement.kernels);
     if let Some(adapter) = adapter {
         let (_, report) = load_adapter(&mut model, adapter, &selected.device)?;
         merge(&mut model);

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use ember_core::checkpoint::ModelDir;
+use ember_core::model::Kernels;
 use ember_core::data::dataset::{check_not_empty, load_or_build};
 use ember_core::data::{Columns, TokenizedDataset};
 use ember_core::lora::adapter_file::load_adapter;
@@ -94,6 +95,8 @@ pub struct Args {
     #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] dtype: Option<WeightDType>,
     /// Recompute memory-bound activations in the backward pass instead of keeping them.
     #[arg(long)] #[serde(skip_serializing_if = "std::ops::Not::not")] gradient_checkpointing: bool,
+    /// Fused kernels (shaders/): all, none, or a list of gelu, cross-entropy.
+    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] kernels: Option<String>,
 }
 
 /// The merged settings.
@@ -121,6 +124,7 @@ pub struct Settings {
     pub backend: Option<Api>,
     pub dtype: WeightDType,
     pub gradient_checkpointing: bool,
+    pub kernels: String,
     #[serde(flatten)]
     pub training: TrainingArgs,
 }
@@ -149,6 +153,7 @@ impl Default for Settings {
             backend: None,
             dtype: WeightDType::F32,
             gradient_checkpointing: false,
+            kernels: "all".into(),
             training: TrainingArgs::default(),
         }
     }
@@ -226,7 +231,8 @@ pub fn train(settings: Settings, demo_question: Option<&str>) -> anyhow::Result<
     let dir = ModelDir::open(&model_path)?;
     let tokenizer = Tokenizer::open(&model_path, &dir.config)?;
     let device_args = DeviceArgs { device: settings.device, backend: settings.backend };
-    let selected = Placement { device: device_args, dtype: settings.dtype }.select()?;
+    let kernels: Kernels = settings.kernels.parse().map_err(|e| anyhow::anyhow!("kernels: {e}"))?;
+    let selected = Placement { device: device_args, dtype: settings.dtype, kernels }.select()?;
     eprintln!("device: {}", selected.description);
 
     let train_data = settings.dataset(&data_path, &tokenizer)?;
@@ -243,6 +249,7 @@ pub fn train(settings: Settings, demo_question: Option<&str>) -> anyhow::Result<
     ));
     let device = device::training_device(&selected.device, settings.gradient_checkpointing);
     let mut model = dir.load_model_as(&device, settings.dtype)?;
+    model.set_kernels(kernels);
     // LoRA's random initialisation is drawn from the device generator: seed it, so runs repeat.
     device.seed(settings.training.seed);
     let (lora, report) = match &settings.init_adapter {

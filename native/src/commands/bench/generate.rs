@@ -32,7 +32,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let selected = args.placement.select()?;
     crate::device::doing(format!("benchmarking generation on {} ({} prompt tokens, base weights {})", selected.description, args.prompt_len, args.placement.dtype));
     eprintln!("device: {}\nshape: {} ({} parameters, random weights)", selected.description, args.shape, super::super::with_commas(config.num_parameters()));
-    let model = random_model(&config, &selected.device, 0, args.placement.dtype);
+    let mut model = random_model(&config, &selected.device, 0, args.placement.dtype);
+    model.set_kernels(args.placement.kernels);
     let prompt: Vec<u32> = (0..args.prompt_len).map(|i| 4 + (i * 7919 % (config.vocab_size - 4)) as u32).collect();
 
     let mut prefill_s = Vec::new();
@@ -69,7 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::json!({ "prefill_tokens_per_s": prefill_tps, "decode_tokens_per_s": decode_tps, "peak_rss_mb": peak_rss_mb,
-                                "shape": args.shape, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "dtype": args.placement.dtype.to_string(), "device": selected.description })
+                                "shape": args.shape, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "dtype": args.placement.dtype.to_string(), "kernels": args.placement.kernels.to_string(), "device": selected.description })
         );
     }
     Ok(())

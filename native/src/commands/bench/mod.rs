@@ -2,6 +2,7 @@
 //! needed. Reported figures are medians over timed runs after a warm-up run.
 
 mod generate;
+mod kernels;
 mod train;
 
 use std::path::Path;
@@ -23,6 +24,8 @@ enum What {
     Generate(generate::Args),
     /// LoRA training throughput and peak memory (r=8 on query_key_value, AdamW).
     Train(train::Args),
+    /// Each fused kernel against the plain burn computation: time and memory kept for backward.
+    Kernels(kernels::Args),
     /// Time and peak memory of loading a model directory (the model kept in f32).
     Load(LoadArgs),
 }
@@ -43,6 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.what {
         What::Generate(a) => generate::run(a),
         What::Train(a) => train::run(a),
+        What::Kernels(a) => kernels::run(a),
         What::Load(a) => bench_load(a),
     }
 }

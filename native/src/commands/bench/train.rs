@@ -48,16 +48,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let selected = args.placement.select()?;
     crate::device::doing(format!("benchmarking training on {} (batch {} x {} tokens, base weights {})", selected.description, args.batch, args.seq, args.placement.dtype));
     eprintln!(
-        "device: {}\nshape: {} ({} parameters, random weights), batch {} x {} tokens, base weights {}",
+        "device: {}\nshape: {} ({} parameters, random weights), batch {} x {} tokens, base weights {}, kernels {}",
         selected.description,
         args.shape,
         super::super::with_commas(config.num_parameters()),
         args.batch,
         args.seq,
-        args.placement.dtype
+        args.placement.dtype,
+        args.placement.kernels
     );
     let device = device::training_device(&selected.device, args.gradient_checkpointing);
     let mut model = random_model(&config, &device, 0, args.placement.dtype);
+    model.set_kernels(args.placement.kernels);
     let lora = LoraConfig::from_json(LORA, "LoRA settings")?;
     let report = apply_lora(&mut model, &lora, &device)?;
     eprintln!("{}", report.trainable_line());
@@ -90,11 +92,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let step = median(&mut step_s);
     let tokens_per_s = (args.batch * args.seq) as f64 / step;
     let peak = peak_rss_mb();
-    print_table(&[("training tokens/s", tokens_per_s, 1), ("step median (s)", step, 3), ("peak RSS (MiB)", peak, 0)]);
+    let pool = device::pool_mb(&selected.device).unwrap_or(f64::NAN);
+    print_table(&[("training tokens/s", tokens_per_s, 1), ("step median (s)", step, 3), ("peak RSS (MiB)", peak, 0), ("device pool (MiB)", pool, 0)]);
     if args.json {
         println!(
             "{}",
-            serde_json::json!({ "tokens_per_s": tokens_per_s, "step_s_median": step, "peak_rss_mb": peak,
+            serde_json::json!({ "tokens_per_s": tokens_per_s, "step_s_median": step, "peak_rss_mb": peak, "device_pool_mb": pool, "kernels": args.placement.kernels.to_string(),
                                 "shape": args.shape, "batch": args.batch, "seq": args.seq, "dtype": args.placement.dtype.to_string(),
                                 "gradient_checkpointing": args.gradient_checkpointing, "device": selected.description })
         );

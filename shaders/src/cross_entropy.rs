@@ -1,0 +1,43 @@
+//! The log-sum-exp of one block of the language-model head's logits, `log Σ_j exp(x·w_j)`,
+//! without keeping the logits: the cross-entropy's only `[positions, vocab]`-sized term.
+//!
+//! Plain, autodiff keeps each block's `[positions, block]` logits (the input of `exp`) from the
+//! forward to the backward pass; across the blocks that is the full `batch × seq × vocab`
+//! tensor, the largest activation of a training step at BLOOM's vocabulary. Fused, it keeps
+//! the `[positions, 1]` result and recomputes a block's logits in the backward pass (one more
+//! matmul per block), so only one block's logits ever exist at a time.
+
+use burn::tensor::Tensor;
+
+use crate::has_kernels;
+
+/// `x` `[n, d]` (f32) against the block `w` `[v, d]` (f32, f16 or bf16, multiplied in its
+/// precision as autocast does) → `[n, 1]`.
+pub fn linear_log_sum_exp(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    if !has_kernels(&x.device()) {
+        return plain(x, w);
+    }
+    let out = <burn::backend::Dispatch as crate::ops::FusedOps>::linear_log_sum_exp(x.into_dispatch(), w.into_dispatch());
+    Tensor::from_dispatch(out)
+}
+
+/// The same in plain burn operations: the logits, then `log Σ exp` shifted by the (constant)
+/// row maximum.
+pub fn plain(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    log_sum_exp(logits(x, w))
+}
+
+/// `x Wᵀ` in `w`'s precision, widened to f32.
+pub fn logits(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    let dtype = w.dtype();
+    if dtype == burn::tensor::DType::F32 {
+        return x.matmul(w.transpose());
+    }
+    x.cast(dtype).matmul(w.transpose()).cast(burn::tensor::FloatDType::F32)
+}
+
+/// `log Σ exp` along dimension 1 (`[rows, k]` → `[rows, 1]`).
+pub fn log_sum_exp(x: Tensor<2>) -> Tensor<2> {
+    let max = x.clone().max_dim(1).detach();
+    (x - max.clone()).exp().sum_dim(1).log() + max
+}

@@ -1,0 +1,116 @@
+//! The CPU kernels (burn's flex backend): one pass per operation over contiguous f32 memory,
+//! split across the cores with rayon. burn's plain element-wise operations run one libm call
+//! per pass on a single core, and the GELU alone takes five passes forward.
+//! Non-f32 inputs take the composed path.
+
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{DType, Flex, Shape, TensorMetadata};
+
+use crate::gelu::{GELU_A_F32 as A, GELU_B_F32 as B};
+use crate::ops::{composed, FusedOps};
+
+/// Elements per parallel task: large enough that scheduling costs nothing next to the work.
+const CHUNK: usize = 1 << 14;
+
+/// `x` as contiguous f32 memory, if it is f32.
+fn f32_contiguous(x: FlexTensor) -> Option<FlexTensor> {
+    if x.dtype() != DType::F32 {
+        return None;
+    }
+    Some(if x.as_slice::<f32>().is_some() { x } else { x.to_contiguous() })
+}
+
+fn slice(x: &FlexTensor) -> &[f32] {
+    x.as_slice::<f32>().expect("contiguous f32")
+}
+
+/// A new f32 tensor of `shape` whose chunks `fill(start, chunk)` writes, in parallel.
+fn filled(shape: Shape, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Send + Sync) -> FlexTensor {
+    let mut out = FlexTensor::empty(shape, DType::F32);
+    let data = out.storage_mut::<f32>();
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        data.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| fill(i * chunk, c));
+    }
+    #[cfg(target_arch = "wasm32")]
+    data.chunks_mut(chunk).enumerate().for_each(|(i, c)| fill(i * chunk, c));
+    out
+}
+
+fn sigmoid(t: f32) -> f32 {
+    1.0 / (1.0 + (-t).exp())
+}
+
+/// Rows per parallel task for a row-wise operation on rows `cols` long.
+fn row_chunk(cols: usize) -> usize {
+    (CHUNK / cols.max(1)).max(1)
+}
+
+impl FusedOps for Flex {
+    fn bloom_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        let Some(x) = f32_contiguous(x.clone()) else { return composed::gelu::<Self>(x) };
+        let src = slice(&x);
+        filled(x.shape(), CHUNK, |start, out| {
+            for (o, &v) in out.iter_mut().zip(&src[start..]) {
+                *o = v * sigmoid((v * v * A + B) * v);
+            }
+        })
+    }
+
+    fn bloom_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (Some(xc), Some(gc)) = (f32_contiguous(x.clone()), f32_contiguous(grad.clone())) else {
+            return composed::gelu_backward::<Self>(x, grad);
+        };
+        if xc.shape() != gc.shape() {
+            return composed::gelu_backward::<Self>(x, grad);
+        }
+        let (xs, gs) = (slice(&xc), slice(&gc));
+        filled(xc.shape(), CHUNK, |start, out| {
+            for ((o, &v), &g) in out.iter_mut().zip(&xs[start..]).zip(&gs[start..]) {
+                let s = sigmoid((v * v * A + B) * v);
+                *o = g * (s + v * s * (1.0 - s) * (v * v * (3.0 * A) + B));
+            }
+        })
+    }
+
+    fn row_log_sum_exp(logits: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = logits.shape();
+        let Some(l) = f32_contiguous(logits.clone()).filter(|_| shape.num_dims() == 2) else {
+            return composed::row_log_sum_exp::<Self>(logits);
+        };
+        let (rows, cols) = (shape[0], shape[1]);
+        let src = slice(&l);
+        filled(Shape::new([rows, 1]), row_chunk(cols), |start, out| {
+            for (r, o) in out.iter_mut().enumerate() {
+                let row = &src[(start + r) * cols..(start + r + 1) * cols];
+                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
+                *o = max + sum.ln();
+            }
+        })
+    }
+
+    fn softmax_times(logits: FloatTensor<Self>, lse: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let shape = logits.shape();
+        let inputs = (f32_contiguous(logits.clone()), f32_contiguous(lse.clone()), f32_contiguous(grad.clone()));
+        let (Some(l), Some(s), Some(g)) = inputs else { return composed::softmax_times::<Self>(logits, lse, grad) };
+        if shape.num_dims() != 2 {
+            return composed::softmax_times::<Self>(logits, lse, grad);
+        }
+        let cols = shape[1];
+        let (ls, ss, gs) = (slice(&l), slice(&s), slice(&g));
+        let rows_per_task = row_chunk(cols);
+        filled(shape, rows_per_task * cols, |start, out| {
+            let first = start / cols;
+            for (r, out_row) in out.chunks_mut(cols).enumerate() {
+                let i = first + r;
+                let row = &ls[i * cols..(i + 1) * cols];
+                for (o, &v) in out_row.iter_mut().zip(row) {
+                    *o = (v - ss[i]).exp() * gs[i];
+                }
+            }
+        })
+    }
+}

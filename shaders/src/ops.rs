@@ -1,0 +1,96 @@
+//! The fused operations as one burn backend extension: each backend gets its kernels
+//! (`flex.rs` for the CPU, `cube.rs` for wgpu), and autodiff gets hand-written backward passes
+//! (`autodiff.rs`) that keep only what they need.
+//!
+//! The default bodies compose plain backend operations; they define what each operation
+//! computes, and a backend without a kernel of its own runs them.
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, Backend, DType, TensorMetadata};
+
+use crate::gelu::{GELU_A, GELU_B};
+
+#[backend_extension(Flex, Cube: cfg(feature = "wgpu"), Autodiff)]
+pub trait FusedOps: Backend {
+    /// BLOOM's tanh-GELU, `x·σ(t)` with `t = (A·x² + B)·x` (see `gelu.rs`), element-wise, f32.
+    fn bloom_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::gelu::<Self>(x)
+    }
+
+    /// `grad · d gelu(x)/dx`, element-wise: `σ(t) + x·σ(t)(1 − σ(t))·(3A·x² + B)`.
+    fn bloom_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::gelu_backward::<Self>(x, grad)
+    }
+
+    /// `log Σ_j exp(logits_ij)` per row: `[n, v]` → `[n, 1]`, f32.
+    fn row_log_sum_exp(logits: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::row_log_sum_exp::<Self>(logits)
+    }
+
+    /// `exp(logits − lse) · grad` (softmax times the incoming gradient of the log-sum-exp):
+    /// `[n, v]`, `[n, 1]`, `[n, 1]` → `[n, v]`.
+    fn softmax_times(logits: FloatTensor<Self>, lse: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed::softmax_times::<Self>(logits, lse, grad)
+    }
+
+    /// `log Σ_j exp((x Wᵀ)_ij)`: `x` `[n, d]` (f32), `w` `[v, d]` (any float dtype) → `[n, 1]`.
+    /// The logits exist only inside the call; under autodiff the backward recomputes them.
+    fn linear_log_sum_exp(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::row_log_sum_exp(linear_logits::<Self>(x, w))
+    }
+}
+
+/// The operations as chains of plain backend operations: what a backend without a kernel of
+/// its own runs, and what the kernels fall back to for inputs they do not cover.
+pub mod composed {
+    use super::*;
+
+    pub fn gelu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+        let t = twice_inner::<B>(x.clone());
+        B::float_mul(x, B::sigmoid(t))
+    }
+
+    pub fn gelu_backward<B: Backend>(x: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
+        let s = B::sigmoid(twice_inner::<B>(x.clone()));
+        let slope = B::float_add_scalar(B::float_mul_scalar(B::float_mul(x.clone(), x.clone()), (3.0 * GELU_A).into()), GELU_B.into());
+        let one_minus = B::float_add_scalar(B::float_neg(s.clone()), 1.0.into());
+        let ds = B::float_mul(B::float_mul(B::float_mul(s.clone(), one_minus), x), slope);
+        B::float_mul(B::float_add(s, ds), grad)
+    }
+
+    pub fn row_log_sum_exp<B: Backend>(logits: FloatTensor<B>) -> FloatTensor<B> {
+        let max = B::float_max_dim(logits.clone(), 1);
+        let shifted = B::float_exp(B::float_sub(logits, max.clone()));
+        B::float_add(B::float_log(B::float_sum_dim(shifted, 1)), max)
+    }
+
+    pub fn softmax_times<B: Backend>(logits: FloatTensor<B>, lse: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
+        B::float_mul(B::float_exp(B::float_sub(logits, lse)), grad)
+    }
+
+    /// `t = 2·inner = (A·x² + B)·x`, the sigmoid's argument.
+    fn twice_inner<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+        let x2 = B::float_mul(x.clone(), x.clone());
+        B::float_mul(B::float_add_scalar(B::float_mul_scalar(x2, GELU_A.into()), GELU_B.into()), x)
+    }
+}
+
+/// `x Wᵀ` in f32, computed in `w`'s precision as autocast does (`x` rounded to it, the product
+/// widened), exactly like the model's frozen linear layers.
+pub fn linear_logits<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
+    let dtype = w.dtype();
+    let wt = B::float_transpose(w);
+    if dtype == DType::F32 {
+        return B::float_matmul(x, wt);
+    }
+    B::float_cast(B::float_matmul(B::float_cast(x, dtype.into()), wt), burn::tensor::FloatDType::F32)
+}
+
+/// `g · W` for the input gradient (`[n, v]` × `[v, d]`), in `w`'s precision like the forward.
+pub fn times_weight<B: Backend>(g: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
+    let dtype = w.dtype();
+    if dtype == DType::F32 {
+        return B::float_matmul(g, w);
+    }
+    B::float_cast(B::float_matmul(B::float_cast(g, dtype.into()), w), burn::tensor::FloatDType::F32)
+}

@@ -1,0 +1,162 @@
+//! The fused kernels (shaders/) against the plain burn computations they replace: values and
+//! gradients on random inputs of several shapes (sizes that are not multiples of any tile or
+//! cube width), on the CPU backend and on wgpu (lavapipe in CI), within 1e-4 relative in f32;
+//! and a whole model's loss and gradients with the kernels on equal those with them off.
+
+use burn::tensor::{Device, Distribution, FloatDType, Tensor};
+use ember_core::checkpoint::ModelDir;
+use ember_core::data::Batch;
+use ember_core::lora::{apply_lora, LoraConfig};
+use ember_core::loss::loss_sum;
+use ember_core::model::Kernels;
+use ember_shaders::{cross_entropy, gelu};
+use ember_tests::{model_dir, test_devices};
+
+const TOLERANCE: f32 = 1e-4;
+
+/// Every element within `tolerance` relative to the reference's scale (its largest
+/// magnitude, so values near zero are held to the same absolute precision as the rest).
+fn assert_close(ours: Tensor<2>, reference: Tensor<2>, tolerance: f32, what: &str) {
+    assert_eq!(ours.dims(), reference.dims(), "{what}: shape");
+    let a = ours.try_into_vec_as::<f32>().unwrap();
+    let b = reference.try_into_vec_as::<f32>().unwrap();
+    let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
+    let (worst, at) = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / scale).zip(0..).fold((0.0, 0), |m, (d, i)| if d > m.0 { (d, i) } else { m });
+    assert!(a.iter().all(|v| v.is_finite()), "{what}: non-finite values");
+    assert!(worst <= tolerance, "{what}: relative error {worst:e} at {at} ({} vs {}, scale {scale})", a[at], b[at]);
+}
+
+fn random(shape: [usize; 2], std: f64, device: &Device) -> Tensor<2> {
+    Tensor::random(shape, Distribution::Normal(0.0, std), device)
+}
+
+#[test]
+fn gelu_kernel_equals_plain_gelu_forward_and_backward() {
+    for (name, base) in test_devices() {
+        let device = base.clone().autodiff();
+        for shape in [[1, 1], [3, 7], [129, 257], [64, 4100]] {
+            let what = format!("{name} gelu {shape:?}");
+            // std 3 reaches both tails, where the sigmoid saturates.
+            let x = random(shape, 3.0, &device);
+            let upstream = random(shape, 1.0, &device);
+            let (xf, xp) = (x.clone().require_grad(), x.clone().require_grad());
+            let (yf, yp) = (gelu::gelu(xf.clone()), gelu::plain(xp.clone()));
+            assert_close(yf.clone(), yp.clone(), TOLERANCE, &format!("{what} forward"));
+            let gf = (yf * upstream.clone()).sum().backward();
+            let gp = (yp * upstream).sum().backward();
+            assert_close(xf.grad(&gf).unwrap(), xp.grad(&gp).unwrap(), TOLERANCE, &format!("{what} backward"));
+
+            // Inference (no autodiff) runs the kernel directly.
+            let x = x.inner();
+            assert_close(gelu::gelu(x.clone()), gelu::plain(x), TOLERANCE, &format!("{what} without autodiff"));
+        }
+    }
+}
+
+#[test]
+fn linear_log_sum_exp_kernel_equals_plain_forward_and_backward() {
+    for (name, base) in test_devices() {
+        for checkpointing in [false, true] {
+            let device = if checkpointing { base.clone().autodiff().gradient_checkpointing() } else { base.clone().autodiff() };
+            // (positions, hidden, block rows): one row, odd sizes, more columns than a cube's units.
+            for (n, d, v) in [(1, 8, 5), (37, 64, 300), (255, 96, 4099)] {
+                let what = format!("{name}{} linear_log_sum_exp n={n} d={d} v={v}", if checkpointing { " checkpointed" } else { "" });
+                let x = random([n, d], 1.0, &device);
+                let w = random([v, d], 0.5, &device);
+                let upstream = random([n, 1], 1.0, &device);
+                let (xf, wf, xp, wp) = (x.clone().require_grad(), w.clone().require_grad(), x.require_grad(), w.require_grad());
+                let lf = cross_entropy::linear_log_sum_exp(xf.clone(), wf.clone());
+                let lp = cross_entropy::plain(xp.clone(), wp.clone());
+                assert_close(lf.clone(), lp.clone(), TOLERANCE, &format!("{what} forward"));
+                let gf = (lf * upstream.clone()).sum().backward();
+                let gp = (lp * upstream).sum().backward();
+                assert_close(xf.grad(&gf).unwrap(), xp.grad(&gp).unwrap(), TOLERANCE, &format!("{what} dx"));
+                assert_close(wf.grad(&gf).unwrap(), wp.grad(&gp).unwrap(), TOLERANCE, &format!("{what} dW"));
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_log_sum_exp_with_half_precision_weights_matches_the_plain_autocast_path() {
+    for (name, base) in test_devices() {
+        let device = base.clone().autodiff();
+        let (n, d, v) = (37, 64, 300);
+        let x = random([n, d], 1.0, &device);
+        // Frozen half-precision weights, as `--dtype f16` stores the head.
+        let w = random([v, d], 0.5, &device).cast(FloatDType::F16);
+        let upstream = random([n, 1], 1.0, &device);
+        let (xf, xp) = (x.clone().require_grad(), x.require_grad());
+        let lf = cross_entropy::linear_log_sum_exp(xf.clone(), w.clone());
+        let lp = cross_entropy::plain(xp.clone(), w);
+        // Both round x to f16 for the matmul; kernels may accumulate in another order.
+        assert_close(lf.clone(), lp.clone(), 1e-3, &format!("{name} f16 forward"));
+        let gf = (lf * upstream.clone()).sum().backward();
+        let gp = (lp * upstream).sum().backward();
+        assert_close(xf.grad(&gf).unwrap(), xp.grad(&gp).unwrap(), 1e-2, &format!("{name} f16 dx"));
+    }
+}
+
+/// A batch with padding and prompt tokens masked out (-100), as the data pipeline makes.
+fn batch() -> Batch {
+    Batch {
+        input_ids: vec![vec![5, 9, 14, 3, 77, 2], vec![3, 3, 8, 41, 0, 0]],
+        attention_mask: vec![vec![1; 6], vec![1, 1, 1, 1, 0, 0]],
+        labels: vec![vec![-100, -100, 14, 3, 77, 2], vec![-100, 3, 8, 41, -100, -100]],
+    }
+}
+
+#[test]
+fn model_loss_and_gradients_are_the_same_with_and_without_kernels() {
+    // LoRA on every linear layer with a non-zero start (so every adapter gets a gradient), and
+    // trainable copies of the embeddings and the head cut into 7-row blocks (several blocks).
+    let lora = LoraConfig::from_json(
+        r#"{"r": 4, "lora_alpha": 8, "init_lora_weights": false,
+            "target_modules": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+            "modules_to_save": ["word_embeddings", "lm_head"]}"#,
+        "test LoRA",
+    )
+    .unwrap();
+    for (name, base) in test_devices() {
+        for checkpointing in [false, true] {
+            let device = if checkpointing { base.clone().autodiff().gradient_checkpointing() } else { base.clone().autodiff() };
+            let mut model = ModelDir::open(&model_dir("a")).unwrap().load_model(&device).unwrap();
+            apply_lora(&mut model, &lora, &device).unwrap();
+            model.set_vocab_block_rows(7);
+            let mut results = Vec::new();
+            for kernels in [Kernels::NONE, Kernels::ALL] {
+                model.set_kernels(kernels);
+                let (loss, count) = loss_sum(&model, &batch(), &device);
+                let grads = loss.clone().backward();
+                let block = &model.transformer.h[0];
+                let first_a = block.self_attention.query_key_value.lora.as_ref().unwrap().lora_a.val();
+                let last = model.transformer.h.last().unwrap();
+                let mlp_b = last.mlp.dense_4h_to_h.lora.as_ref().unwrap().lora_b.val();
+                let head = model.lm_head.as_ref().expect("lm_head copy").grad(&grads).unwrap();
+                let embeddings = model.transformer.word_embeddings.trainable_copy.as_ref().unwrap().grad(&grads).unwrap();
+                let loss = loss.inner().reshape([1, 1]);
+                results.push((count, loss, first_a.grad(&grads).unwrap(), mlp_b.grad(&grads).unwrap(), head, embeddings));
+            }
+            let what = format!("{name}{}", if checkpointing { " checkpointed" } else { "" });
+            let (plain, fused) = (results.remove(0), results.remove(0));
+            assert_eq!(plain.0, fused.0);
+            assert_close(fused.1, plain.1, TOLERANCE, &format!("{what} loss"));
+            assert_close(fused.2, plain.2, TOLERANCE, &format!("{what} first qkv lora_A grad"));
+            assert_close(fused.3, plain.3, TOLERANCE, &format!("{what} last dense_4h_to_h lora_B grad"));
+            assert_close(fused.4, plain.4, TOLERANCE, &format!("{what} lm_head copy grad"));
+            assert_close(fused.5, plain.5, TOLERANCE, &format!("{what} word_embeddings copy grad"));
+        }
+    }
+}
+
+#[test]
+fn kernels_switch_parses_names_and_says_what_is_on() {
+    assert_eq!("all".parse::<Kernels>().unwrap(), Kernels::ALL);
+    assert_eq!("none".parse::<Kernels>().unwrap(), Kernels::NONE);
+    assert_eq!("gelu".parse::<Kernels>().unwrap(), Kernels { gelu: true, cross_entropy: false });
+    assert_eq!("cross-entropy, gelu".parse::<Kernels>().unwrap(), Kernels::ALL);
+    assert_eq!(Kernels { gelu: false, cross_entropy: true }.to_string(), "cross-entropy");
+    assert_eq!(Kernels::ALL.to_string(), "all");
+    let err = "flash".parse::<Kernels>().unwrap_err();
+    assert!(err.contains("flash") && err.contains("gelu"), "{err}");
+}
