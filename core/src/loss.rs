@@ -8,14 +8,15 @@
 //! one. Only the positions that predict a label are projected (the last position of each row
 //! predicts nothing). With the fused kernel (`ember_shaders::cross_entropy`, on by default) no
 //! block's logits are kept for the backward pass, and the label's logit is the dot product of
-//! the hidden state with the label's row of the matrix; in plain burn each block's logits are
-//! kept and the label's logit gathered from them.
+//! the hidden state with the label's row of the matrix (looked up again in the backward pass);
+//! in plain burn each block's logits are kept and the label's logit gathered from them.
 
-use burn::tensor::{DType, Device, FloatDType, Int, Tensor, TensorData};
-use ember_shaders::cross_entropy::{linear_log_sum_exp, log_sum_exp};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use ember_shaders::cross_entropy::{label_logit, linear_log_sum_exp, log_sum_exp};
 
 use crate::data::{Batch, IGNORE_INDEX};
 use crate::model::vocab::{ids_in_block, VocabMatrix};
+use crate::model::layers::frozen_linear;
 use crate::model::{AttentionMask, BloomForCausalLM};
 
 /// Summed cross-entropy over the label tokens of `batch` (a one-element tensor, so it can be
@@ -47,36 +48,29 @@ pub fn shifted_cross_entropy_sum(model: &BloomForCausalLM, hidden: Tensor<3>, la
     let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), device);
     let weights = Tensor::<1>::from_data(TensorData::new(weights, [n]), device);
 
-    let head = model.lm_head_weight();
-    let (log_sum_exps, picked) =
-        if model.fused_cross_entropy { fused_terms(head, x, targets) } else { plain_terms(head, x, &targets) };
+    let (log_sum_exps, picked) = block_terms(model.lm_head_weight(), x, &targets, model.fused_cross_entropy);
     let log_sum_exp = if log_sum_exps.len() == 1 { log_sum_exps.into_iter().next().expect("one block") } else { log_sum_exp(Tensor::cat(log_sum_exps, 1)) };
     let nll = (log_sum_exp - picked).reshape([n]);
     ((nll * weights).sum(), count)
 }
 
-/// Each block's log-sum-exp (`[n, 1]`, no logits kept) and the label logits, `x · W[label]`.
-fn fused_terms(head: &VocabMatrix, x: Tensor<2>, targets: Tensor<2, Int>) -> (Vec<Tensor<2>>, Tensor<2>) {
-    let lse = head.blocks.iter().map(|b| linear_log_sum_exp(x.clone(), b.val())).collect();
-    let [n, dim] = x.dims();
-    // Rounded to the weights' precision first, as the head's matmul rounds its input.
-    let dtype = head.blocks[0].val().dtype();
-    let x = if dtype == DType::F32 { x } else { x.cast(dtype).cast(FloatDType::F32) };
-    let picked = (x * head.rows(targets).reshape([n, dim])).sum_dim(1);
-    (lse, picked)
-}
-
-/// Each block's logits, their log-sum-exp, and the label's logit gathered from the block that
-/// holds it (zero from the others).
-fn plain_terms(head: &VocabMatrix, x: Tensor<2>, targets: &Tensor<2, Int>) -> (Vec<Tensor<2>>, Tensor<2>) {
+/// Each block's log-sum-exp `[n, 1]`, and the label's logit (from the block that holds it,
+/// zero from the others).
+fn block_terms(head: &VocabMatrix, x: Tensor<2>, targets: &Tensor<2, Int>, fused: bool) -> (Vec<Tensor<2>>, Tensor<2>) {
     let mut log_sum_exps = Vec::new();
     let mut picked: Option<Tensor<2>> = None;
     let mut start = 0;
-    for logits in head.project_blocks(x) {
-        let size = logits.dims()[1];
-        log_sum_exps.push(log_sum_exp(logits.clone()));
+    for block in &head.blocks {
+        let w = block.val();
+        let size = w.dims()[0];
         let (local, inside) = ids_in_block(targets, start..start + size);
-        let here = logits.gather(1, local) * inside;
+        let (lse, here) = if fused {
+            (linear_log_sum_exp(x.clone(), w.clone()), label_logit(x.clone(), w, local, inside))
+        } else {
+            let logits = frozen_linear(x.clone(), w, None);
+            (log_sum_exp(logits.clone()), logits.gather(1, local) * inside)
+        };
+        log_sum_exps.push(lse);
         picked = Some(match picked {
             Some(p) => p + here,
             None => here,

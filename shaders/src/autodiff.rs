@@ -6,10 +6,10 @@ use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::Checkpoi
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::Autodiff;
-use burn::backend::tensor::FloatTensor;
-use burn::backend::Backend;
+use burn::backend::tensor::{FloatTensor, IndexingUpdateOp, IntTensor};
+use burn::backend::{Backend, Shape, TensorMetadata};
 
-use crate::ops::{linear_logits, times_weight, FusedOps};
+use crate::ops::{label_rows, linear_logits, rounded_like, times_weight, FusedOps};
 
 impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn bloom_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -70,6 +70,44 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 prep.finish((x, w, lse.clone()), lse)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::linear_log_sum_exp(x.into_primitive(), w.into_primitive())),
+        }
+    }
+
+    fn label_logit(x: FloatTensor<Self>, w: FloatTensor<Self>, ids: IntTensor<Self>, inside: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LabelLogit;
+
+        impl<B: Backend + FusedOps> Backward<B, 2> for LabelLogit {
+            /// `x`, `w`, the ids and the in-block mask: the label rows are looked up again.
+            type State = (FloatTensor<B>, FloatTensor<B>, IntTensor<B>, FloatTensor<B>);
+
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [node_x, node_w] = ops.parents;
+                let (x, w, ids, inside) = ops.state;
+                let g = B::float_mul(grads.consume::<B>(&ops.node), inside); // [n, 1]
+                if let Some(node) = node_w {
+                    // Each label row gets g_i · x_i, added where ids repeat.
+                    let n = ids.shape().num_elements();
+                    let zeros = B::float_zeros(w.shape(), &w.device(), w.dtype().into());
+                    let ids = B::int_reshape(ids.clone(), Shape::new([n]));
+                    let dw = B::float_select_assign(zeros, 0, ids, B::float_mul(rounded_like::<B>(x, &w), g.clone()), IndexingUpdateOp::Add);
+                    grads.register::<B>(node.id, dw);
+                }
+                if let Some(node) = node_x {
+                    grads.register::<B>(node.id, B::float_mul(label_rows::<B>(w, ids), g));
+                }
+            }
+        }
+
+        let guards = [x.node(), w.node()];
+        let inside = inside.into_primitive();
+        match LabelLogit.prepare::<C>(guards).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (x, w) = (x.into_primitive(), w.into_primitive());
+                let out = B::label_logit(x.clone(), w.clone(), ids.clone(), inside.clone());
+                prep.finish((x, w, ids, inside), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::label_logit(x.into_primitive(), w.into_primitive(), ids, inside)),
         }
     }
 }

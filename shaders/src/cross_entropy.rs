@@ -7,7 +7,7 @@
 //! the `[positions, 1]` result and recomputes a block's logits in the backward pass (one more
 //! matmul per block), so only one block's logits ever exist at a time.
 
-use burn::tensor::Tensor;
+use burn::tensor::{Int, Tensor};
 
 use crate::has_kernels;
 
@@ -19,6 +19,22 @@ pub fn linear_log_sum_exp(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
     }
     let out = <burn::backend::Dispatch as crate::ops::FusedOps>::linear_log_sum_exp(x.into_dispatch(), w.into_dispatch());
     Tensor::from_dispatch(out)
+}
+
+/// The label's logit without the logits: `(x_i · w[ids_i]) · inside_i` (`[n, 1]`), for `ids`
+/// `[n, 1]` indexing `w`'s rows and `inside` `[n, 1]` (1 where the label falls in this block).
+/// Autodiff keeps nothing `[n, d]`: the backward pass looks the rows up again.
+pub fn label_logit(x: Tensor<2>, w: Tensor<2>, ids: Tensor<2, Int>, inside: Tensor<2>) -> Tensor<2> {
+    if !has_kernels(&x.device()) {
+        return plain_label_logit(x, w, ids, inside);
+    }
+    let out = <burn::backend::Dispatch as crate::ops::FusedOps>::label_logit(x.into_dispatch(), w.into_dispatch(), ids.into_dispatch(), inside.into_dispatch());
+    Tensor::from_dispatch(out)
+}
+
+/// The label's logit gathered from the block's logits (plain burn).
+pub fn plain_label_logit(x: Tensor<2>, w: Tensor<2>, ids: Tensor<2, Int>, inside: Tensor<2>) -> Tensor<2> {
+    logits(x, w).gather(1, ids) * inside
 }
 
 /// The same in plain burn operations: the logits, then `log Σ exp` shifted by the (constant)

@@ -5,8 +5,8 @@
 //! The default bodies compose plain backend operations; they define what each operation
 //! computes, and a backend without a kernel of its own runs them.
 
-use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, Backend, DType, TensorMetadata};
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{backend_extension, Backend, DType, Shape, TensorMetadata};
 
 use crate::gelu::{GELU_A, GELU_B};
 
@@ -38,6 +38,31 @@ pub trait FusedOps: Backend {
     fn linear_log_sum_exp(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::row_log_sum_exp(linear_logits::<Self>(x, w))
     }
+
+    /// The label's logit without the logits: `(x_i · w[ids_i]) · inside_i`, `x` `[n, d]`, `w`
+    /// `[v, d]`, `ids` `[n, 1]` (indices into `w`), `inside` `[n, 1]` (1 where the label is in
+    /// this block, else 0) → `[n, 1]`. `x` is rounded to `w`'s precision as for the logits.
+    fn label_logit(x: FloatTensor<Self>, w: FloatTensor<Self>, ids: IntTensor<Self>, inside: FloatTensor<Self>) -> FloatTensor<Self> {
+        let x = rounded_like::<Self>(x, &w);
+        let rows = label_rows::<Self>(w, ids);
+        Self::float_mul(Self::float_sum_dim(Self::float_mul(x, rows), 1), inside)
+    }
+}
+
+/// `x` rounded to `w`'s precision and widened back (a no-op for f32 weights).
+pub fn rounded_like<B: Backend>(x: FloatTensor<B>, w: &FloatTensor<B>) -> FloatTensor<B> {
+    let dtype = w.dtype();
+    if dtype == DType::F32 {
+        return x;
+    }
+    B::float_cast(B::float_cast(x, dtype.into()), burn::tensor::FloatDType::F32)
+}
+
+/// The rows `w[ids]` in f32: `[v, d]`, `[n, 1]` → `[n, d]`.
+pub fn label_rows<B: Backend>(w: FloatTensor<B>, ids: IntTensor<B>) -> FloatTensor<B> {
+    let n = ids.shape().num_elements();
+    let rows = B::float_select(w, 0, B::int_reshape(ids, Shape::new([n])));
+    if rows.dtype() == DType::F32 { rows } else { B::float_cast(rows, burn::tensor::FloatDType::F32) }
 }
 
 /// The operations as chains of plain backend operations: what a backend without a kernel of

@@ -3,7 +3,7 @@
 //! cube width), on the CPU backend and on wgpu (lavapipe in CI), within 1e-4 relative in f32;
 //! and a whole model's loss and gradients with the kernels on equal those with them off.
 
-use burn::tensor::{Device, Distribution, FloatDType, Tensor};
+use burn::tensor::{Device, Distribution, FloatDType, Int, Tensor, TensorData};
 use ember_core::checkpoint::ModelDir;
 use ember_core::data::Batch;
 use ember_core::lora::{apply_lora, LoraConfig};
@@ -73,6 +73,32 @@ fn linear_log_sum_exp_kernel_equals_plain_forward_and_backward() {
                 assert_close(xf.grad(&gf).unwrap(), xp.grad(&gp).unwrap(), TOLERANCE, &format!("{what} dx"));
                 assert_close(wf.grad(&gf).unwrap(), wp.grad(&gp).unwrap(), TOLERANCE, &format!("{what} dW"));
             }
+        }
+    }
+}
+
+#[test]
+fn label_logit_kernel_equals_the_gathered_logit_forward_and_backward() {
+    for (name, base) in test_devices() {
+        let device = base.clone().autodiff();
+        for (n, d, v) in [(1, 8, 5), (37, 64, 300), (255, 96, 4099)] {
+            let what = format!("{name} label_logit n={n} d={d} v={v}");
+            let x = random([n, d], 1.0, &device);
+            let w = random([v, d], 0.5, &device);
+            // Repeated ids (their rows' gradients add up) and labels outside the block (masked).
+            let ids: Vec<i64> = (0..n).map(|i| ((i * 7) % v.min(11)) as i64).collect();
+            let inside: Vec<f32> = (0..n).map(|i| if i % 3 == 2 { 0.0 } else { 1.0 }).collect();
+            let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, 1]), &device);
+            let inside = Tensor::<2>::from_data(TensorData::new(inside, [n, 1]), &device);
+            let upstream = random([n, 1], 1.0, &device);
+            let (xf, wf, xp, wp) = (x.clone().require_grad(), w.clone().require_grad(), x.require_grad(), w.require_grad());
+            let pf = cross_entropy::label_logit(xf.clone(), wf.clone(), ids.clone(), inside.clone());
+            let pp = cross_entropy::plain_label_logit(xp.clone(), wp.clone(), ids, inside);
+            assert_close(pf.clone(), pp.clone(), TOLERANCE, &format!("{what} forward"));
+            let gf = (pf * upstream.clone()).sum().backward();
+            let gp = (pp * upstream).sum().backward();
+            assert_close(xf.grad(&gf).unwrap(), xp.grad(&gp).unwrap(), TOLERANCE, &format!("{what} dx"));
+            assert_close(wf.grad(&gf).unwrap(), wp.grad(&gp).unwrap(), TOLERANCE, &format!("{what} dW"));
         }
     }
 }
