@@ -9,7 +9,7 @@ use burn::backend::autodiff::Autodiff;
 use burn::backend::tensor::{FloatTensor, IndexingUpdateOp, IntTensor};
 use burn::backend::{Backend, Shape, TensorMetadata};
 
-use crate::ops::{label_rows, linear_logits, rounded_like, times_weight, FusedOps};
+use crate::ops::{autocast_matmul, label_rows, linear_logits, rounded_like, FusedOps};
 
 impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn bloom_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -57,7 +57,7 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                     grads.register::<B>(node.id, B::float_matmul(B::float_transpose(p.clone()), x));
                 }
                 if let Some(node) = node_x {
-                    grads.register::<B>(node.id, times_weight::<B>(p, w));
+                    grads.register::<B>(node.id, autocast_matmul::<B>(p, w));
                 }
             }
         }

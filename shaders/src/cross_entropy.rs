@@ -9,7 +9,7 @@
 
 use burn::tensor::{Int, Tensor};
 
-use crate::has_kernels;
+use crate::{autocast_matmul, has_kernels};
 
 /// `x` `[n, d]` (f32) against the block `w` `[v, d]` (f32, f16 or bf16, multiplied in its
 /// precision as autocast does) → `[n, 1]`.
@@ -34,22 +34,13 @@ pub fn label_logit(x: Tensor<2>, w: Tensor<2>, ids: Tensor<2, Int>, inside: Tens
 
 /// The label's logit gathered from the block's logits (plain burn).
 pub fn plain_label_logit(x: Tensor<2>, w: Tensor<2>, ids: Tensor<2, Int>, inside: Tensor<2>) -> Tensor<2> {
-    logits(x, w).gather(1, ids) * inside
+    autocast_matmul(x, w.transpose()).gather(1, ids) * inside
 }
 
 /// The same in plain burn operations: the logits, then `log Σ exp` shifted by the (constant)
 /// row maximum.
 pub fn plain(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
-    log_sum_exp(logits(x, w))
-}
-
-/// `x Wᵀ` in `w`'s precision, widened to f32.
-pub fn logits(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
-    let dtype = w.dtype();
-    if dtype == burn::tensor::DType::F32 {
-        return x.matmul(w.transpose());
-    }
-    x.cast(dtype).matmul(w.transpose()).cast(burn::tensor::FloatDType::F32)
+    log_sum_exp(autocast_matmul(x, w.transpose()))
 }
 
 /// `log Σ exp` along dimension 1 (`[rows, k]` → `[rows, 1]`).

@@ -17,7 +17,7 @@ mod flex;
 pub mod gelu;
 pub mod ops;
 
-use burn::tensor::Device;
+use burn::tensor::{DType, Device, FloatDType, Tensor};
 
 /// Which fused kernels the model uses (`ember ... --kernels`); the others run as plain burn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,8 +29,6 @@ pub struct Kernels {
 impl Kernels {
     pub const ALL: Kernels = Kernels { gelu: true, cross_entropy: true };
     pub const NONE: Kernels = Kernels { gelu: false, cross_entropy: false };
-    /// The names `--kernels` takes, in a list.
-    pub const NAMES: [&'static str; 2] = ["gelu", "cross-entropy"];
 }
 
 impl Default for Kernels {
@@ -53,7 +51,7 @@ impl std::str::FromStr for Kernels {
             match name {
                 "gelu" => k.gelu = true,
                 "cross-entropy" | "ce" => k.cross_entropy = true,
-                _ => return Err(format!("unknown kernel `{name}`: use all, none, or a list of {}", Kernels::NAMES.join(", "))),
+                _ => return Err(format!("unknown kernel `{name}`: use all, none, or a list of gelu, cross-entropy")),
             }
         }
         Ok(k)
@@ -61,14 +59,26 @@ impl std::str::FromStr for Kernels {
 }
 
 impl std::fmt::Display for Kernels {
+    /// What `--kernels` takes back: `all`, `none`, or the one kernel that is on.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let on: Vec<&str> = [(self.gelu, "gelu"), (self.cross_entropy, "cross-entropy")].iter().filter(|(b, _)| *b).map(|(_, n)| *n).collect();
-        f.write_str(if on.is_empty() { "none" } else if on.len() == Kernels::NAMES.len() { "all" } else { "" })?;
-        if !on.is_empty() && on.len() < Kernels::NAMES.len() {
-            f.write_str(&on.join(","))?;
-        }
-        Ok(())
+        f.write_str(match (self.gelu, self.cross_entropy) {
+            (true, true) => "all",
+            (false, false) => "none",
+            (true, false) => "gelu",
+            (false, true) => "cross-entropy",
+        })
     }
+}
+
+/// `x · w` in f32 for a weight `w` of any float dtype, in the weight's precision as PyTorch's
+/// autocast runs a matmul: with f16 weights `x` is rounded to f16 and the product widened back.
+/// (Widening the weight instead would make autodiff keep an f32 copy of every weight.)
+pub fn autocast_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    let dtype = w.dtype();
+    if dtype == DType::F32 {
+        return x.matmul(w);
+    }
+    x.cast(dtype).matmul(w).cast(FloatDType::F32)
 }
 
 /// Whether `device`'s backend has the kernels: the CPU backend always, wgpu when this crate was

@@ -100,22 +100,18 @@ pub mod composed {
     }
 }
 
-/// `x Wᵀ` in f32, computed in `w`'s precision as autocast does (`x` rounded to it, the product
-/// widened), exactly like the model's frozen linear layers.
+/// `x Wᵀ` in f32, in `w`'s precision, exactly like the model's frozen linear layers.
 pub fn linear_logits<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
-    let dtype = w.dtype();
-    let wt = B::float_transpose(w);
-    if dtype == DType::F32 {
-        return B::float_matmul(x, wt);
-    }
-    B::float_cast(B::float_matmul(B::float_cast(x, dtype.into()), wt), burn::tensor::FloatDType::F32)
+    autocast_matmul::<B>(x, B::float_transpose(w))
 }
 
-/// `g · W` for the input gradient (`[n, v]` × `[v, d]`), in `w`'s precision like the forward.
-pub fn times_weight<B: Backend>(g: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
-    let dtype = w.dtype();
+/// `lhs · rhs` in f32 for a weight `rhs` of any float dtype, computed in the weight's precision
+/// as PyTorch's autocast does (`lhs` rounded to it, the product widened): the primitive form of
+/// [`crate::autocast_matmul`].
+pub fn autocast_matmul<B: Backend>(lhs: FloatTensor<B>, rhs: FloatTensor<B>) -> FloatTensor<B> {
+    let dtype = rhs.dtype();
     if dtype == DType::F32 {
-        return B::float_matmul(g, w);
+        return B::float_matmul(lhs, rhs);
     }
-    B::float_cast(B::float_matmul(B::float_cast(g, dtype.into()), w), burn::tensor::FloatDType::F32)
+    B::float_cast(B::float_matmul(B::float_cast(lhs, dtype.into()), rhs), burn::tensor::FloatDType::F32)
 }

@@ -30,6 +30,30 @@ fn random(shape: [usize; 2], std: f64, device: &Device) -> Tensor<2> {
     Tensor::random(shape, Distribution::Normal(0.0, std), device)
 }
 
+/// `fused` and `plain` applied to the same leaves give the same output (within `forward`) and
+/// the same gradient for every leaf (within `backward`) under one random upstream gradient.
+fn assert_same_op(
+    what: &str,
+    leaves: &[(&str, Tensor<2>)],
+    fused: impl Fn(Vec<Tensor<2>>) -> Tensor<2>,
+    plain: impl Fn(Vec<Tensor<2>>) -> Tensor<2>,
+    (forward, backward): (f32, f32),
+) {
+    let tracked = || leaves.iter().map(|(_, t)| t.clone().require_grad()).collect::<Vec<_>>();
+    let (lf, lp) = (tracked(), tracked());
+    let (yf, yp) = (fused(lf.clone()), plain(lp.clone()));
+    assert_close(yf.clone(), yp.clone(), forward, &format!("{what} forward"));
+    let upstream = random(yf.dims(), 1.0, &yf.device());
+    let gf = (yf * upstream.clone()).sum().backward();
+    let gp = (yp * upstream).sum().backward();
+    for (((name, _), f), p) in leaves.iter().zip(&lf).zip(&lp) {
+        assert_close(f.grad(&gf).unwrap(), p.grad(&gp).unwrap(), backward, &format!("{what} d{name}"));
+    }
+}
+
+/// (positions, hidden, block rows): one row, odd sizes, more columns than a cube's units.
+const HEAD_SHAPES: [(usize, usize, usize); 3] = [(1, 8, 5), (37, 64, 300), (255, 96, 4099)];
+
 #[test]
 fn gelu_kernel_equals_plain_gelu_forward_and_backward() {
     for (name, base) in test_devices() {
@@ -38,13 +62,8 @@ fn gelu_kernel_equals_plain_gelu_forward_and_backward() {
             let what = format!("{name} gelu {shape:?}");
             // std 3 reaches both tails, where the sigmoid saturates.
             let x = random(shape, 3.0, &device);
-            let upstream = random(shape, 1.0, &device);
-            let (xf, xp) = (x.clone().require_grad(), x.clone().require_grad());
-            let (yf, yp) = (gelu::gelu(xf.clone()), gelu::plain(xp.clone()));
-            assert_close(yf.clone(), yp.clone(), TOLERANCE, &format!("{what} forward"));
-            let gf = (yf * upstream.clone()).sum().backward();
-            let gp = (yp * upstream).sum().backward();
-            assert_close(xf.grad(&gf).unwrap(), xp.grad(&gp).unwrap(), TOLERANCE, &format!("{what} backward"));
+            let tolerances = (TOLERANCE, TOLERANCE);
+            assert_same_op(&what, &[("x", x.clone())], |l| gelu::gelu(l[0].clone()), |l| gelu::plain(l[0].clone()), tolerances);
 
             // Inference (no autodiff) runs the kernel directly.
             let x = x.inner();
@@ -58,20 +77,12 @@ fn linear_log_sum_exp_kernel_equals_plain_forward_and_backward() {
     for (name, base) in test_devices() {
         for checkpointing in [false, true] {
             let device = if checkpointing { base.clone().autodiff().gradient_checkpointing() } else { base.clone().autodiff() };
-            // (positions, hidden, block rows): one row, odd sizes, more columns than a cube's units.
-            for (n, d, v) in [(1, 8, 5), (37, 64, 300), (255, 96, 4099)] {
+            for (n, d, v) in HEAD_SHAPES {
                 let what = format!("{name}{} linear_log_sum_exp n={n} d={d} v={v}", if checkpointing { " checkpointed" } else { "" });
-                let x = random([n, d], 1.0, &device);
-                let w = random([v, d], 0.5, &device);
-                let upstream = random([n, 1], 1.0, &device);
-                let (xf, wf, xp, wp) = (x.clone().require_grad(), w.clone().require_grad(), x.require_grad(), w.require_grad());
-                let lf = cross_entropy::linear_log_sum_exp(xf.clone(), wf.clone());
-                let lp = cross_entropy::plain(xp.clone(), wp.clone());
-                assert_close(lf.clone(), lp.clone(), TOLERANCE, &format!("{what} forward"));
-                let gf = (lf * upstream.clone()).sum().backward();
-                let gp = (lp * upstream).sum().backward();
-                assert_close(xf.grad(&gf).unwrap(), xp.grad(&gp).unwrap(), TOLERANCE, &format!("{what} dx"));
-                assert_close(wf.grad(&gf).unwrap(), wp.grad(&gp).unwrap(), TOLERANCE, &format!("{what} dW"));
+                let leaves = [("x", random([n, d], 1.0, &device)), ("W", random([v, d], 0.5, &device))];
+                let fused = |l: Vec<Tensor<2>>| cross_entropy::linear_log_sum_exp(l[0].clone(), l[1].clone());
+                let plain = |l: Vec<Tensor<2>>| cross_entropy::plain(l[0].clone(), l[1].clone());
+                assert_same_op(&what, &leaves, fused, plain, (TOLERANCE, TOLERANCE));
             }
         }
     }
@@ -81,24 +92,17 @@ fn linear_log_sum_exp_kernel_equals_plain_forward_and_backward() {
 fn label_logit_kernel_equals_the_gathered_logit_forward_and_backward() {
     for (name, base) in test_devices() {
         let device = base.clone().autodiff();
-        for (n, d, v) in [(1, 8, 5), (37, 64, 300), (255, 96, 4099)] {
+        for (n, d, v) in HEAD_SHAPES {
             let what = format!("{name} label_logit n={n} d={d} v={v}");
-            let x = random([n, d], 1.0, &device);
-            let w = random([v, d], 0.5, &device);
             // Repeated ids (their rows' gradients add up) and labels outside the block (masked).
             let ids: Vec<i64> = (0..n).map(|i| ((i * 7) % v.min(11)) as i64).collect();
             let inside: Vec<f32> = (0..n).map(|i| if i % 3 == 2 { 0.0 } else { 1.0 }).collect();
             let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, 1]), &device);
             let inside = Tensor::<2>::from_data(TensorData::new(inside, [n, 1]), &device);
-            let upstream = random([n, 1], 1.0, &device);
-            let (xf, wf, xp, wp) = (x.clone().require_grad(), w.clone().require_grad(), x.require_grad(), w.require_grad());
-            let pf = cross_entropy::label_logit(xf.clone(), wf.clone(), ids.clone(), inside.clone());
-            let pp = cross_entropy::plain_label_logit(xp.clone(), wp.clone(), ids, inside);
-            assert_close(pf.clone(), pp.clone(), TOLERANCE, &format!("{what} forward"));
-            let gf = (pf * upstream.clone()).sum().backward();
-            let gp = (pp * upstream).sum().backward();
-            assert_close(xf.grad(&gf).unwrap(), xp.grad(&gp).unwrap(), TOLERANCE, &format!("{what} dx"));
-            assert_close(wf.grad(&gf).unwrap(), wp.grad(&gp).unwrap(), TOLERANCE, &format!("{what} dW"));
+            let leaves = [("x", random([n, d], 1.0, &device)), ("W", random([v, d], 0.5, &device))];
+            let fused = |l: Vec<Tensor<2>>| cross_entropy::label_logit(l[0].clone(), l[1].clone(), ids.clone(), inside.clone());
+            let plain = |l: Vec<Tensor<2>>| cross_entropy::plain_label_logit(l[0].clone(), l[1].clone(), ids.clone(), inside.clone());
+            assert_same_op(&what, &leaves, fused, plain, (TOLERANCE, TOLERANCE));
         }
     }
 }
@@ -108,18 +112,12 @@ fn linear_log_sum_exp_with_half_precision_weights_matches_the_plain_autocast_pat
     for (name, base) in test_devices() {
         let device = base.clone().autodiff();
         let (n, d, v) = (37, 64, 300);
-        let x = random([n, d], 1.0, &device);
         // Frozen half-precision weights, as `--dtype f16` stores the head.
         let w = random([v, d], 0.5, &device).cast(FloatDType::F16);
-        let upstream = random([n, 1], 1.0, &device);
-        let (xf, xp) = (x.clone().require_grad(), x.require_grad());
-        let lf = cross_entropy::linear_log_sum_exp(xf.clone(), w.clone());
-        let lp = cross_entropy::plain(xp.clone(), w);
+        let fused = |l: Vec<Tensor<2>>| cross_entropy::linear_log_sum_exp(l[0].clone(), w.clone());
+        let plain = |l: Vec<Tensor<2>>| cross_entropy::plain(l[0].clone(), w.clone());
         // Both round x to f16 for the matmul; kernels may accumulate in another order.
-        assert_close(lf.clone(), lp.clone(), 1e-3, &format!("{name} f16 forward"));
-        let gf = (lf * upstream.clone()).sum().backward();
-        let gp = (lp * upstream).sum().backward();
-        assert_close(xf.grad(&gf).unwrap(), xp.grad(&gp).unwrap(), 1e-2, &format!("{name} f16 dx"));
+        assert_same_op(&format!("{name} f16"), &[("x", random([n, d], 1.0, &device))], fused, plain, (1e-3, 1e-2));
     }
 }
 

@@ -176,11 +176,6 @@ impl BloomForCausalLM {
         }
     }
 
-    /// Which fused kernels are on.
-    pub fn kernels(&self) -> Kernels {
-        Kernels { gelu: self.transformer.h.first().is_none_or(|b| b.mlp.fused_gelu), cross_entropy: self.fused_cross_entropy }
-    }
-
     pub fn num_layers(&self) -> usize {
         self.transformer.h.len()
     }

@@ -45,15 +45,13 @@ impl Linear {
     }
 }
 
-/// `x Wᵀ + b` in the weight's stored precision, as PyTorch's autocast runs a matmul: with f16
-/// weights the input is rounded to f16 and the product widened back to f32. Widening the weight
-/// instead would make autodiff keep an f32 copy of every weight for the backward pass.
+/// `x Wᵀ + b` in the weight's stored precision, as PyTorch's autocast runs a matmul
+/// ([`ember_shaders::autocast_matmul`]).
 pub fn frozen_linear(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
-    let dtype = weight.dtype();
-    if dtype == burn::tensor::DType::F32 {
+    if weight.dtype() == burn::tensor::DType::F32 {
         return linear(x, weight.transpose(), bias);
     }
-    let y = widened(x.cast(dtype).matmul(weight.transpose()));
+    let y = ember_shaders::autocast_matmul(x, weight.transpose());
     match bias {
         Some(b) => y + widened(b).unsqueeze(),
         None => y,

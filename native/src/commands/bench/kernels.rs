@@ -51,24 +51,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         selected.description, args.shape, config.hidden_size, config.vocab_size, args.batch, args.seq, args.placement.dtype
     );
     let mut runs = Vec::new();
+    let x = Tensor::<2>::random([tokens, 4 * config.hidden_size], Distribution::Normal(0.0, 1.0), &device);
     for fused in [false, true] {
         device::doing(format!("benchmarking the GELU ({}) on {}", variant(fused), selected.description));
-        let x = Tensor::<2>::random([tokens, 4 * config.hidden_size], Distribution::Normal(0.0, 1.0), &device);
         runs.push(measure("gelu", fused, args.repeats, &device, || {
             let x = x.clone().require_grad();
             let y = if fused { ember_shaders::gelu::gelu(x) } else { ember_shaders::gelu::plain(x) };
             y.sum()
         })?);
     }
+    drop(x);
+    let mut head = random_model(&BloomConfig { n_layer: 0, ..config.clone() }, &device, 0, args.placement.dtype);
+    let hidden = Tensor::<3>::random([args.batch, args.seq, config.hidden_size], Distribution::Normal(0.0, 1.0), &device);
+    let labels: Vec<Vec<i64>> = (0..args.batch).map(|b| (0..args.seq).map(|i| ((b * 131 + i) * 7919 % config.vocab_size) as i64).collect()).collect();
     for fused in [false, true] {
         device::doing(format!("benchmarking the cross-entropy ({}) on {}", variant(fused), selected.description));
-        let head_only = BloomConfig { n_layer: 0, ..config.clone() };
-        let mut model = random_model(&head_only, &device, 0, args.placement.dtype);
-        model.set_kernels(Kernels { cross_entropy: fused, ..Kernels::NONE });
-        let hidden = Tensor::<3>::random([args.batch, args.seq, config.hidden_size], Distribution::Normal(0.0, 1.0), &device);
-        let labels: Vec<Vec<i64>> = (0..args.batch).map(|b| (0..args.seq).map(|i| ((b * 131 + i) * 7919 % config.vocab_size) as i64).collect()).collect();
+        head.set_kernels(Kernels { cross_entropy: fused, ..Kernels::NONE });
+        let head = &head;
         runs.push(measure("cross-entropy", fused, args.repeats, &device, || {
-            shifted_cross_entropy_sum(&model, hidden.clone().require_grad(), &labels, &device).0
+            shifted_cross_entropy_sum(head, hidden.clone().require_grad(), &labels, &device).0
         })?);
     }
     print_runs(&runs);
