@@ -1,6 +1,8 @@
 //! Backward passes for the fused operations. Each keeps the least it can: GELU keeps its
 //! input only, and the head's log-sum-exp keeps `x`, `W` (both alive anyway) and the `[n, 1]`
-//! result, recomputing a block's logits when the gradient arrives instead of keeping them.
+//! result, recomputing a block's logits when the gradient arrives instead of keeping them; the
+//! attention keeps `q`, `k`, `v`, its output and two numbers per query row, and recomputes the
+//! scores.
 
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
@@ -9,7 +11,7 @@ use burn::backend::autodiff::Autodiff;
 use burn::backend::tensor::{FloatTensor, IndexingUpdateOp, IntTensor};
 use burn::backend::{Backend, Shape, TensorMetadata};
 
-use crate::ops::{autocast_matmul, label_rows, linear_logits, rounded_like, FusedOps};
+use crate::ops::{autocast_matmul, label_rows, linear_logits, logit_chunks, rounded_like, row_slice, FusedOps};
 
 impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn bloom_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -51,13 +53,28 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 let [node_x, node_w] = ops.parents;
                 let grad = grads.consume::<B>(&ops.node);
                 let (x, w, lse) = ops.state;
-                // d lse_i / d logits_ij = softmax_ij: the block's probabilities, recomputed.
-                let p = B::softmax_times(linear_logits::<B>(x.clone(), w.clone()), lse, grad);
-                if let Some(node) = node_w {
-                    grads.register::<B>(node.id, B::float_matmul(B::float_transpose(p.clone()), x));
+                let (mut dx, mut dw) = (Vec::new(), None);
+                for rows in logit_chunks::<B>(&x, &w) {
+                    let xc = row_slice::<B>(&x, rows.clone());
+                    // d lse_i / d logits_ij = softmax_ij: the block's probabilities, recomputed.
+                    let logits = linear_logits::<B>(xc.clone(), w.clone());
+                    let p = B::softmax_times(logits, row_slice::<B>(&lse, rows.clone()), row_slice::<B>(&grad, rows));
+                    if node_w.is_some() {
+                        let part = B::float_matmul(B::float_transpose(p.clone()), xc);
+                        dw = Some(match dw {
+                            Some(sum) => B::float_add(sum, part),
+                            None => part,
+                        });
+                    }
+                    if node_x.is_some() {
+                        dx.push(autocast_matmul::<B>(p, w.clone()));
+                    }
+                }
+                if let (Some(node), Some(dw)) = (node_w, dw) {
+                    grads.register::<B>(node.id, dw);
                 }
                 if let Some(node) = node_x {
-                    grads.register::<B>(node.id, autocast_matmul::<B>(p, w));
+                    grads.register::<B>(node.id, if dx.len() == 1 { dx.remove(0) } else { B::float_cat(dx, 0) });
                 }
             }
         }
@@ -108,6 +125,44 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 prep.finish((x, w, ids, inside), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::label_logit(x.into_primitive(), w.into_primitive(), ids, inside)),
+        }
+    }
+
+    fn alibi_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        alibi: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Attention;
+
+        impl<B: Backend + FusedOps> Backward<B, 3> for Attention {
+            /// `q`, `k`, `v`, `alibi`, `mask`, and the forward's output, row maxima and sums.
+            type State = [FloatTensor<B>; 8];
+
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let grad = grads.consume::<B>(&ops.node);
+                let [q, k, v, alibi, mask, out, max, sum] = ops.state;
+                let (dq, dk, dv) = B::alibi_attention_backward(q, k, v, alibi, mask, out, max, sum, grad);
+                for (node, g) in ops.parents.into_iter().zip([dq, dk, dv]) {
+                    if let Some(node) = node {
+                        grads.register::<B>(node.id, g);
+                    }
+                }
+            }
+        }
+
+        let guards = [q.node(), k.node(), v.node()];
+        let (alibi, mask) = (alibi.into_primitive(), mask.into_primitive());
+        let (q, k, v) = (q.into_primitive(), k.into_primitive(), v.into_primitive());
+        match Attention.prepare::<C>(guards).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (out, max, sum) = B::alibi_attention_forward(q.clone(), k.clone(), v.clone(), alibi.clone(), mask.clone());
+                prep.finish([q, k, v, alibi, mask, out.clone(), max, sum], out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::alibi_attention(q, k, v, alibi, mask)),
         }
     }
 }

@@ -4,11 +4,13 @@
 //!
 //! - [`gelu`]: BLOOM's tanh-GELU, forward and backward in one pass each.
 //! - [`cross_entropy`]: the log-sum-exp of the head's logits without keeping them.
+//! - [`attention`]: attention with ALiBi and the masks without keeping the scores.
 //!
 //! They are one burn backend extension ([`ops::FusedOps`]): CubeCL kernels on the wgpu
 //! backend (`cube.rs`, feature `wgpu`), multi-core loops on the CPU backend (`flex.rs`), and
 //! hand-written backward passes under autodiff (`autodiff.rs`). [`Kernels`] says which are on.
 
+pub mod attention;
 mod autodiff;
 pub mod cross_entropy;
 #[cfg(feature = "wgpu")]
@@ -24,11 +26,17 @@ use burn::tensor::{DType, Device, FloatDType, Tensor};
 pub struct Kernels {
     pub gelu: bool,
     pub cross_entropy: bool,
+    pub attention: bool,
 }
 
 impl Kernels {
-    pub const ALL: Kernels = Kernels { gelu: true, cross_entropy: true };
-    pub const NONE: Kernels = Kernels { gelu: false, cross_entropy: false };
+    pub const ALL: Kernels = Kernels { gelu: true, cross_entropy: true, attention: true };
+    pub const NONE: Kernels = Kernels { gelu: false, cross_entropy: false, attention: false };
+
+    /// Each kernel's name (as `--kernels` takes it) and whether it is on.
+    fn named(&self) -> [(&'static str, bool); 3] {
+        [("gelu", self.gelu), ("cross-entropy", self.cross_entropy), ("attention", self.attention)]
+    }
 }
 
 impl Default for Kernels {
@@ -51,7 +59,8 @@ impl std::str::FromStr for Kernels {
             match name {
                 "gelu" => k.gelu = true,
                 "cross-entropy" | "ce" => k.cross_entropy = true,
-                _ => return Err(format!("unknown kernel `{name}`: use all, none, or a list of gelu, cross-entropy")),
+                "attention" => k.attention = true,
+                _ => return Err(format!("unknown kernel `{name}`: use all, none, or a list of gelu, cross-entropy, attention")),
             }
         }
         Ok(k)
@@ -59,13 +68,13 @@ impl std::str::FromStr for Kernels {
 }
 
 impl std::fmt::Display for Kernels {
-    /// What `--kernels` takes back: `all`, `none`, or the one kernel that is on.
+    /// What `--kernels` takes back: `all`, `none`, or the list of those that are on.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match (self.gelu, self.cross_entropy) {
-            (true, true) => "all",
-            (false, false) => "none",
-            (true, false) => "gelu",
-            (false, true) => "cross-entropy",
+        let on: Vec<&str> = self.named().iter().filter(|(_, on)| *on).map(|(name, _)| *name).collect();
+        f.write_str(match on.len() {
+            0 => "none",
+            n if n == self.named().len() => "all",
+            _ => return f.write_str(&on.join(",")),
         })
     }
 }

@@ -36,7 +36,12 @@ pub trait FusedOps: Backend {
     /// `log Σ_j exp((x Wᵀ)_ij)`: `x` `[n, d]` (f32), `w` `[v, d]` (any float dtype) → `[n, 1]`.
     /// The logits exist only inside the call; under autodiff the backward recomputes them.
     fn linear_log_sum_exp(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
-        Self::row_log_sum_exp(linear_logits::<Self>(x, w))
+        let chunks = logit_chunks::<Self>(&x, &w);
+        if chunks.len() == 1 {
+            return Self::row_log_sum_exp(linear_logits::<Self>(x, w));
+        }
+        let parts = chunks.into_iter().map(|rows| Self::row_log_sum_exp(linear_logits::<Self>(row_slice::<Self>(&x, rows), w.clone())));
+        Self::float_cat(parts.collect(), 0)
     }
 
     /// The label's logit without the logits: `(x_i · w[ids_i]) · inside_i`, `x` `[n, d]`, `w`
@@ -47,6 +52,63 @@ pub trait FusedOps: Backend {
         let rows = label_rows::<Self>(w, ids);
         Self::float_mul(Self::float_sum_dim(Self::float_mul(x, rows), 1), inside)
     }
+
+    /// `softmax(q kᵀ·scale + alibi + mask) v` (see `attention.rs` for the shapes), f32.
+    fn alibi_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        alibi: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::alibi_attention_forward(q, k, v, alibi, mask).0
+    }
+
+    /// The attention's output with each query row's score maximum and sum of `exp(score −
+    /// maximum)` (`[batch, heads, queries, 1]` each): what its backward pass needs.
+    fn alibi_attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        alibi: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        composed::attention_forward::<Self>(q, k, v, alibi, mask)
+    }
+
+    /// `(dq, dk, dv)` for the incoming gradient `grad` of the output `out`, the scores
+    /// recomputed from `q`, `k` and the biases and normalised with the forward's `max`, `sum`.
+    #[allow(clippy::too_many_arguments)]
+    fn alibi_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        alibi: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        max: FloatTensor<Self>,
+        sum: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        composed::attention_backward::<Self>(q, k, v, alibi, mask, out, max, sum, grad)
+    }
+}
+
+/// The most logits the head's log-sum-exp holds at once (forward or backward): `x`'s rows go
+/// through in chunks whose `[rows, block]` logits fit, so a small model's wide vocabulary block
+/// (32 MiB of weights is 32,768 rows at hidden 256) does not make a large transient.
+pub const LOGITS_CHUNK_BYTES: usize = 8 << 20;
+
+/// Row ranges of `x` `[n, d]` whose logits against `w` `[v, d]` fit in [`LOGITS_CHUNK_BYTES`].
+pub fn logit_chunks<B: Backend>(x: &FloatTensor<B>, w: &FloatTensor<B>) -> Vec<std::ops::Range<usize>> {
+    let (n, v) = (x.shape()[0], w.shape()[0]);
+    let rows = (LOGITS_CHUNK_BYTES / (4 * v.max(1))).max(1);
+    (0..n.div_ceil(rows).max(1)).map(|i| i * rows..((i + 1) * rows).min(n)).collect()
+}
+
+/// Rows `rows` of a 2-D tensor.
+pub fn row_slice<B: Backend>(x: &FloatTensor<B>, rows: std::ops::Range<usize>) -> FloatTensor<B> {
+    B::float_slice(x.clone(), &[rows.into(), (..).into()])
 }
 
 /// `x` rounded to `w`'s precision and widened back (a no-op for f32 weights).
@@ -91,6 +153,54 @@ pub mod composed {
 
     pub fn softmax_times<B: Backend>(logits: FloatTensor<B>, lse: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
         B::float_mul(B::float_exp(B::float_sub(logits, lse)), grad)
+    }
+
+    /// `q kᵀ·scale + alibi + mask`, summed in the plain path's order: `[b, h, queries, keys]`.
+    fn attention_scores<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, alibi: FloatTensor<B>, mask: FloatTensor<B>) -> FloatTensor<B> {
+        let scale = crate::attention::scale(q.shape()[3]);
+        let scores = B::float_mul_scalar(B::float_matmul(q, B::float_transpose(k)), scale.into());
+        B::float_add(B::float_add(scores, alibi), mask)
+    }
+
+    pub fn attention_forward<B: Backend>(
+        q: FloatTensor<B>,
+        k: FloatTensor<B>,
+        v: FloatTensor<B>,
+        alibi: FloatTensor<B>,
+        mask: FloatTensor<B>,
+    ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+        let scores = attention_scores::<B>(q, k, alibi, mask);
+        let max = B::float_max_dim(scores.clone(), 3);
+        let exp = B::float_exp(B::float_sub(scores, max.clone()));
+        let sum = B::float_sum_dim(exp.clone(), 3);
+        let out = B::float_matmul(B::float_div(exp, sum.clone()), v);
+        (out, max, sum)
+    }
+
+    /// The softmax's backward pass: with `p` the probabilities and `δ_i = Σ_j p_ij dp_ij =
+    /// grad_i · out_i`, `d scores = p ∘ (grad vᵀ − δ)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward<B: Backend>(
+        q: FloatTensor<B>,
+        k: FloatTensor<B>,
+        v: FloatTensor<B>,
+        alibi: FloatTensor<B>,
+        mask: FloatTensor<B>,
+        out: FloatTensor<B>,
+        max: FloatTensor<B>,
+        sum: FloatTensor<B>,
+        grad: FloatTensor<B>,
+    ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+        let scale = crate::attention::scale(q.shape()[3]);
+        let scores = attention_scores::<B>(q.clone(), k.clone(), alibi, mask);
+        let p = B::float_div(B::float_exp(B::float_sub(scores, max)), sum);
+        let dv = B::float_matmul(B::float_transpose(p.clone()), grad.clone());
+        let dp = B::float_matmul(grad.clone(), B::float_transpose(v));
+        let delta = B::float_sum_dim(B::float_mul(grad, out), 3);
+        let ds = B::float_mul(p, B::float_sub(dp, delta));
+        let dq = B::float_mul_scalar(B::float_matmul(ds.clone(), k), scale.into());
+        let dk = B::float_mul_scalar(B::float_matmul(B::float_transpose(ds), q), scale.into());
+        (dq, dk, dv)
     }
 
     /// `t = 2·inner = (A·x² + B)·x`, the sigmoid's argument.

@@ -8,8 +8,8 @@ use ember_core::checkpoint::ModelDir;
 use ember_core::data::Batch;
 use ember_core::lora::{apply_lora, LoraConfig};
 use ember_core::loss::loss_sum;
-use ember_core::model::Kernels;
-use ember_shaders::{cross_entropy, gelu};
+use ember_core::model::{AttentionBias, AttentionMask, Kernels};
+use ember_shaders::{attention, cross_entropy, gelu};
 use ember_tests::{model_dir, test_devices};
 
 const TOLERANCE: f32 = 1e-4;
@@ -30,29 +30,37 @@ fn random(shape: [usize; 2], std: f64, device: &Device) -> Tensor<2> {
     Tensor::random(shape, Distribution::Normal(0.0, std), device)
 }
 
+/// `t` as `[elements / last dimension, last dimension]`, for comparing.
+fn rows<const D: usize>(t: Tensor<D>) -> Tensor<2> {
+    let dims = t.dims();
+    let last = dims[D - 1];
+    t.reshape([dims.iter().product::<usize>() / last.max(1), last])
+}
+
 /// `fused` and `plain` applied to the same leaves give the same output (within `forward`) and
 /// the same gradient for every leaf (within `backward`) under one random upstream gradient.
-fn assert_same_op(
+fn assert_same_op<const D: usize>(
     what: &str,
-    leaves: &[(&str, Tensor<2>)],
-    fused: impl Fn(Vec<Tensor<2>>) -> Tensor<2>,
-    plain: impl Fn(Vec<Tensor<2>>) -> Tensor<2>,
+    leaves: &[(&str, Tensor<D>)],
+    fused: impl Fn(Vec<Tensor<D>>) -> Tensor<D>,
+    plain: impl Fn(Vec<Tensor<D>>) -> Tensor<D>,
     (forward, backward): (f32, f32),
 ) {
     let tracked = || leaves.iter().map(|(_, t)| t.clone().require_grad()).collect::<Vec<_>>();
     let (lf, lp) = (tracked(), tracked());
     let (yf, yp) = (fused(lf.clone()), plain(lp.clone()));
-    assert_close(yf.clone(), yp.clone(), forward, &format!("{what} forward"));
-    let upstream = random(yf.dims(), 1.0, &yf.device());
+    assert_close(rows(yf.clone()), rows(yp.clone()), forward, &format!("{what} forward"));
+    let upstream = Tensor::<D>::random(yf.dims(), Distribution::Normal(0.0, 1.0), &yf.device());
     let gf = (yf * upstream.clone()).sum().backward();
     let gp = (yp * upstream).sum().backward();
     for (((name, _), f), p) in leaves.iter().zip(&lf).zip(&lp) {
-        assert_close(f.grad(&gf).unwrap(), p.grad(&gp).unwrap(), backward, &format!("{what} d{name}"));
+        assert_close(rows(f.grad(&gf).unwrap()), rows(p.grad(&gp).unwrap()), backward, &format!("{what} d{name}"));
     }
 }
 
-/// (positions, hidden, block rows): one row, odd sizes, more columns than a cube's units.
-const HEAD_SHAPES: [(usize, usize, usize); 3] = [(1, 8, 5), (37, 64, 300), (255, 96, 4099)];
+/// (positions, hidden, block rows): one row, odd sizes, more columns than a cube's units, and
+/// logits over `ember_shaders::ops::LOGITS_CHUNK_BYTES` (done in chunks of rows).
+const HEAD_SHAPES: [(usize, usize, usize); 4] = [(1, 8, 5), (37, 64, 300), (255, 96, 4099), (1100, 16, 2000)];
 
 #[test]
 fn gelu_kernel_equals_plain_gelu_forward_and_backward() {
@@ -121,6 +129,41 @@ fn linear_log_sum_exp_with_half_precision_weights_matches_the_plain_autocast_pat
     }
 }
 
+/// (batch, heads, queries, keys, head_dim, left padding of the last row): tiny; more
+/// queries than a cube's 64 rows and keys not a multiple of any tile; queries after cached keys
+/// (a prompt's second chunk); one query against a padded cache (decoding); BLOOM's head size.
+const ATTENTION_SHAPES: [(usize, usize, usize, usize, usize, usize); 5] =
+    [(1, 1, 1, 3, 8, 0), (2, 3, 37, 37, 16, 5), (1, 2, 70, 70, 64, 0), (2, 2, 5, 12, 32, 3), (2, 2, 1, 33, 128, 4)];
+
+#[test]
+fn attention_kernel_equals_plain_attention_forward_and_backward() {
+    for (name, base) in test_devices() {
+        for checkpointing in [false, true] {
+            let device = if checkpointing { base.clone().autodiff().gradient_checkpointing() } else { base.clone().autodiff() };
+            for (b, h, lq, lk, d, pad) in ATTENTION_SHAPES {
+                let what = format!("{name}{} attention b={b} h={h} queries={lq} keys={lk} d={d} pad={pad}", if checkpointing { " checkpointed" } else { "" });
+                // The last row is left-padded: its first queries see no key at all (all masked).
+                let mask = AttentionMask::new((0..b).map(|r| (0..lk).map(|j| r + 1 < b || j >= pad).collect()).collect());
+                let bias = AttentionBias::new(&mask, h, lq, &device);
+                let random4 = |l: usize| Tensor::<4>::random([b, h, l, d], Distribution::Normal(0.0, 1.0), &device);
+                let leaves = [("q", random4(lq)), ("k", random4(lk)), ("v", random4(lk))];
+                let call = |f: fn(Tensor<4>, Tensor<4>, Tensor<4>, Tensor<4>, Tensor<4>) -> Tensor<4>| {
+                    let bias = bias.clone();
+                    move |l: Vec<Tensor<4>>| f(l[0].clone(), l[1].clone(), l[2].clone(), bias.alibi.clone(), bias.mask.clone())
+                };
+                assert_same_op(&what, &leaves, call(attention::attention), call(attention::plain), (TOLERANCE, TOLERANCE));
+
+                // Inference (no autodiff, as with the KV cache) runs the forward kernel directly.
+                let [q, k, v] = leaves.map(|(_, t)| t.inner());
+                let base_bias = AttentionBias::new(&mask, h, lq, &base);
+                let fused = attention::attention(q.clone(), k.clone(), v.clone(), base_bias.alibi.clone(), base_bias.mask.clone());
+                let plain = attention::plain(q, k, v, base_bias.alibi, base_bias.mask);
+                assert_close(rows(fused), rows(plain), TOLERANCE, &format!("{what} without autodiff"));
+            }
+        }
+    }
+}
+
 /// A batch with padding and prompt tokens masked out (-100), as the data pipeline makes.
 fn batch() -> Batch {
     Batch {
@@ -177,10 +220,13 @@ fn model_loss_and_gradients_are_the_same_with_and_without_kernels() {
 fn kernels_switch_parses_names_and_says_what_is_on() {
     assert_eq!("all".parse::<Kernels>().unwrap(), Kernels::ALL);
     assert_eq!("none".parse::<Kernels>().unwrap(), Kernels::NONE);
-    assert_eq!("gelu".parse::<Kernels>().unwrap(), Kernels { gelu: true, cross_entropy: false });
-    assert_eq!("cross-entropy, gelu".parse::<Kernels>().unwrap(), Kernels::ALL);
-    assert_eq!(Kernels { gelu: false, cross_entropy: true }.to_string(), "cross-entropy");
+    assert_eq!("gelu".parse::<Kernels>().unwrap(), Kernels { gelu: true, ..Kernels::NONE });
+    assert_eq!("cross-entropy, gelu".parse::<Kernels>().unwrap(), Kernels { attention: false, ..Kernels::ALL });
+    assert_eq!("attention,ce,gelu".parse::<Kernels>().unwrap(), Kernels::ALL);
+    assert_eq!(Kernels { cross_entropy: true, ..Kernels::NONE }.to_string(), "cross-entropy");
+    assert_eq!(Kernels { gelu: false, ..Kernels::ALL }.to_string(), "cross-entropy,attention");
     assert_eq!(Kernels::ALL.to_string(), "all");
+    assert_eq!(Kernels::NONE.to_string(), "none");
     let err = "flash".parse::<Kernels>().unwrap_err();
     assert!(err.contains("flash") && err.contains("gelu"), "{err}");
 }

@@ -3,7 +3,6 @@
 //! `model.transformer.h[3].self_attention.query_key_value` here.
 
 use burn::module::Module;
-use burn::tensor::activation::softmax;
 use burn::tensor::{Int, Tensor};
 
 use super::alibi::{AttentionBias, AttentionMask};
@@ -20,6 +19,9 @@ pub struct BloomAttention {
     pub query_key_value: Linear,
     pub dense: Linear,
     pub num_heads: usize,
+    /// The attention as the fused kernel that keeps no scores (`ember_shaders::attention`), or
+    /// in plain burn.
+    pub fused_attention: bool,
 }
 
 impl BloomAttention {
@@ -47,11 +49,13 @@ impl BloomAttention {
             (key, value) = cache.append(key, value);
         }
 
-        let scores = query.matmul(key.swap_dims(2, 3)) * (1.0 / (head_dim as f64).sqrt())
-            + bias.alibi.clone()
-            + bias.mask.clone();
-        let probs = softmax(scores, 3);
-        let context = probs.matmul(value).swap_dims(1, 2).reshape([batch, queries, hidden]);
+        let (alibi, mask) = (bias.alibi.clone(), bias.mask.clone());
+        let context = if self.fused_attention {
+            ember_shaders::attention::attention(query, key, value, alibi, mask)
+        } else {
+            ember_shaders::attention::plain(query, key, value, alibi, mask)
+        };
+        let context = context.swap_dims(1, 2).reshape([batch, queries, hidden]);
         self.dense.forward(context) + residual
     }
 }
@@ -173,6 +177,7 @@ impl BloomForCausalLM {
         self.fused_cross_entropy = kernels.cross_entropy;
         for block in &mut self.transformer.h {
             block.mlp.fused_gelu = kernels.gelu;
+            block.self_attention.fused_attention = kernels.attention;
         }
     }
 
@@ -214,7 +219,12 @@ impl BloomForCausalLM {
             blocks.push(BloomBlock {
                 input_layernorm: layer_norm("input_layernorm")?,
                 post_attention_layernorm: layer_norm("post_attention_layernorm")?,
-                self_attention: BloomAttention { query_key_value, dense, num_heads: config.n_head },
+                self_attention: BloomAttention {
+                    query_key_value,
+                    dense,
+                    num_heads: config.n_head,
+                    fused_attention: Kernels::default().attention,
+                },
                 mlp: BloomMlp { dense_h_to_4h, dense_4h_to_h, fused_gelu: Kernels::default().gelu },
                 apply_residual_connection_post_layernorm: config.apply_residual_connection_post_layernorm,
             });

@@ -8,7 +8,8 @@ use std::time::Instant;
 use burn::tensor::{Device, Distribution, Tensor};
 use ember_core::checkpoint::random_model;
 use ember_core::loss::shifted_cross_entropy_sum;
-use ember_core::model::Kernels;
+use ember_core::model::{AttentionBias, AttentionMask, Kernels};
+use ember_shaders::attention;
 use ember_core::BloomConfig;
 
 use super::{median, shape};
@@ -70,6 +71,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let head = &head;
         runs.push(measure("cross-entropy", fused, args.repeats, &device, || {
             shifted_cross_entropy_sum(head, hidden.clone().require_grad(), &labels, &device).0
+        })?);
+    }
+    drop((head, hidden));
+    let (heads, head_dim) = (config.n_head, config.hidden_size / config.n_head);
+    let bias = AttentionBias::new(&AttentionMask::full(args.batch, args.seq), heads, args.seq, &device);
+    let qkv: Vec<Tensor<4>> =
+        (0..3).map(|_| Tensor::random([args.batch, heads, args.seq, head_dim], Distribution::Normal(0.0, 1.0), &device)).collect();
+    for fused in [false, true] {
+        device::doing(format!("benchmarking the attention ({}) on {}", variant(fused), selected.description));
+        runs.push(measure("attention", fused, args.repeats, &device, || {
+            let [q, k, v] = [0, 1, 2].map(|i| qkv[i].clone().require_grad());
+            let (alibi, mask) = (bias.alibi.clone(), bias.mask.clone());
+            let y = if fused { attention::attention(q, k, v, alibi, mask) } else { attention::plain(q, k, v, alibi, mask) };
+            y.sum()
         })?);
     }
     print_runs(&runs);

@@ -12,6 +12,8 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 use cubecl::calculate_cube_count_elemwise;
 
+mod attention;
+
 use crate::gelu::{GELU_A_F32 as A, GELU_B_F32 as B};
 use crate::ops::{composed, FusedOps};
 
@@ -189,5 +191,29 @@ impl FusedOps for Cube {
             )
         };
         out
+    }
+
+    fn alibi_attention_forward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        alibi: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        attention::forward(q, k, v, alibi, mask)
+    }
+
+    fn alibi_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        alibi: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        max: FloatTensor<Self>,
+        sum: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        attention::backward(q, k, v, alibi, mask, out, max, sum, grad)
     }
 }
