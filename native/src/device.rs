@@ -107,7 +107,7 @@ pub struct Placement {
     /// Stored precision of the base weights: f32, f16 or bf16 (half the memory; see README).
     #[arg(long, default_value = "f32")]
     pub dtype: ember_core::model::WeightDType,
-    /// Fused kernels (shaders/): all, none, or a list of gelu, cross-entropy, attention.
+    /// Fused kernels (shaders/): all, none, or a list of gelu, cross-entropy, attention, layer-norm.
     #[arg(long, default_value = "all")]
     pub kernels: ember_core::model::Kernels,
 }

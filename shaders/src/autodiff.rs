@@ -2,7 +2,7 @@
 //! input only, and the head's log-sum-exp keeps `x`, `W` (both alive anyway) and the `[n, 1]`
 //! result, recomputing a block's logits when the gradient arrives instead of keeping them; the
 //! attention keeps `q`, `k`, `v`, its output and two numbers per query row, and recomputes the
-//! scores.
+//! scores; the layer norm keeps its input and recomputes the rows' statistics.
 
 use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn::backend::autodiff::grads::Gradients;
@@ -139,13 +139,13 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         struct Attention;
 
         impl<B: Backend + FusedOps> Backward<B, 3> for Attention {
-            /// `q`, `k`, `v`, `alibi`, `mask`, and the forward's output, row maxima and sums.
-            type State = [FloatTensor<B>; 8];
+            /// `q`, `k`, `v`, `alibi`, `mask`, and the forward's output and row statistics.
+            type State = [FloatTensor<B>; 7];
 
             fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
                 let grad = grads.consume::<B>(&ops.node);
-                let [q, k, v, alibi, mask, out, max, sum] = ops.state;
-                let (dq, dk, dv) = B::alibi_attention_backward(q, k, v, alibi, mask, out, max, sum, grad);
+                let [q, k, v, alibi, mask, out, stats] = ops.state;
+                let (dq, dk, dv) = B::alibi_attention_backward(q, k, v, alibi, mask, out, stats, grad);
                 for (node, g) in ops.parents.into_iter().zip([dq, dk, dv]) {
                     if let Some(node) = node {
                         grads.register::<B>(node.id, g);
@@ -159,10 +159,48 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         let (q, k, v) = (q.into_primitive(), k.into_primitive(), v.into_primitive());
         match Attention.prepare::<C>(guards).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let (out, max, sum) = B::alibi_attention_forward(q.clone(), k.clone(), v.clone(), alibi.clone(), mask.clone());
-                prep.finish([q, k, v, alibi, mask, out.clone(), max, sum], out)
+                let (out, stats) = B::alibi_attention_forward(q.clone(), k.clone(), v.clone(), alibi.clone(), mask.clone());
+                prep.finish([q, k, v, alibi, mask, out.clone(), stats], out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::alibi_attention(q, k, v, alibi, mask)),
+        }
+    }
+
+    fn row_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct LayerNorm;
+
+        impl<B: Backend + FusedOps> Backward<B, 3> for LayerNorm {
+            /// `x`, `γ` and `eps`: the rows' statistics are recomputed.
+            type State = (FloatTensor<B>, FloatTensor<B>, f64);
+
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [node_x, node_gamma, node_beta] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, gamma, eps) = ops.state;
+                let h = gamma.shape()[0];
+                let column_sums = |t: FloatTensor<B>| B::float_reshape(B::float_sum_dim(t, 0), Shape::new([h]));
+                if let Some(node) = node_gamma {
+                    let (normed, _) = crate::ops::composed::normalized::<B>(x.clone(), eps);
+                    grads.register::<B>(node.id, column_sums(B::float_mul(grad.clone(), normed)));
+                }
+                if let Some(node) = node_beta {
+                    grads.register::<B>(node.id, column_sums(grad.clone()));
+                }
+                if let Some(node) = node_x {
+                    grads.register::<B>(node.id, B::row_layer_norm_backward(x, gamma, grad, eps));
+                }
+            }
+        }
+
+        let guards = [x.node(), gamma.node(), beta.node()];
+        let (x, gamma, beta) = (x.into_primitive(), gamma.into_primitive(), beta.into_primitive());
+        match LayerNorm.prepare::<C>(guards).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let out = B::row_layer_norm(x.clone(), gamma.clone(), beta, eps);
+                prep.finish((x, gamma, eps), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::row_layer_norm(x, gamma, beta, eps)),
         }
     }
 }

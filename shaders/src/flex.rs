@@ -113,4 +113,52 @@ impl FusedOps for Flex {
             }
         })
     }
+
+    fn row_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        let inputs = (f32_contiguous(x.clone()), f32_contiguous(gamma.clone()), f32_contiguous(beta.clone()));
+        let (Some(xc), Some(g), Some(b)) = inputs else { return composed::layer_norm::<Self>(x, gamma, beta, eps) };
+        let cols = g.shape()[0];
+        let (xs, gs, bs) = (slice(&xc), slice(&g), slice(&b));
+        filled(xc.shape(), row_chunk(cols) * cols, |start, out| {
+            for (r, out_row) in out.chunks_mut(cols).enumerate() {
+                let row = &xs[start + r * cols..start + (r + 1) * cols];
+                let (mean, std) = row_statistics(row, eps);
+                for (((o, &v), &g), &b) in out_row.iter_mut().zip(row).zip(gs).zip(bs) {
+                    *o = (v - mean) / std * g + b;
+                }
+            }
+        })
+    }
+
+    fn row_layer_norm_backward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        let inputs = (f32_contiguous(x.clone()), f32_contiguous(gamma.clone()), f32_contiguous(grad.clone()));
+        let (Some(xc), Some(g), Some(dc)) = inputs else { return composed::layer_norm_backward::<Self>(x, gamma, grad, eps) };
+        let cols = g.shape()[0];
+        let (xs, gs, ds) = (slice(&xc), slice(&g), slice(&dc));
+        filled(xc.shape(), row_chunk(cols) * cols, |start, out| {
+            for (r, out_row) in out.chunks_mut(cols).enumerate() {
+                let at = start + r * cols..start + (r + 1) * cols;
+                let (row, grad) = (&xs[at.clone()], &ds[at]);
+                let (mean, std) = row_statistics(row, eps);
+                let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
+                for ((&v, &d), &g) in row.iter().zip(grad).zip(gs) {
+                    let gh = d * g;
+                    sum_g += gh as f64;
+                    sum_gx += (gh * ((v - mean) / std)) as f64;
+                }
+                let (mean_g, mean_gx) = ((sum_g / cols as f64) as f32, (sum_gx / cols as f64) as f32);
+                for (((o, &v), &d), &g) in out_row.iter_mut().zip(row).zip(grad).zip(gs) {
+                    *o = (d * g - mean_g - (v - mean) / std * mean_gx) / std;
+                }
+            }
+        })
+    }
+}
+
+/// A row's mean and `√(var + eps)` (biased variance), accumulated in f64.
+fn row_statistics(row: &[f32], eps: f64) -> (f32, f32) {
+    let n = row.len() as f64;
+    let mean = (row.iter().map(|&v| v as f64).sum::<f64>() / n) as f32;
+    let variance = row.iter().map(|&v| ((v - mean) as f64).powi(2)).sum::<f64>() / n;
+    (mean, ((variance as f32) + eps as f32).sqrt())
 }

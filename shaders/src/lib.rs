@@ -5,6 +5,7 @@
 //! - [`gelu`]: BLOOM's tanh-GELU, forward and backward in one pass each.
 //! - [`cross_entropy`]: the log-sum-exp of the head's logits without keeping them.
 //! - [`attention`]: attention with ALiBi and the masks without keeping the scores.
+//! - [`layer_norm`]: the layer norm in one pass forward and one backward.
 //!
 //! They are one burn backend extension ([`ops::FusedOps`]): CubeCL kernels on the wgpu
 //! backend (`cube.rs`, feature `wgpu`), multi-core loops on the CPU backend (`flex.rs`), and
@@ -17,6 +18,7 @@ pub mod cross_entropy;
 mod cube;
 mod flex;
 pub mod gelu;
+pub mod layer_norm;
 pub mod ops;
 
 use burn::tensor::{DType, Device, FloatDType, Tensor};
@@ -27,15 +29,16 @@ pub struct Kernels {
     pub gelu: bool,
     pub cross_entropy: bool,
     pub attention: bool,
+    pub layer_norm: bool,
 }
 
 impl Kernels {
-    pub const ALL: Kernels = Kernels { gelu: true, cross_entropy: true, attention: true };
-    pub const NONE: Kernels = Kernels { gelu: false, cross_entropy: false, attention: false };
+    pub const ALL: Kernels = Kernels { gelu: true, cross_entropy: true, attention: true, layer_norm: true };
+    pub const NONE: Kernels = Kernels { gelu: false, cross_entropy: false, attention: false, layer_norm: false };
 
     /// Each kernel's name (as `--kernels` takes it) and whether it is on.
-    fn named(&self) -> [(&'static str, bool); 3] {
-        [("gelu", self.gelu), ("cross-entropy", self.cross_entropy), ("attention", self.attention)]
+    fn named(&self) -> [(&'static str, bool); 4] {
+        [("gelu", self.gelu), ("cross-entropy", self.cross_entropy), ("attention", self.attention), ("layer-norm", self.layer_norm)]
     }
 }
 
@@ -60,7 +63,8 @@ impl std::str::FromStr for Kernels {
                 "gelu" => k.gelu = true,
                 "cross-entropy" | "ce" => k.cross_entropy = true,
                 "attention" => k.attention = true,
-                _ => return Err(format!("unknown kernel `{name}`: use all, none, or a list of gelu, cross-entropy, attention")),
+                "layer-norm" => k.layer_norm = true,
+                _ => return Err(format!("unknown kernel `{name}`: use all, none, or a list of gelu, cross-entropy, attention, layer-norm")),
             }
         }
         Ok(k)

@@ -53,6 +53,17 @@ pub trait FusedOps: Backend {
         Self::float_mul(Self::float_sum_dim(Self::float_mul(x, rows), 1), inside)
     }
 
+    /// Layer norm over the rows of `x` `[n, h]` with `gamma`, `beta` `[h]` (see `layer_norm.rs`), f32.
+    fn row_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        composed::layer_norm::<Self>(x, gamma, beta, eps)
+    }
+
+    /// The layer norm's input gradient for the incoming `grad`: with `x̂` the normalised rows and
+    /// `ĝ = grad·γ`, `dx = (ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) / √(var + eps)`, per row.
+    fn row_layer_norm_backward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        composed::layer_norm_backward::<Self>(x, gamma, grad, eps)
+    }
+
     /// `softmax(q kᵀ·scale + alibi + mask) v` (see `attention.rs` for the shapes), f32.
     fn alibi_attention(
         q: FloatTensor<Self>,
@@ -64,20 +75,20 @@ pub trait FusedOps: Backend {
         Self::alibi_attention_forward(q, k, v, alibi, mask).0
     }
 
-    /// The attention's output with each query row's score maximum and sum of `exp(score −
-    /// maximum)` (`[batch, heads, queries, 1]` each): what its backward pass needs.
+    /// The attention's output and, per query row, its score maximum and sum of `exp(score −
+    /// maximum)` (`[batch, heads, queries, 2]`): what its backward pass needs.
     fn alibi_attention_forward(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         alibi: FloatTensor<Self>,
         mask: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         composed::attention_forward::<Self>(q, k, v, alibi, mask)
     }
 
     /// `(dq, dk, dv)` for the incoming gradient `grad` of the output `out`, the scores
-    /// recomputed from `q`, `k` and the biases and normalised with the forward's `max`, `sum`.
+    /// recomputed from `q`, `k` and the biases and normalised with the forward's `stats`.
     #[allow(clippy::too_many_arguments)]
     fn alibi_attention_backward(
         q: FloatTensor<Self>,
@@ -86,11 +97,10 @@ pub trait FusedOps: Backend {
         alibi: FloatTensor<Self>,
         mask: FloatTensor<Self>,
         out: FloatTensor<Self>,
-        max: FloatTensor<Self>,
-        sum: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        composed::attention_backward::<Self>(q, k, v, alibi, mask, out, max, sum, grad)
+        composed::attention_backward::<Self>(q, k, v, alibi, mask, out, stats, grad)
     }
 }
 
@@ -155,6 +165,34 @@ pub mod composed {
         B::float_mul(B::float_exp(B::float_sub(logits, lse)), grad)
     }
 
+    /// `(x − mean) / √(var + eps)` per row of `[n, h]`, and the `√(var + eps)` `[n, 1]`.
+    pub fn normalized<B: Backend>(x: FloatTensor<B>, eps: f64) -> (FloatTensor<B>, FloatTensor<B>) {
+        let centered = B::float_sub(x.clone(), B::float_mean_dim(x, 1));
+        let variance = B::float_mean_dim(B::float_mul(centered.clone(), centered.clone()), 1);
+        let std = B::float_sqrt(B::float_add_scalar(variance, eps.into()));
+        (B::float_div(centered, std.clone()), std)
+    }
+
+    /// `[h]` as `[1, h]`, to scale rows.
+    fn as_row<B: Backend>(v: FloatTensor<B>) -> FloatTensor<B> {
+        let h = v.shape()[0];
+        B::float_reshape(v, Shape::new([1, h]))
+    }
+
+    pub fn layer_norm<B: Backend>(x: FloatTensor<B>, gamma: FloatTensor<B>, beta: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
+        let (normed, _) = normalized::<B>(x, eps);
+        B::float_add(B::float_mul(normed, as_row::<B>(gamma)), as_row::<B>(beta))
+    }
+
+    pub fn layer_norm_backward<B: Backend>(x: FloatTensor<B>, gamma: FloatTensor<B>, grad: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
+        let (normed, std) = normalized::<B>(x, eps);
+        let g = B::float_mul(grad, as_row::<B>(gamma));
+        let mean_g = B::float_mean_dim(g.clone(), 1);
+        let mean_gx = B::float_mean_dim(B::float_mul(g.clone(), normed.clone()), 1);
+        let centered = B::float_sub(B::float_sub(g, mean_g), B::float_mul(normed, mean_gx));
+        B::float_div(centered, std)
+    }
+
     /// `q kᵀ·scale + alibi + mask`, summed in the plain path's order: `[b, h, queries, keys]`.
     fn attention_scores<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, alibi: FloatTensor<B>, mask: FloatTensor<B>) -> FloatTensor<B> {
         let scale = crate::attention::scale(q.shape()[3]);
@@ -168,13 +206,21 @@ pub mod composed {
         v: FloatTensor<B>,
         alibi: FloatTensor<B>,
         mask: FloatTensor<B>,
-    ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    ) -> (FloatTensor<B>, FloatTensor<B>) {
         let scores = attention_scores::<B>(q, k, alibi, mask);
         let max = B::float_max_dim(scores.clone(), 3);
         let exp = B::float_exp(B::float_sub(scores, max.clone()));
         let sum = B::float_sum_dim(exp.clone(), 3);
         let out = B::float_matmul(B::float_div(exp, sum.clone()), v);
-        (out, max, sum)
+        (out, B::float_cat(vec![max, sum], 3))
+    }
+
+    /// Entries `index..index + 1` of the last dimension.
+    pub fn last_dim_entry<B: Backend>(t: FloatTensor<B>, index: usize) -> FloatTensor<B> {
+        let dims = t.shape().num_dims();
+        let mut slices: Vec<burn::tensor::Slice> = vec![(..).into(); dims];
+        slices[dims - 1] = (index..index + 1).into();
+        B::float_slice(t, &slices)
     }
 
     /// The softmax's backward pass: with `p` the probabilities and `δ_i = Σ_j p_ij dp_ij =
@@ -187,10 +233,10 @@ pub mod composed {
         alibi: FloatTensor<B>,
         mask: FloatTensor<B>,
         out: FloatTensor<B>,
-        max: FloatTensor<B>,
-        sum: FloatTensor<B>,
+        stats: FloatTensor<B>,
         grad: FloatTensor<B>,
     ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+        let (max, sum) = (last_dim_entry::<B>(stats.clone(), 0), last_dim_entry::<B>(stats, 1));
         let scale = crate::attention::scale(q.shape()[3]);
         let scores = attention_scores::<B>(q.clone(), k.clone(), alibi, mask);
         let p = B::float_div(B::float_exp(B::float_sub(scores, max)), sum);

@@ -9,7 +9,7 @@ use ember_core::data::Batch;
 use ember_core::lora::{apply_lora, LoraConfig};
 use ember_core::loss::loss_sum;
 use ember_core::model::{AttentionBias, AttentionMask, Kernels};
-use ember_shaders::{attention, cross_entropy, gelu};
+use ember_shaders::{attention, cross_entropy, gelu, layer_norm};
 use ember_tests::{model_dir, test_devices};
 
 const TOLERANCE: f32 = 1e-4;
@@ -55,6 +55,24 @@ fn assert_same_op<const D: usize>(
     let gp = (yp * upstream).sum().backward();
     for (((name, _), f), p) in leaves.iter().zip(&lf).zip(&lp) {
         assert_close(rows(f.grad(&gf).unwrap()), rows(p.grad(&gp).unwrap()), backward, &format!("{what} d{name}"));
+    }
+}
+
+#[test]
+fn layer_norm_kernel_equals_plain_layer_norm_forward_and_backward() {
+    for (name, base) in test_devices() {
+        let device = base.clone().autodiff();
+        // One element per row; odd widths; wider than a cube's 128 units; BLOOM's widths.
+        for [rows, h] in [[3, 1], [1, 7], [37, 129], [64, 1024], [5, 2048]] {
+            let what = format!("{name} layer_norm [{rows}, {h}]");
+            // Rows far from zero mean and unit variance, and γ, β away from 1 and 0, all trained.
+            let x = random([rows, h], 2.0, &device) + 3.0;
+            let leaves = [("x", x), ("gamma", random([1, h], 0.5, &device) + 1.0), ("beta", random([1, h], 0.5, &device))];
+            let call = |f: fn(Tensor<2>, Tensor<1>, Tensor<1>, f64) -> Tensor<2>| {
+                move |l: Vec<Tensor<2>>| f(l[0].clone(), l[1].clone().reshape([h]), l[2].clone().reshape([h]), 1e-5)
+            };
+            assert_same_op(&what, &leaves, call(layer_norm::layer_norm), call(layer_norm::plain), (TOLERANCE, TOLERANCE));
+        }
     }
 }
 
@@ -221,10 +239,10 @@ fn kernels_switch_parses_names_and_says_what_is_on() {
     assert_eq!("all".parse::<Kernels>().unwrap(), Kernels::ALL);
     assert_eq!("none".parse::<Kernels>().unwrap(), Kernels::NONE);
     assert_eq!("gelu".parse::<Kernels>().unwrap(), Kernels { gelu: true, ..Kernels::NONE });
-    assert_eq!("cross-entropy, gelu".parse::<Kernels>().unwrap(), Kernels { attention: false, ..Kernels::ALL });
-    assert_eq!("attention,ce,gelu".parse::<Kernels>().unwrap(), Kernels::ALL);
+    assert_eq!("cross-entropy, gelu".parse::<Kernels>().unwrap(), Kernels { gelu: true, cross_entropy: true, ..Kernels::NONE });
+    assert_eq!("attention,ce,gelu,layer-norm".parse::<Kernels>().unwrap(), Kernels::ALL);
     assert_eq!(Kernels { cross_entropy: true, ..Kernels::NONE }.to_string(), "cross-entropy");
-    assert_eq!(Kernels { gelu: false, ..Kernels::ALL }.to_string(), "cross-entropy,attention");
+    assert_eq!(Kernels { gelu: false, layer_norm: false, ..Kernels::ALL }.to_string(), "cross-entropy,attention");
     assert_eq!(Kernels::ALL.to_string(), "all");
     assert_eq!(Kernels::NONE.to_string(), "none");
     let err = "flash".parse::<Kernels>().unwrap_err();

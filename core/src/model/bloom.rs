@@ -175,9 +175,13 @@ impl BloomForCausalLM {
     /// Switches the fused kernels on or off (all on by default).
     pub fn set_kernels(&mut self, kernels: Kernels) {
         self.fused_cross_entropy = kernels.cross_entropy;
+        self.transformer.word_embeddings_layernorm.fused = kernels.layer_norm;
+        self.transformer.ln_f.fused = kernels.layer_norm;
         for block in &mut self.transformer.h {
             block.mlp.fused_gelu = kernels.gelu;
             block.self_attention.fused_attention = kernels.attention;
+            block.input_layernorm.fused = kernels.layer_norm;
+            block.post_attention_layernorm.fused = kernels.layer_norm;
         }
     }
 

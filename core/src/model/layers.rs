@@ -64,18 +64,22 @@ pub struct LayerNorm {
     pub weight: Param<Tensor<1>>,
     pub bias: Param<Tensor<1>>,
     pub eps: f64,
+    /// As the fused kernel (`ember_shaders::layer_norm`) or in plain burn.
+    pub fused: bool,
 }
 
 impl LayerNorm {
     pub fn new(weight: Tensor<1>, bias: Tensor<1>, eps: f64) -> Self {
-        LayerNorm { weight: frozen(weight), bias: frozen(bias), eps }
+        LayerNorm { weight: frozen(weight), bias: frozen(bias), eps, fused: ember_shaders::Kernels::default().layer_norm }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let centered = x.clone() - x.mean_dim(D - 1);
-        let variance = centered.clone().square().mean_dim(D - 1);
-        let normed = centered / (variance + self.eps).sqrt();
-        normed * widened(self.weight.val()).unsqueeze() + widened(self.bias.val()).unsqueeze()
+        let (weight, bias) = (widened(self.weight.val()), widened(self.bias.val()));
+        if self.fused {
+            ember_shaders::layer_norm::layer_norm(x, weight, bias, self.eps)
+        } else {
+            ember_shaders::layer_norm::plain(x, weight, bias, self.eps)
+        }
     }
 }
 

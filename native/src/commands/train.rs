@@ -95,7 +95,7 @@ pub struct Args {
     #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] dtype: Option<WeightDType>,
     /// Recompute memory-bound activations in the backward pass instead of keeping them.
     #[arg(long)] #[serde(skip_serializing_if = "std::ops::Not::not")] gradient_checkpointing: bool,
-    /// Fused kernels (shaders/): all, none, or a list of gelu, cross-entropy, attention.
+    /// Fused kernels (shaders/): all, none, or a list of gelu, cross-entropy, attention, layer-norm.
     #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] kernels: Option<String>,
 }
 

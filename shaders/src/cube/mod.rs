@@ -13,6 +13,7 @@ use cubecl::prelude::*;
 use cubecl::calculate_cube_count_elemwise;
 
 mod attention;
+mod layer_norm;
 
 use crate::gelu::{GELU_A_F32 as A, GELU_B_F32 as B};
 use crate::ops::{composed, FusedOps};
@@ -193,13 +194,21 @@ impl FusedOps for Cube {
         out
     }
 
+    fn row_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        layer_norm::forward(x, gamma, beta, eps)
+    }
+
+    fn row_layer_norm_backward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        layer_norm::backward(x, gamma, grad, eps)
+    }
+
     fn alibi_attention_forward(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         alibi: FloatTensor<Self>,
         mask: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         attention::forward(q, k, v, alibi, mask)
     }
 
@@ -210,10 +219,9 @@ impl FusedOps for Cube {
         alibi: FloatTensor<Self>,
         mask: FloatTensor<Self>,
         out: FloatTensor<Self>,
-        max: FloatTensor<Self>,
-        sum: FloatTensor<Self>,
+        stats: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        attention::backward(q, k, v, alibi, mask, out, max, sum, grad)
+        attention::backward(q, k, v, alibi, mask, out, stats, grad)
     }
 }

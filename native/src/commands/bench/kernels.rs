@@ -62,6 +62,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         })?);
     }
     drop(x);
+    let x = Tensor::<2>::random([tokens, config.hidden_size], Distribution::Normal(0.0, 1.0), &device);
+    let (gamma, beta) = (Tensor::<1>::ones([config.hidden_size], &device), Tensor::<1>::zeros([config.hidden_size], &device));
+    for fused in [false, true] {
+        device::doing(format!("benchmarking the layer norm ({}) on {}", variant(fused), selected.description));
+        runs.push(measure("layer-norm", fused, args.repeats, &device, || {
+            let (x, gamma, beta) = (x.clone().require_grad(), gamma.clone(), beta.clone());
+            let y = if fused { ember_shaders::layer_norm::layer_norm(x, gamma, beta, 1e-5) } else { ember_shaders::layer_norm::plain(x, gamma, beta, 1e-5) };
+            y.sum()
+        })?);
+    }
+    drop(x);
     let mut head = random_model(&BloomConfig { n_layer: 0, ..config.clone() }, &device, 0, args.placement.dtype);
     let hidden = Tensor::<3>::random([args.batch, args.seq, config.hidden_size], Distribution::Normal(0.0, 1.0), &device);
     let labels: Vec<Vec<i64>> = (0..args.batch).map(|b| (0..args.seq).map(|i| ((b * 131 + i) * 7919 % config.vocab_size) as i64).collect()).collect();
