@@ -3,10 +3,10 @@
 //!
 //! Plain, autodiff keeps the scores' softmax (and its exponentials) of every head of every layer
 //! from the forward to the backward pass: `batch × heads × seq²` floats per layer, which grows
-//! with the square of the sequence. Fused, the forward pass keeps only each query's row maximum
-//! and sum of exponentials (`[batch, heads, queries, 1]` each) besides `q`, `k`, `v` and the
-//! output, and the backward pass recomputes the scores. On wgpu the kernels (`cube/attention.rs`)
-//! never hold more than a tile of keys; on the CPU the recomputation runs as burn's matmuls.
+//! with the square of the sequence. Fused, the forward pass keeps `q`, `k`, `v` and the output
+//! (and on wgpu each query row's score maximum and sum of exponentials), and the backward pass
+//! recomputes the scores. On wgpu the kernels (`cube/attention.rs`) never hold more than a tile
+//! of keys; on the CPU the op runs as burn's matmuls and softmax, one layer's scores at a time.
 //!
 //! The ALiBi bias (`[batch, heads, 1, keys]`) and the additive causal-and-padding mask
 //! (`[batch, 1, queries, keys]`, 0 or `f32::MIN`) are added exactly as the plain path adds them,

@@ -122,9 +122,9 @@ impl FusedOps for Flex {
         filled(xc.shape(), row_chunk(cols) * cols, |start, out| {
             for (r, out_row) in out.chunks_mut(cols).enumerate() {
                 let row = &xs[start + r * cols..start + (r + 1) * cols];
-                let (mean, std) = row_statistics(row, eps);
+                let (mean, rstd) = row_statistics(row, eps);
                 for (((o, &v), &g), &b) in out_row.iter_mut().zip(row).zip(gs).zip(bs) {
-                    *o = (v - mean) / std * g + b;
+                    *o = (v - mean) * rstd * g + b;
                 }
             }
         })
@@ -139,26 +139,36 @@ impl FusedOps for Flex {
             for (r, out_row) in out.chunks_mut(cols).enumerate() {
                 let at = start + r * cols..start + (r + 1) * cols;
                 let (row, grad) = (&xs[at.clone()], &ds[at]);
-                let (mean, std) = row_statistics(row, eps);
-                let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
-                for ((&v, &d), &g) in row.iter().zip(grad).zip(gs) {
-                    let gh = d * g;
-                    sum_g += gh as f64;
-                    sum_gx += (gh * ((v - mean) / std)) as f64;
+                let (mean, rstd) = row_statistics(row, eps);
+                // ĝ = grad·γ lands in `out_row` first; then dx over it.
+                for ((o, &d), &g) in out_row.iter_mut().zip(grad).zip(gs) {
+                    *o = d * g;
                 }
-                let (mean_g, mean_gx) = ((sum_g / cols as f64) as f32, (sum_gx / cols as f64) as f32);
-                for (((o, &v), &d), &g) in out_row.iter_mut().zip(row).zip(grad).zip(gs) {
-                    *o = (d * g - mean_g - (v - mean) / std * mean_gx) / std;
+                let inv = 1.0 / cols as f32;
+                let mean_g = lane_sum(out_row.iter().copied()) * inv;
+                let mean_gx = lane_sum(out_row.iter().zip(row).map(|(&gh, &v)| gh * ((v - mean) * rstd))) * inv;
+                for (o, &v) in out_row.iter_mut().zip(row) {
+                    *o = (*o - mean_g - (v - mean) * rstd * mean_gx) * rstd;
                 }
             }
         })
     }
 }
 
-/// A row's mean and `√(var + eps)` (biased variance), accumulated in f64.
+/// A row's mean and `1/√(var + eps)` (biased variance).
 fn row_statistics(row: &[f32], eps: f64) -> (f32, f32) {
-    let n = row.len() as f64;
-    let mean = (row.iter().map(|&v| v as f64).sum::<f64>() / n) as f32;
-    let variance = row.iter().map(|&v| ((v - mean) as f64).powi(2)).sum::<f64>() / n;
-    (mean, ((variance as f32) + eps as f32).sqrt())
+    let inv = 1.0 / row.len() as f32;
+    let mean = lane_sum(row.iter().copied()) * inv;
+    let variance = lane_sum(row.iter().map(|&v| (v - mean) * (v - mean))) * inv;
+    (mean, 1.0 / (variance + eps as f32).sqrt())
+}
+
+/// The sum over 8 running lanes, so the compiler can keep them in one vector register (a
+/// single running sum is a chain it must not reorder).
+fn lane_sum(values: impl Iterator<Item = f32>) -> f32 {
+    let mut lanes = [0.0f32; 8];
+    for (i, v) in values.enumerate() {
+        lanes[i % 8] += v;
+    }
+    lanes.iter().sum()
 }

@@ -75,8 +75,10 @@ pub trait FusedOps: Backend {
         Self::alibi_attention_forward(q, k, v, alibi, mask).0
     }
 
-    /// The attention's output and, per query row, its score maximum and sum of `exp(score −
-    /// maximum)` (`[batch, heads, queries, 2]`): what its backward pass needs.
+    /// The attention's output and what the backward pass needs besides the inputs: the CubeCL
+    /// kernels give each query row's score maximum and sum of `exp(score − maximum)`
+    /// (`[batch, heads, queries, 2]`); the composed path recomputes the probabilities with the
+    /// backend's softmax instead and gives a placeholder.
     fn alibi_attention_forward(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -207,20 +209,9 @@ pub mod composed {
         alibi: FloatTensor<B>,
         mask: FloatTensor<B>,
     ) -> (FloatTensor<B>, FloatTensor<B>) {
-        let scores = attention_scores::<B>(q, k, alibi, mask);
-        let max = B::float_max_dim(scores.clone(), 3);
-        let exp = B::float_exp(B::float_sub(scores, max.clone()));
-        let sum = B::float_sum_dim(exp.clone(), 3);
-        let out = B::float_matmul(B::float_div(exp, sum.clone()), v);
-        (out, B::float_cat(vec![max, sum], 3))
-    }
-
-    /// Entries `index..index + 1` of the last dimension.
-    pub fn last_dim_entry<B: Backend>(t: FloatTensor<B>, index: usize) -> FloatTensor<B> {
-        let dims = t.shape().num_dims();
-        let mut slices: Vec<burn::tensor::Slice> = vec![(..).into(); dims];
-        slices[dims - 1] = (index..index + 1).into();
-        B::float_slice(t, &slices)
+        let device = q.device();
+        let probs = B::softmax(attention_scores::<B>(q, k, alibi, mask), 3);
+        (B::float_matmul(probs, v), B::float_zeros(Shape::new([1]), &device, burn::tensor::FloatDType::F32))
     }
 
     /// The softmax's backward pass: with `p` the probabilities and `δ_i = Σ_j p_ij dp_ij =
@@ -233,13 +224,11 @@ pub mod composed {
         alibi: FloatTensor<B>,
         mask: FloatTensor<B>,
         out: FloatTensor<B>,
-        stats: FloatTensor<B>,
+        _stats: FloatTensor<B>,
         grad: FloatTensor<B>,
     ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
-        let (max, sum) = (last_dim_entry::<B>(stats.clone(), 0), last_dim_entry::<B>(stats, 1));
         let scale = crate::attention::scale(q.shape()[3]);
-        let scores = attention_scores::<B>(q.clone(), k.clone(), alibi, mask);
-        let p = B::float_div(B::float_exp(B::float_sub(scores, max)), sum);
+        let p = B::softmax(attention_scores::<B>(q.clone(), k.clone(), alibi, mask), 3);
         let dv = B::float_matmul(B::float_transpose(p.clone()), grad.clone());
         let dp = B::float_matmul(grad.clone(), B::float_transpose(v));
         let delta = B::float_sum_dim(B::float_mul(grad, out), 3);
