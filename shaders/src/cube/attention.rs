@@ -19,7 +19,7 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::{all_f32, empty_like};
+use super::{all_f32, empty_like, MAX_CUBES};
 use crate::ops::composed;
 
 /// Rows per cube, one unit each.
@@ -28,8 +28,6 @@ const ROWS: usize = 64;
 const TILE_FLOATS: usize = 1024;
 /// The largest head size the kernels hold in registers; larger heads take the composed path.
 const MAX_HEAD_DIM: usize = 256;
-/// Cubes along one dispatch dimension (WebGPU's guaranteed limit).
-const MAX_CUBES: usize = 65_535;
 
 /// Where one unit's row and its scores' biases are.
 #[derive(CubeType)]
