@@ -8,7 +8,7 @@
 //! - [`layer_norm`]: the layer norm in one pass forward and one backward.
 //!
 //! They are one burn backend extension ([`ops::FusedOps`]): CubeCL kernels on the wgpu
-//! backend (`cube.rs`, feature `wgpu`), multi-core loops on the CPU backend (`flex.rs`), and
+//! backend (`cube/`, feature `wgpu`), multi-core loops on the CPU backend (`flex.rs`), and
 //! hand-written backward passes under autodiff (`autodiff.rs`). [`Kernels`] says which are on.
 
 pub mod attention;

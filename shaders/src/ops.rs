@@ -1,5 +1,5 @@
 //! The fused operations as one burn backend extension: each backend gets its kernels
-//! (`flex.rs` for the CPU, `cube.rs` for wgpu), and autodiff gets hand-written backward passes
+//! (`flex.rs` for the CPU, `cube/` for wgpu), and autodiff gets hand-written backward passes
 //! (`autodiff.rs`) that keep only what they need.
 //!
 //! The default bodies compose plain backend operations; they define what each operation
