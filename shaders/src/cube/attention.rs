@@ -88,7 +88,7 @@ fn forward_kernel(
         if at.valid {
             for jj in 0..tile_len(lk - t0, tile) {
                 let j = t0 + jj;
-                let s = score(&qr, &ks, jj * dim, dim, scale) + bias[at.alibi_at + j] + bias[at.mask_at + i * lk + j];
+                let s = biased_score(&qr, &ks, jj * dim, dim, scale, bias[at.alibi_at + j], bias[at.mask_at + i * lk + j]);
                 // One of `c`, `p` is exp(0) = 1: no branch, the same sums as one.
                 let grown = f32::max(m, s);
                 let c = f32::exp(m - grown);
@@ -158,7 +158,7 @@ fn query_grads_kernel(
         if at.valid {
             for jj in 0..tile_len(lk - t0, tile) {
                 let j = t0 + jj;
-                let s = score(&qr, &ks, jj * dim, dim, scale) + bias[at.alibi_at + j] + bias[at.mask_at + i * lk + j];
+                let s = biased_score(&qr, &ks, jj * dim, dim, scale, bias[at.alibi_at + j], bias[at.mask_at + i * lk + j]);
                 let p = f32::exp(s - m) / l;
                 let ds = p * (score(&gr, &vs, jj * dim, dim, 1.0) - delta);
                 #[unroll]
@@ -224,7 +224,7 @@ fn key_grads_kernel(
             for ii in 0..tile_len(lq - t0, tile) {
                 let i = t0 + ii;
                 // The same products, summed in the same order, as the forward's score.
-                let s = score(&kr, &qs, ii * dim, dim, scale) + alibi + bias[at.mask_at + i * lk + j];
+                let s = biased_score(&kr, &qs, ii * dim, dim, scale, alibi, bias[at.mask_at + i * lk + j]);
                 let p = f32::exp(s - stats[ii * 3]) / stats[ii * 3 + 1];
                 let ds = p * (score(&vr, &gs, ii * dim, dim, 1.0) - stats[ii * 3 + 2]);
                 #[unroll]
@@ -271,6 +271,13 @@ fn tile_len(left: usize, #[comptime] tile: usize) -> usize {
         n = tile;
     }
     n
+}
+
+/// A score as the plain path computes it, `(q·k)·scale + alibi + mask`, in that order: the
+/// three kernels must recompute the same bits.
+#[cube]
+fn biased_score(own: &Array<f32>, tile: &Shared<[f32]>, at: usize, #[comptime] dim: usize, scale: f32, alibi: f32, mask: f32) -> f32 {
+    score(own, tile, at, dim, scale) + alibi + mask
 }
 
 /// `(Σ_d own_d · tile[at + d]) · scale`.
