@@ -34,8 +34,8 @@ export CARGO_TERM_COLOR=never
 echo "== build (release profile, used by tests and binaries alike)"
 cargo build --release --workspace --locked
 
-echo "== tests (CPU backend and wgpu on software Vulkan)"
-EMBER_REQUIRE_WGPU=1 cargo test --release --workspace --locked
+echo "== tests (CPU backend and wgpu on software Vulkan; each fuzz target mutated for EMBER_FUZZ_SECONDS)"
+EMBER_REQUIRE_WGPU=1 EMBER_FUZZ_SECONDS="${EMBER_FUZZ_SECONDS:-4}" cargo test --release --workspace --locked
 
 echo "== browser tests: ember-core as wasm32 in headless Chromium (WebGPU and CPU)"
 web/test.sh --locked

@@ -42,7 +42,22 @@ pub struct BloomConfig {
     /// The dtype the weights were saved in (`torch_dtype`; transformers 5 writes `dtype`).
     #[serde(default, alias = "dtype")]
     pub torch_dtype: Option<String>,
+    /// The context length, where a config gives one (`seq_length`; other families'
+    /// `max_position_embeddings` / `n_positions`).
+    #[serde(default, alias = "max_position_embeddings", alias = "n_positions")]
+    pub seq_length: Option<usize>,
 }
+
+/// Bounds on a config's sizes, far above any published BLOOM (bloom-176b: vocabulary 250,880,
+/// hidden 14,336, 70 layers), so that every size derived from them fits in 64 bits and token
+/// ids fit in the 32-bit integers tensors index with.
+pub const MAX_VOCAB: usize = 1 << 24;
+pub const MAX_HIDDEN: usize = 1 << 16;
+pub const MAX_LAYERS: usize = 1 << 10;
+
+/// Tokens BLOOM was trained on at once; generation stops there unless the config names
+/// another limit (BLOOM's ALiBi has no hard position limit, but text beyond it is untested).
+pub const DEFAULT_CONTEXT: usize = 2048;
 
 fn default_model_type() -> String {
     "bloom".into()
@@ -85,16 +100,37 @@ impl BloomConfig {
     }
 
     fn validate(&self, origin: &str) -> Result<()> {
-        if self.n_head == 0 || !self.hidden_size.is_multiple_of(self.n_head) {
-            return Err(Error::file(
-                origin,
-                format!("hidden_size {} is not a multiple of n_head {}", self.hidden_size, self.n_head),
-            ));
+        let bad = |message: String| Err(Error::file(origin, message));
+        for (field, value, max) in [
+            ("vocab_size", self.vocab_size, MAX_VOCAB),
+            ("hidden_size", self.hidden_size, MAX_HIDDEN),
+            ("n_layer", self.n_layer, MAX_LAYERS),
+        ] {
+            if value == 0 || value > max {
+                return bad(format!("{field} is {value}; expected 1 to {max} (no BLOOM model is larger): the file is damaged or not a BLOOM config"));
+            }
         }
-        if self.vocab_size == 0 || self.n_layer == 0 {
-            return Err(Error::file(origin, "vocab_size and n_layer must be positive"));
+        if self.n_head == 0 || !self.hidden_size.is_multiple_of(self.n_head) {
+            return bad(format!("hidden_size {} is not a multiple of n_head {}", self.hidden_size, self.n_head));
+        }
+        if !self.layer_norm_epsilon.is_finite() || self.layer_norm_epsilon < 0.0 {
+            return bad(format!("layer_norm_epsilon is {}; expected a small positive number", self.layer_norm_epsilon));
+        }
+        for (field, id) in [("bos_token_id", self.bos_token_id), ("eos_token_id", self.eos_token_id), ("pad_token_id", self.pad_token_id)] {
+            if let Some(id) = id.filter(|&id| id as usize >= self.vocab_size) {
+                return bad(format!("{field} {id} is outside the vocabulary (vocab_size {})", self.vocab_size));
+            }
         }
         Ok(())
+    }
+
+    /// The longest text (prompt and generated tokens) the model runs on, and whether the config
+    /// gave it (else [`DEFAULT_CONTEXT`]).
+    pub fn context_limit(&self) -> (usize, bool) {
+        match self.seq_length.filter(|&n| n > 0) {
+            Some(n) => (n, true),
+            None => (DEFAULT_CONTEXT, false),
+        }
     }
 
     pub fn head_dim(&self) -> usize {
@@ -120,6 +156,7 @@ impl BloomConfig {
             pad_token_id: default_pad(),
             pretraining_tp: 1,
             torch_dtype: Some("float32".into()),
+            seq_length: None,
         }
     }
 
@@ -135,14 +172,14 @@ impl BloomConfig {
     }
 
     /// Number of parameters of the model (the tied `lm_head` counted once, as PyTorch does).
-    pub fn num_parameters(&self) -> usize {
-        let h = self.hidden_size;
+    pub fn num_parameters(&self) -> u64 {
+        let h = self.hidden_size as u64;
         let block = 2 * (2 * h) // two layer norms
             + 3 * h * h + 3 * h // query_key_value
             + h * h + h // dense
             + 4 * h * h + 4 * h // dense_h_to_4h
             + 4 * h * h + h; // dense_4h_to_h
-        self.vocab_size * h + 2 * h + self.n_layer * block + 2 * h
+        self.vocab_size as u64 * h + 2 * h + self.n_layer as u64 * block + 2 * h
     }
 }
 

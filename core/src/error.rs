@@ -8,15 +8,22 @@ pub enum Error {
     #[error("{path}: {message}")]
     File { path: PathBuf, message: String },
 
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot {action}: {source}")]
     Io {
         path: PathBuf,
+        /// "read" or "write".
+        action: &'static str,
         #[source]
         source: std::io::Error,
     },
 
     #[error("{0}")]
     Invalid(String),
+
+    /// The device failed (out of memory, a lost GPU): nothing wrong with the input, but the
+    /// work cannot go on here (see [`device_failure`]).
+    #[error("{0}")]
+    Device(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -26,8 +33,14 @@ impl Error {
         Error::File { path: path.into(), message: message.into() }
     }
 
+    /// A file that could not be read.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io { path: path.into(), action: "read", source }
+    }
+
+    /// A file or directory that could not be written (created, renamed, removed).
+    pub fn io_write(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), action: "write", source }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -40,7 +53,7 @@ impl Error {
 pub fn device_failure(what: &str, report: &str) -> Error {
     if let Some(size) = report.split("can't allocate buffer of size: ").nth(1) {
         let bytes: f64 = size.split(|c: char| !c.is_ascii_digit()).next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
-        return Error::invalid(format!(
+        return Error::Device(format!(
             "{what}: the GPU could not allocate a buffer of {:.0} MiB (out of memory, or larger than the adapter's \
              buffer limit shown by `ember devices`); lower --per-device-train-batch-size or --max-length, store the base \
              weights with --dtype f16, add --gradient-checkpointing, use a smaller model, or run with --device cpu",
@@ -48,7 +61,34 @@ pub fn device_failure(what: &str, report: &str) -> Error {
         ));
     }
     let first: Vec<&str> = report.lines().map(str::trim).filter(|l| !l.is_empty()).take(3).collect();
-    Error::invalid(format!("{what}: the device failed: {}", first.join(" / ")))
+    Error::Device(format!("{what}: the device failed: {}", first.join(" / ")))
+}
+
+/// Panics caught by [`catch_panic`] so far: a panic hook compares it with the count when a panic
+/// was recorded, to tell a caught panic from one that ends the program.
+static CAUGHT_PANICS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub fn caught_panics() -> u64 {
+    CAUGHT_PANICS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Runs a third-party parser that may panic on malformed input instead of returning an error
+/// (tokenizers 0.22's decoder deserializer does: `expect("Helper")`), turning the panic into a
+/// message. On wasm32, where panics abort, it just runs `f`.
+pub fn catch_panic<T>(f: impl FnOnce() -> T + std::panic::UnwindSafe) -> std::result::Result<T, String> {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        std::panic::catch_unwind(f).map_err(|payload| {
+            CAUGHT_PANICS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a panic without a message".into())
+        })
+    }
+    #[cfg(target_arch = "wasm32")]
+    Ok(f())
 }
 
 /// Reads a whole file, naming it in the error.

@@ -38,6 +38,10 @@ pub struct GenerationConfig {
     pub repetition_penalty: f32,
     pub eos_token_id: Option<u32>,
     pub pad_token_id: u32,
+    /// Prompt and generated tokens together stop here: the model's context
+    /// ([`crate::BloomConfig::context_limit`]), so generation never runs on without end when
+    /// eos never comes.
+    pub context_limit: usize,
 }
 
 impl Default for GenerationConfig {
@@ -49,6 +53,7 @@ impl Default for GenerationConfig {
             repetition_penalty: 1.0,
             eos_token_id: Some(2),
             pad_token_id: 3,
+            context_limit: crate::config::DEFAULT_CONTEXT,
         }
     }
 }
@@ -56,6 +61,15 @@ impl Default for GenerationConfig {
 impl GenerationConfig {
     /// How many tokens may be added to prompts padded to `prompt_len`.
     pub fn new_token_budget(&self, prompt_len: usize) -> usize {
+        self.requested_tokens(prompt_len).min(self.context_limit.saturating_sub(prompt_len))
+    }
+
+    /// Whether the model's context, rather than what was asked for, ends generation.
+    pub fn stops_at_context(&self, prompt_len: usize) -> bool {
+        self.requested_tokens(prompt_len) > self.context_limit.saturating_sub(prompt_len)
+    }
+
+    fn requested_tokens(&self, prompt_len: usize) -> usize {
         match (self.max_new_tokens, self.max_length) {
             (Some(n), _) => n,
             (None, Some(total)) => total.saturating_sub(prompt_len),
@@ -65,15 +79,15 @@ impl GenerationConfig {
 
     pub fn validate(&self) -> Result<()> {
         if let Some(s) = &self.sampling {
-            if s.temperature.is_nan() || s.temperature <= 0.0 {
-                return Err(Error::invalid(format!("--temperature must be > 0 (got {})", s.temperature)));
+            if !(s.temperature.is_finite() && s.temperature > 0.0) {
+                return Err(Error::invalid(format!("temperature must be a finite number > 0 (got {})", s.temperature)));
             }
-            if s.top_p.is_nan() || s.top_p <= 0.0 || s.top_p > 1.0 {
-                return Err(Error::invalid(format!("--top-p must be in (0, 1] (got {})", s.top_p)));
+            if !(s.top_p > 0.0 && s.top_p <= 1.0) {
+                return Err(Error::invalid(format!("top_p must be in (0, 1] (got {})", s.top_p)));
             }
         }
-        if self.repetition_penalty.is_nan() || self.repetition_penalty <= 0.0 {
-            return Err(Error::invalid(format!("--repetition-penalty must be > 0 (got {})", self.repetition_penalty)));
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return Err(Error::invalid(format!("repetition_penalty must be a finite number > 0 (got {})", self.repetition_penalty)));
         }
         Ok(())
     }
@@ -161,6 +175,13 @@ pub async fn generate_async(
     config.validate()?;
     if prompts.is_empty() || prompts.iter().any(Vec::is_empty) {
         return Err(Error::invalid("generation needs a non-empty prompt"));
+    }
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if longest >= config.context_limit {
+        return Err(Error::invalid(format!(
+            "the prompt has {longest} tokens, and the model's context ends at {}: shorten the prompt",
+            config.context_limit
+        )));
     }
     let batch = prompts.len();
     let budget = config.new_token_budget(prompts.iter().map(Vec::len).max().unwrap_or(0));

@@ -24,6 +24,8 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// A hash of `tokenizer.json` and the special tokens: cached tokenizations are keyed by it.
     fingerprint: u64,
+    /// One more than the largest id the tokenizer produces (at most the model's vocabulary).
+    id_bound: usize,
     pub eos: Option<SpecialToken>,
     pub bos: Option<SpecialToken>,
     pub pad: Option<SpecialToken>,
@@ -60,8 +62,22 @@ impl Tokenizer {
         special_tokens_map: Option<&str>,
         config: &BloomConfig,
     ) -> Result<Self> {
-        let inner = tokenizers::Tokenizer::from_bytes(tokenizer_json)
+        let inner = crate::error::catch_panic(|| tokenizers::Tokenizer::from_bytes(tokenizer_json))
+            .unwrap_or_else(|panic| Err(format!("the tokenizers library failed on it: {panic}").into()))
             .map_err(|e| Error::file(origin, format!("not a valid tokenizer.json: {e}")))?;
+        // Every id the tokenizer can produce must index the model's embedding matrix.
+        let id_bound = inner.get_vocab(true).into_values().max().map_or(0, |id| id as usize + 1);
+        if id_bound > config.vocab_size {
+            return Err(Error::file(
+                origin,
+                format!(
+                    "produces token ids up to {} but the model's config.json has vocab_size {}: the tokenizer and the \
+                     weights come from different models",
+                    id_bound - 1,
+                    config.vocab_size
+                ),
+            ));
+        }
         let parse = |text: Option<&str>| text.and_then(|t| serde_json::from_str::<Value>(t).ok()).unwrap_or(Value::Null);
         let tok_config = parse(tokenizer_config);
         let special_map = parse(special_tokens_map);
@@ -85,6 +101,7 @@ impl Tokenizer {
         };
         Ok(Tokenizer {
             fingerprint,
+            id_bound,
             eos: special("eos_token", config.eos_token_id),
             bos: special("bos_token", config.bos_token_id),
             pad: special("pad_token", config.pad_token_id),
@@ -112,6 +129,29 @@ impl Tokenizer {
             .map_err(|e| Error::invalid(format!("cannot tokenize text: {e}")))
     }
 
+    /// The first tokens of `text`, at least `max_tokens` of them where the text has that many:
+    /// the same ids as the start of [`Self::encode`], but tokenizing a prefix of the text only
+    /// (doubling it until enough whole words are in), so memory follows `max_tokens` rather than
+    /// the text (a 10 MB example cut to 256 tokens took 2.3 GB tokenized whole). Only tokens of
+    /// words that end well before the cut are kept: the words the cut touches may tokenize
+    /// differently than in the whole text.
+    pub fn encode_prefix(&self, text: &str, max_tokens: usize) -> Result<Vec<u32>> {
+        let mut cut = max_tokens.saturating_mul(PREFIX_BYTES_PER_TOKEN).max(MIN_PREFIX_BYTES);
+        while cut < text.len() {
+            let prefix = &text[..floor_char_boundary(text, cut)];
+            let encoding = self.inner.encode(prefix, true).map_err(|e| Error::invalid(format!("cannot tokenize text: {e}")))?;
+            let words = encoding.get_word_ids();
+            // The last two words may reach the cut (a regex pre-tokenizer can look one ahead).
+            let settled = words.iter().flatten().max().map_or(0, |last| last.saturating_sub(1));
+            let whole = words.iter().take_while(|w| w.is_none_or(|w| w < settled)).count();
+            if whole >= max_tokens {
+                return Ok(encoding.get_ids()[..whole].to_vec());
+            }
+            cut = cut.saturating_mul(2);
+        }
+        self.encode(text)
+    }
+
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         self.inner
             .decode(ids, skip_special_tokens)
@@ -122,6 +162,11 @@ impl Tokenizer {
         self.fingerprint
     }
 
+    /// One more than the largest token id this tokenizer produces.
+    pub fn id_bound(&self) -> usize {
+        self.id_bound
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
@@ -129,6 +174,21 @@ impl Tokenizer {
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
+}
+
+/// [`Tokenizer::encode_prefix`] starts with this many bytes of text per wanted token (about four
+/// times what BLOOM's tokenizer averages on Chinese or English), and never fewer than
+/// `MIN_PREFIX_BYTES`.
+const PREFIX_BYTES_PER_TOKEN: usize = 16;
+const MIN_PREFIX_BYTES: usize = 16 << 10;
+
+/// The largest char boundary of `text` at or before `index`.
+fn floor_char_boundary(text: &str, index: usize) -> usize {
+    let mut i = index.min(text.len());
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
 }
 
 /// A special token's text from `tokenizer_config.json` / `special_tokens_map.json`, where it is

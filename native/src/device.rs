@@ -110,9 +110,17 @@ pub struct Placement {
     /// Fused kernels (shaders/): all, none, or a list of gelu, cross-entropy, attention, layer-norm.
     #[arg(long, default_value = "all")]
     pub kernels: ember_core::model::Kernels,
+    /// Load model and adapter weights that hold NaN or infinities (refused by default).
+    #[arg(long)]
+    pub allow_nonfinite: bool,
 }
 
 impl Placement {
+    /// How the model's weights are loaded.
+    pub fn load_options(&self) -> ember_core::checkpoint::LoadOptions {
+        ember_core::checkpoint::LoadOptions { dtype: self.dtype, allow_nonfinite: self.allow_nonfinite }
+    }
+
     /// Resolves the device and checks it can hold weights of `--dtype`.
     pub fn select(&self) -> anyhow::Result<Selected> {
         let selected = self.device.select()?;

@@ -2,6 +2,8 @@
 
 mod commands;
 mod device;
+mod panics;
+mod preflight;
 
 use clap::{Parser, Subcommand};
 
@@ -38,17 +40,37 @@ enum Command {
     Web(commands::web::Args),
 }
 
+/// Exit codes: 1 for errors in what the user gave (files, flags, data), 3 for device failures
+/// (out of memory, a lost GPU), 101 for internal errors (a bug in ember: Rust's own panic code).
+/// clap exits with 2 for malformed command lines.
+const EXIT_ERROR: i32 = 1;
+const EXIT_DEVICE: i32 = 3;
+const EXIT_INTERNAL: i32 = 101;
+
 fn main() {
     keep_freed_memory();
     let cli = Cli::parse();
-    // burn reports device failures (a buffer the GPU cannot allocate, a lost device) by
-    // panicking; turn those into the same one-line error as every other failure.
-    std::panic::set_hook(Box::new(|_| {}));
-    let result = std::panic::catch_unwind(|| run(cli)).unwrap_or_else(|payload| Err(panic_error(payload)));
-    if let Err(error) = result {
-        eprintln!("error: {error:#}");
-        std::process::exit(1);
-    }
+    std::panic::set_hook(Box::new(panics::record));
+    let result = std::panic::catch_unwind(|| run(cli));
+    let code = match result {
+        Ok(Ok(())) => return,
+        Ok(Err(error)) => {
+            eprintln!("error: {error:#}");
+            let device = error.chain().any(|e| matches!(e.downcast_ref::<ember_core::Error>(), Some(ember_core::Error::Device(_))));
+            if device { EXIT_DEVICE } else { EXIT_ERROR }
+        }
+        Err(payload) => match panics::explain(payload) {
+            panics::Failure::Device(error) => {
+                eprintln!("error: {error}");
+                EXIT_DEVICE
+            }
+            panics::Failure::Internal(report) => {
+                eprintln!("{report}");
+                EXIT_INTERNAL
+            }
+        },
+    };
+    std::process::exit(code);
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -82,12 +104,3 @@ fn keep_freed_memory() {
     }
 }
 
-/// An error for a panic raised inside burn or wgpu, with advice for the known causes.
-fn panic_error(payload: Box<dyn std::any::Any + Send>) -> anyhow::Error {
-    let message = payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown failure".into());
-    ember_core::error::device_failure(&device::activity(), &message).into()
-}

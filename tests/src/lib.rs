@@ -113,3 +113,16 @@ pub fn ember_bin() -> PathBuf {
     assert!(bin.is_file(), "{} not found: build it first with `cargo build --release -p ember-native`", bin.display());
     bin
 }
+
+/// A writable copy of fixture model `name` (in a temporary directory that lives as long as the
+/// returned handle).
+pub fn copy_of(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join(name);
+    std::fs::create_dir(&dir).unwrap();
+    for entry in std::fs::read_dir(model_dir(name)).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    (tmp, dir)
+}

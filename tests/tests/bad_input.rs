@@ -1,23 +1,12 @@
 //! Bad model directories give one clear error naming the file and the problem, never a panic.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::tensor::Device;
 use ember_core::checkpoint::ModelDir;
 use ember_core::tokenizer::Tokenizer;
-use ember_tests::model_dir;
+use ember_tests::{copy_of, model_dir};
 
-/// A writable copy of fixture model `name`.
-fn copy_of(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join(name);
-    std::fs::create_dir(&dir).unwrap();
-    for entry in std::fs::read_dir(model_dir(name)).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
-    }
-    (tmp, dir)
-}
 
 fn load_error(dir: &Path) -> String {
     let result = ModelDir::open(dir).and_then(|d| d.load_model(&Device::flex()).map(|_| ()));

@@ -122,7 +122,7 @@ fn gpu_out_of_memory_is_explained() {
     }
     let out = ember(&["bench", "train", "--shape", "tiny", "--batch", "512", "--seq", "1024", "--steps", "1", "--warmup", "0", "--device", "gpu"]);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(out.status.code(), Some(3), "device failures exit with 3: {err}");
     let line = err.lines().filter(|l| l.starts_with("error:")).last().unwrap_or_else(|| panic!("{err}"));
     assert!(line.contains("could not allocate a buffer of") && line.contains("MiB"), "{line}");
     assert!(line.contains("--per-device-train-batch-size") && line.contains("--dtype f16"), "{line}");

@@ -58,7 +58,7 @@ fn peft_adapters_give_peft_logits_merged_and_unmerged() {
     for (device_name, device) in test_devices() {
         for name in &names {
             let mut model = ModelDir::open(&model_dir(&base_of(name))).unwrap().load_model(&device).unwrap();
-            load_adapter(&mut model, &adapter_dir(name), &device).unwrap();
+            load_adapter(&mut model, &adapter_dir(name), &device, false).unwrap();
             let golden = Golden::open(&adapter_dir(name).join("golden.safetensors"));
             assert_logits(&model, &golden, "", &format!("{device_name} {name}"), &device);
             merge(&mut model);
@@ -79,7 +79,7 @@ fn merged_directory_equals_transformers_merged_model() {
     let device = Device::flex();
     for name in adapter_names() {
         let mut model = ModelDir::open(&model_dir(&base_of(&name))).unwrap().load_model(&device).unwrap();
-        load_adapter(&mut model, &adapter_dir(&name), &device).unwrap();
+        load_adapter(&mut model, &adapter_dir(&name), &device, false).unwrap();
         let out = tempfile::tempdir().unwrap();
         save_merged(&model, &model_dir(&base_of(&name)), out.path(), u64::MAX).unwrap();
 
@@ -183,7 +183,7 @@ fn bad_adapters_and_targets_are_clear_errors() {
         assert!(err.contains("matched no module") && err.contains("transformer.h.0.self_attention.query_key_value"), "{err}");
     }
 
-    let err = load_adapter(&mut load("b"), &adapter_dir("list"), &device).unwrap_err().to_string();
+    let err = load_adapter(&mut load("b"), &adapter_dir("list"), &device, false).unwrap_err().to_string();
     assert!(err.contains("adapter_model.safetensors") && err.contains("does not fit"), "{err}");
 
     let tmp = tempfile::tempdir().unwrap();
@@ -191,12 +191,12 @@ fn bad_adapters_and_targets_are_clear_errors() {
     let mut config: Value = serde_json::from_str(&std::fs::read_to_string(adapter_dir("list").join("adapter_config.json")).unwrap()).unwrap();
     config["peft_type"] = "PREFIX_TUNING".into();
     std::fs::write(tmp.path().join("adapter_config.json"), config.to_string()).unwrap();
-    let err = load_adapter(&mut load("a"), tmp.path(), &device).unwrap_err().to_string();
+    let err = load_adapter(&mut load("a"), tmp.path(), &device, false).unwrap_err().to_string();
     assert!(err.contains("adapter_config.json") && err.contains("PREFIX_TUNING"), "{err}");
 
     std::fs::remove_file(tmp.path().join("adapter_model.safetensors")).unwrap();
     std::fs::copy(adapter_dir("list").join("adapter_config.json"), tmp.path().join("adapter_config.json")).unwrap();
-    let err = load_adapter(&mut load("a"), tmp.path(), &device).unwrap_err().to_string();
+    let err = load_adapter(&mut load("a"), tmp.path(), &device, false).unwrap_err().to_string();
     assert!(err.contains("adapter_model.safetensors") && err.contains("missing"), "{err}");
 
 }

@@ -5,7 +5,7 @@
 //! not the same numbers, so "as close" allows [`MARGIN`] times PyTorch's deviation.
 
 use burn::tensor::{DType, Device};
-use ember_core::checkpoint::ModelDir;
+use ember_core::checkpoint::{LoadOptions, ModelDir};
 use ember_core::lora::{apply_lora, LoraConfig};
 use ember_core::model::WeightDType;
 use ember_tests::{logits, max_abs_diff, model_dir, test_devices, Golden};
@@ -58,7 +58,7 @@ fn half_precision_weights_stay_within_pytorchs_own_deviation() {
                 eprintln!("{device_name}: {name} not supported by this device, skipped");
                 continue;
             }
-            let model = dir.load_model_as(&device, dtype).unwrap();
+            let model = dir.load(&device, &LoadOptions { dtype, ..Default::default() }).unwrap();
             assert_eq!(model.transformer.h[0].mlp.dense_h_to_4h.weight.val().dtype(), DType::from(dtype.float_dtype()));
             for batch in ["unpadded", "padded"] {
                 let ids = golden.rows(&format!("{batch}.input_ids"));
@@ -84,7 +84,7 @@ fn half_precision_weights_stay_within_pytorchs_own_deviation() {
 #[test]
 fn lora_weights_stay_f32_on_half_precision_base_weights() {
     let device = Device::flex().autodiff();
-    let mut model = ModelDir::open(&model_dir("a")).unwrap().load_model_as(&device, WeightDType::F16).unwrap();
+    let mut model = ModelDir::open(&model_dir("a")).unwrap().load(&device, &LoadOptions { dtype: WeightDType::F16, ..Default::default() }).unwrap();
     let lora = LoraConfig::from_json(r#"{"r": 4, "target_modules": ["query_key_value"], "modules_to_save": ["ln_f", "word_embeddings"]}"#, "test").unwrap();
     apply_lora(&mut model, &lora, &device).unwrap();
     let qkv = &model.transformer.h[0].self_attention.query_key_value;

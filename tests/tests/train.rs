@@ -49,7 +49,7 @@ fn args_of(run: &Value, output_dir: &str) -> TrainingArgs {
 
 fn trainer(device: &Device, args: TrainingArgs, data: &TokenizedDataset) -> Trainer {
     let mut model = ModelDir::open(&model_dir("a")).unwrap().load_model(device).unwrap();
-    let (lora, _) = load_adapter(&mut model, &fixtures().join("train/init_adapter"), device).unwrap();
+    let (lora, _) = load_adapter(&mut model, &fixtures().join("train/init_adapter"), device, false).unwrap();
     Trainer::new(model, lora, args, data, 3, PaddingSide::Left, device).unwrap()
 }
 

@@ -68,15 +68,23 @@ fn killed_and_resumed_run_ends_with_the_same_adapter() {
         assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be killed");
         std::thread::sleep(Duration::from_millis(2));
     }
+    let killed_pid = child.id();
     child.kill().unwrap(); // SIGKILL: no chance to clean up
     child.wait().unwrap();
     assert!(!killed.join("adapter_model.safetensors").exists(), "killed before the end");
+    // What a kill during a save leaves (the kill above may or may not have hit one): the next
+    // start in this directory removes it.
+    std::fs::create_dir_all(killed.join(format!(".checkpoint-30.tmp-{killed_pid}"))).unwrap();
+    std::fs::write(killed.join(format!(".adapter_model.safetensors.tmp-{killed_pid}")), b"half").unwrap();
 
     let mut resume = base_args(&killed, steps);
     resume.extend(["--resume-from-checkpoint".to_string(), "latest".to_string()]);
     let out = ember(&resume, tmp.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_same_adapter(&whole, &killed);
+    let left: Vec<String> = std::fs::read_dir(&killed).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.contains(".tmp-")).collect();
+    assert!(left.is_empty(), "temporaries left after the next start: {left:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("removed {}", killed.join(format!(".checkpoint-30.tmp-{killed_pid}")).display())));
 }
 
 #[test]

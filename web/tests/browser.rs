@@ -141,7 +141,7 @@ fn dataset() -> TokenizedDataset {
 fn with_adapter(device: &Device, config: &LoraConfig, bytes: Vec<u8>) -> BloomForCausalLM {
     let mut model = model(device);
     let file = SafetensorsFile::from_bytes("adapter_model.safetensors", bytes).unwrap();
-    load_adapter_tensors(&mut model, config, &file as &dyn TensorFile, device).unwrap();
+    load_adapter_tensors(&mut model, config, &file as &dyn TensorFile, device, false).unwrap();
     model
 }
 

@@ -50,14 +50,30 @@ pub fn to_f32(bytes: &[u8], dtype: StoredDType) -> Vec<f32> {
 
 /// Checks that a stored tensor's byte length fits its shape and dtype.
 pub fn check_len(path: &std::path::Path, name: &str, bytes: usize, shape: &[usize], dtype: StoredDType) -> Result<()> {
-    let expected = shape.iter().product::<usize>() * dtype.size();
-    if bytes != expected {
+    let expected = shape.iter().try_fold(dtype.size(), |n, &d| n.checked_mul(d));
+    if expected != Some(bytes) {
         return Err(Error::file(
             path,
-            format!("tensor `{name}` holds {bytes} bytes but its shape {shape:?} of {} needs {expected}: the file is corrupt", dtype.name()),
+            format!("tensor `{name}` holds {bytes} bytes, which its shape {shape:?} of {} does not: the file is corrupt", dtype.name()),
         ));
     }
     Ok(())
+}
+
+/// Refuses weights holding NaN or infinities: loaded silently they make every output NaN (a
+/// model that answers token 0 forever). One pass over values that were just converted anyway.
+pub fn check_finite(path: &std::path::Path, name: &str, values: &[f32]) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::file(
+            path,
+            format!(
+                "tensor `{name}` holds {} at index {i}: the weights are damaged (re-download or re-save them; \
+                 ember's --allow-nonfinite loads them anyway)",
+                values[i]
+            ),
+        )),
+    }
 }
 
 /// A checkpoint file's bytes: memory-mapped on native (pages are read on demand and can be
@@ -87,7 +103,7 @@ impl FileBytes {
         if let FileBytes::Mapped(map) = self {
             const PAGE: usize = 4096;
             let start = offset.div_ceil(PAGE) * PAGE;
-            let end = (offset + len) / PAGE * PAGE;
+            let end = offset.saturating_add(len) / PAGE * PAGE;
             if end > start {
                 // SAFETY: the range lies inside a read-only, file-backed mapping; dropping its
                 // pages only means they are read from the file again if touched.

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::model::vocab::block_ranges;
 use crate::model::precision::StoredAs;
 use crate::model::{BloomForCausalLM, VocabMatrix, WeightDType, WeightSource};
-pub use host::HostTensor;
+pub use host::{check_finite, HostTensor};
 pub use safetensors_file::SafetensorsFile;
 pub use torch_pickle::TorchFile;
 
@@ -39,6 +39,8 @@ pub struct Checkpoint {
     /// Canonical name → (file index, name as stored).
     names: HashMap<String, (usize, String)>,
     device: Device,
+    /// Load tensors holding NaN or infinities instead of refusing them.
+    pub allow_nonfinite: bool,
 }
 
 /// BLOOM checkpoints saved from `BloomModel` (bigscience's own) have no `transformer.` prefix;
@@ -59,7 +61,7 @@ impl Checkpoint {
                 names.insert(canonical_name(&stored), (i, stored));
             }
         }
-        Checkpoint { origin: origin.into(), files, names, device: device.clone() }
+        Checkpoint { origin: origin.into(), files, names, device: device.clone(), allow_nonfinite: false }
     }
 
     /// Opens the weights of a model directory.
@@ -103,6 +105,9 @@ impl Checkpoint {
                 file.path(),
                 format!("tensor `{stored}` has shape {:?} but config.json implies {shape:?}", tensor.shape),
             ));
+        }
+        if !self.allow_nonfinite {
+            check_finite(file.path(), stored, &tensor.data)?;
         }
         Ok(tensor)
     }
@@ -178,6 +183,15 @@ pub struct ModelDir {
     pub config: BloomConfig,
 }
 
+/// How a model's weights are loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Stored precision of the frozen base weights.
+    pub dtype: WeightDType,
+    /// Accept weights holding NaN or infinities (refused by default: they make every output NaN).
+    pub allow_nonfinite: bool,
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 impl ModelDir {
     pub fn open(dir: &Path) -> Result<Self> {
@@ -198,13 +212,14 @@ impl ModelDir {
 
     /// Loads the model's weights onto `device`, in f32.
     pub fn load_model(&self, device: &Device) -> Result<BloomForCausalLM> {
-        self.load_model_as(device, WeightDType::F32)
+        self.load(device, &LoadOptions::default())
     }
 
-    /// Loads the model's weights onto `device`, stored as `dtype`.
-    pub fn load_model_as(&self, device: &Device, dtype: WeightDType) -> Result<BloomForCausalLM> {
+    /// Loads the model's weights onto `device` as `options` say.
+    pub fn load(&self, device: &Device, options: &LoadOptions) -> Result<BloomForCausalLM> {
         let mut checkpoint = Checkpoint::open(&self.dir, device)?;
-        BloomForCausalLM::from_weights(&self.config, &mut StoredAs { inner: &mut checkpoint, dtype })
+        checkpoint.allow_nonfinite = options.allow_nonfinite;
+        BloomForCausalLM::from_weights(&self.config, &mut StoredAs { inner: &mut checkpoint, dtype: options.dtype })
     }
 }
 

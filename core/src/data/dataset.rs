@@ -39,6 +39,8 @@ pub struct TokenizedDataset {
     tokens: Tokens,
     /// Whether it came from the on-disk cache rather than being tokenized now.
     pub from_cache: bool,
+    /// Something the user should hear about (a damaged cache file that was rebuilt).
+    pub notice: Option<String>,
 }
 
 /// What `ember data` reports.
@@ -76,7 +78,7 @@ impl TokenizedDataset {
             entries.push(Entry { offset: tokens.len() as u64, len: e.len() as u32, prompt_len: e.prompt_len as u32, truncated: e.truncated });
             tokens.extend_from_slice(&e.input_ids);
         }
-        TokenizedDataset { entries, tokens: Tokens::Memory(tokens), from_cache: false }
+        TokenizedDataset { entries, tokens: Tokens::Memory(tokens), from_cache: false, notice: None }
     }
 
     pub fn len(&self) -> usize {
@@ -182,7 +184,7 @@ pub fn check_not_empty(dataset: &TokenizedDataset, origin: &str) -> Result<()> {
 }
 
 #[cfg(not(target_arch = "wasm32"))]
-pub use cache::{cache_key, load_or_build};
+pub use cache::{cache_key, load_or_build, parse_cache};
 
 #[cfg(not(target_arch = "wasm32"))]
 mod cache {
@@ -220,7 +222,9 @@ mod cache {
     }
 
     /// The tokenized dataset at `path`, from `cache_dir` if it was tokenized before with the same
-    /// inputs, else tokenized now (streaming, bounded memory) and written there atomically.
+    /// inputs, else tokenized now (streaming, bounded memory) and written there atomically. A
+    /// damaged cache file is tokenized again, with a notice; a cache directory that cannot be
+    /// read or written is an error naming it.
     pub fn load_or_build(
         path: &Path,
         split: &str,
@@ -233,30 +237,41 @@ mod cache {
         let files = data_files(path, split)?;
         let key = cache_key(&files, tokenizer, template, columns, max_length)?;
         let cached = cache_dir.join(format!("{key}.tok"));
-        if let Ok(dataset) = open(&cached) {
-            return Ok(dataset);
+        let unusable = |what: &str, e: std::io::Error| {
+            Error::file(cache_dir, format!("cannot {what} the tokenized-data cache here ({e}); point EMBER_CACHE_DIR at a directory you can write"))
+        };
+        let mut notice = None;
+        if cached.exists() {
+            match open(&cached, tokenizer.id_bound()) {
+                Ok(dataset) => return Ok(dataset),
+                Err(Damage::Io(e)) => return Err(unusable("read", e)),
+                Err(Damage::Corrupt(why)) => notice = Some(format!("{}: damaged tokenized cache ({why}); tokenized the data again", cached.display())),
+            }
         }
-        std::fs::create_dir_all(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
-        let tmp = cache_dir.join(format!(".{key}.tok.tmp-{}", std::process::id()));
-        let result = write(&tmp, open_examples(path, split, columns)?, tokenizer, template, max_length)
-            .and_then(|_| std::fs::rename(&tmp, &cached).map_err(|e| Error::io(&cached, e)));
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result?;
-        let mut dataset = open(&cached)?;
+        std::fs::create_dir_all(cache_dir).map_err(|e| unusable("create", e))?;
+        crate::io::remove_stale_temporaries(cache_dir);
+        crate::io::write_atomic_with(&cached, |tmp| write(tmp, open_examples(path, split, columns)?, tokenizer, template, max_length))
+            .map_err(|e| match e {
+                Error::Io { source, action: "write", .. } => unusable("write", source),
+                other => other,
+            })?;
+        let mut dataset = open(&cached, tokenizer.id_bound()).map_err(|e| match e {
+            Damage::Io(e) => unusable("read", e),
+            Damage::Corrupt(why) => Error::file(&cached, format!("the tokenized cache just written is unreadable ({why})")),
+        })?;
         dataset.from_cache = false;
+        dataset.notice = notice;
         Ok(dataset)
     }
 
     fn write(path: &Path, examples: Examples, tokenizer: &Tokenizer, template: &Template, max_length: usize) -> Result<()> {
-        let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+        let file = std::fs::File::create(path).map_err(|e| Error::io_write(path, e))?;
         let mut out = std::io::BufWriter::new(file);
         let mut index = Vec::new();
         let mut offset = 0u64;
         encode_stream(examples, tokenizer, template, max_length, |e| {
             for id in &e.input_ids {
-                out.write_all(&id.to_le_bytes()).map_err(|err| Error::io(path, err))?;
+                out.write_all(&id.to_le_bytes()).map_err(|err| Error::io_write(path, err))?;
             }
             index.extend_from_slice(&offset.to_le_bytes());
             index.extend_from_slice(&(e.len() as u32).to_le_bytes());
@@ -266,37 +281,59 @@ mod cache {
             Ok(())
         })?;
         let count = (index.len() / ENTRY) as u64;
-        let io = |err| Error::io(path, err);
+        let io = |err| Error::io_write(path, err);
         out.write_all(&index).map_err(io)?;
         out.write_all(&count.to_le_bytes()).map_err(io)?;
         out.write_all(&(offset * 4).to_le_bytes()).map_err(io)?;
         out.write_all(MAGIC).map_err(io)?;
-        out.into_inner().map_err(|e| Error::io(path, e.into_error()))?.sync_all().map_err(io)
+        out.into_inner().map_err(|e| Error::io_write(path, e.into_error()))?.sync_all().map_err(io)
     }
 
-    fn open(path: &Path) -> Result<TokenizedDataset> {
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    enum Damage {
+        Io(std::io::Error),
+        Corrupt(String),
+    }
+
+    fn open(path: &Path, id_bound: usize) -> std::result::Result<TokenizedDataset, Damage> {
+        let file = std::fs::File::open(path).map_err(Damage::Io)?;
         // SAFETY: cache files are only ever renamed into place complete and never modified.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let corrupt = || Error::file(path, "corrupt cache file; delete it to tokenize again");
-        if map.len() < 24 || &map[map.len() - 8..] != MAGIC {
-            return Err(corrupt());
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(Damage::Io)?;
+        let entries = parse_cache(&map, id_bound).map_err(Damage::Corrupt)?;
+        Ok(TokenizedDataset { entries, tokens: Tokens::Mapped(map), from_cache: true, notice: None })
+    }
+
+    /// The index of a cache file, every record checked: its tokens lie inside the token section,
+    /// its prompt inside it, and every token id below `id_bound`. The file is the user's and
+    /// may be damaged or edited, so nothing in it is trusted.
+    pub fn parse_cache(bytes: &[u8], id_bound: usize) -> std::result::Result<Vec<Entry>, String> {
+        let len = bytes.len();
+        if len < 24 || &bytes[len - 8..] != MAGIC {
+            return Err("not an ember cache file".into());
         }
-        let u64_at = |i: usize| u64::from_le_bytes(map[i..i + 8].try_into().expect("8 bytes"));
-        let count = u64_at(map.len() - 24) as usize;
-        let index_at = u64_at(map.len() - 16) as usize;
-        if index_at + count * ENTRY + 24 != map.len() {
-            return Err(corrupt());
+        let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        let (count, index_at) = (u64_at(len - 24), u64_at(len - 16));
+        let index_bytes = count.checked_mul(ENTRY as u64).ok_or("impossible example count")?;
+        if index_at.checked_add(index_bytes).and_then(|n| n.checked_add(24)) != Some(len as u64) || index_at % 4 != 0 {
+            return Err("its index does not fit the file".into());
         }
-        let entries = map[index_at..index_at + count * ENTRY]
-            .chunks_exact(ENTRY)
-            .map(|r| Entry {
+        let (index_at, tokens) = (index_at as usize, index_at as usize / 4);
+        let mut entries = Vec::with_capacity(count as usize);
+        for r in bytes[index_at..len - 24].chunks_exact(ENTRY) {
+            let entry = Entry {
                 offset: u64::from_le_bytes(r[0..8].try_into().expect("8")),
                 len: u32::from_le_bytes(r[8..12].try_into().expect("4")),
                 prompt_len: u32::from_le_bytes(r[12..16].try_into().expect("4")),
                 truncated: r[16] != 0,
-            })
-            .collect();
-        Ok(TokenizedDataset { entries, tokens: Tokens::Mapped(map), from_cache: true })
+            };
+            let end = entry.offset.checked_add(entry.len as u64);
+            if end.is_none_or(|end| end > tokens as u64) || entry.prompt_len > entry.len {
+                return Err(format!("example {} points outside the tokens", entries.len()));
+            }
+            entries.push(entry);
+        }
+        if let Some(bad) = bytes[..index_at].chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).find(|&id| id as usize >= id_bound) {
+            return Err(format!("token id {bad} is outside the tokenizer's vocabulary"));
+        }
+        Ok(entries)
     }
 }

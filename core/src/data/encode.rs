@@ -41,13 +41,18 @@ impl Encoded {
     }
 }
 
+/// `process_func` of the reference recipe. Only as much of a long text is tokenized as the
+/// `max_length` tokens kept need ([`Tokenizer::encode_prefix`]), so one huge example costs
+/// memory in proportion to `max_length`, not to its size.
 pub fn encode_example(tokenizer: &Tokenizer, template: &Template, example: &Example, max_length: usize) -> Result<Encoded> {
-    let prompt = tokenizer.encode(&template.prompt(&example.instruction, &example.input))?;
-    let eos = tokenizer.eos.as_ref().map_or("", |t| t.text.as_str());
-    let response = tokenizer.encode(&format!("{}{eos}", example.output))?;
-    let mut input_ids = prompt;
+    // One token more than is kept, so that a cut shows as `truncated`.
+    let wanted = max_length.saturating_add(1);
+    let mut input_ids = tokenizer.encode_prefix(&template.prompt(&example.instruction, &example.input), wanted)?;
     let prompt_len = input_ids.len();
-    input_ids.extend(response);
+    if prompt_len < wanted {
+        let eos = tokenizer.eos.as_ref().map_or("", |t| t.text.as_str());
+        input_ids.extend(tokenizer.encode_prefix(&format!("{}{eos}", example.output), wanted - prompt_len)?);
+    }
     let truncated = input_ids.len() > max_length;
     input_ids.truncate(max_length);
     Ok(Encoded { prompt_len: prompt_len.min(input_ids.len()), input_ids, truncated })

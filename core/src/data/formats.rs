@@ -4,13 +4,14 @@
 //! arrays are read whole (use JSONL for large data), everything else streams.
 
 use std::io::{BufRead, Read};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, RecordBatch};
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use crate::error::{catch_panic, Error, Result};
 
 /// One instruction example.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -109,18 +110,37 @@ pub fn open_examples(path: &Path, split: &str, columns: &Columns) -> Result<Exam
     let mut streams = Vec::new();
     for file in files {
         let reader = std::fs::File::open(&file).map_err(|e| Error::io(&file, e))?;
-        let is_parquet = file.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
-        streams.push(if is_parquet {
-            parquet_batches(file, reader, columns.clone())?
+        let binary = file.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet") || e.eq_ignore_ascii_case("arrow"));
+        streams.push(if binary {
+            // SAFETY: read only; a concurrent writer could change what is read (as for any
+            // reader), which the checks on the bytes then see as a damaged file.
+            let map = unsafe { memmap2::Mmap::map(&reader) }.map_err(|e| Error::io(&file, e))?;
+            binary_examples(file, bytes::Bytes::from_owner(map), columns.clone())?
         } else {
             examples_from_reader(&file, std::io::BufReader::new(reader), columns)?
         });
     }
-    Ok(Box::new(streams.into_iter().flatten()))
+    Ok(stop_at_first_error(streams.into_iter().flatten()))
+}
+
+/// Ends a stream after its first error: a reader that failed (a damaged Arrow batch, an I/O
+/// error) may report the same error forever.
+fn stop_at_first_error(examples: impl Iterator<Item = Result<Example>> + Send + 'static) -> Examples {
+    Box::new(examples.scan(false, |failed, item| {
+        if *failed {
+            return None;
+        }
+        *failed = item.is_err();
+        Some(item)
+    }))
 }
 
 /// Streams examples from one file's bytes; the format comes from `origin`'s extension.
-pub fn examples_from_reader(origin: &Path, mut reader: impl BufRead + Send + 'static, columns: &Columns) -> Result<Examples> {
+pub fn examples_from_reader(origin: &Path, reader: impl BufRead + Send + 'static, columns: &Columns) -> Result<Examples> {
+    Ok(stop_at_first_error(format_examples(origin, reader, columns)?))
+}
+
+fn format_examples(origin: &Path, mut reader: impl BufRead + Send + 'static, columns: &Columns) -> Result<Examples> {
     let ext = origin.extension().and_then(|e| e.to_str()).unwrap_or_default().to_ascii_lowercase();
     let origin = origin.to_path_buf();
     let columns = columns.clone();
@@ -131,12 +151,11 @@ pub fn examples_from_reader(origin: &Path, mut reader: impl BufRead + Send + 'st
             if first == Some(b'[') { json_array(origin, reader, columns) } else { Ok(json_lines(origin, reader, columns)) }
         }
         "csv" => csv_rows(origin, reader, columns),
-        "parquet" => {
+        "parquet" | "arrow" => {
             let mut bytes = Vec::new();
             reader.read_to_end(&mut bytes).map_err(|e| Error::io(&origin, e))?;
-            parquet_batches(origin, bytes::Bytes::from(bytes), columns)
+            binary_examples(origin, bytes::Bytes::from(bytes), columns)
         }
-        "arrow" => arrow_stream(origin, reader, columns),
         other => Err(Error::file(&origin, format!("unknown dataset format \".{other}\": use .json, .jsonl, .parquet, .csv or a save_to_disk directory"))),
     }
 }
@@ -267,16 +286,67 @@ fn batches_to_examples(
     }))
 }
 
-/// A `datasets` Arrow file: an Arrow IPC stream.
-fn arrow_stream(origin: PathBuf, reader: impl Read + Send + 'static, columns: Columns) -> Result<Examples> {
-    let stream = arrow_ipc::reader::StreamReader::try_new(reader, None)
-        .map_err(|e| Error::file(&origin, format!("unreadable Arrow file (expected the IPC stream format datasets writes): {e}")))?;
-    Ok(batches_to_examples(origin, stream, columns))
+/// The examples of a Parquet or Arrow file held in memory (or mapped), by its extension.
+fn binary_examples(origin: PathBuf, bytes: bytes::Bytes, columns: Columns) -> Result<Examples> {
+    let is_parquet = origin.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
+    if is_parquet { parquet_batches(origin, bytes, columns) } else { arrow_stream(origin, bytes, columns) }
 }
 
-fn parquet_batches(origin: PathBuf, source: impl parquet::file::reader::ChunkReader + 'static, columns: Columns) -> Result<Examples> {
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(source)
-        .and_then(|b| b.with_batch_size(1024).build())
-        .map_err(|e| Error::file(&origin, format!("unreadable Parquet file: {e}")))?;
-    Ok(batches_to_examples(origin, reader, columns))
+/// A `datasets` Arrow file: an Arrow IPC stream. Its messages are checked to claim no more bytes
+/// than the file has before arrow reads them (it allocates what a message claims), and arrow's
+/// panics on damaged buffers become errors.
+fn arrow_stream(origin: PathBuf, bytes: bytes::Bytes, columns: Columns) -> Result<Examples> {
+    let unreadable = |e: String| Error::file(&origin, format!("unreadable Arrow file (expected the IPC stream format datasets writes): {e}"));
+    check_ipc_messages(&bytes).map_err(unreadable)?;
+    let reader = std::io::Cursor::new(bytes);
+    let mut stream = catch_panic(AssertUnwindSafe(|| arrow_ipc::reader::StreamReader::try_new(reader, None)))
+        .map_err(unreadable)?
+        .map_err(|e| unreadable(e.to_string()))?;
+    let batches = std::iter::from_fn(move || {
+        catch_panic(AssertUnwindSafe(|| stream.next())).unwrap_or_else(|panic| Some(Err(arrow_schema::ArrowError::ExternalError(panic.into()))))
+    });
+    Ok(batches_to_examples(origin, batches, columns))
+}
+
+/// Walks an Arrow IPC stream's framing (continuation marker, metadata length, flatbuffer
+/// `Message`, body): every message and its body must lie inside `bytes`.
+fn check_ipc_messages(bytes: &[u8]) -> std::result::Result<(), String> {
+    let mut pos = 0usize;
+    let word = |at: usize| bytes.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    while let Some(mut len) = word(pos) {
+        pos += 4;
+        if len == 0xFFFF_FFFF {
+            len = word(pos).ok_or("a message length is cut off")?;
+            pos += 4;
+        }
+        if len == 0 {
+            return Ok(()); // end of stream
+        }
+        let end = pos.checked_add(len as usize).filter(|&e| e <= bytes.len()).ok_or("a message runs past the end of the file")?;
+        let message = arrow_ipc::root_as_message(&bytes[pos..end]).map_err(|e| format!("a damaged message ({e})"))?;
+        let body = usize::try_from(message.bodyLength()).map_err(|_| "a message with a negative body length")?;
+        pos = end.checked_add(body).filter(|&e| e <= bytes.len()).ok_or("a message claims a body past the end of the file")?;
+    }
+    Ok(())
+}
+
+/// A Parquet file's examples. The `parquet` crate trusts the file more than a stranger's file
+/// deserves: the page layout is checked first ([`super::parquet_pages`]) and the crate's panics
+/// on damaged files become errors.
+fn parquet_batches(origin: PathBuf, bytes: bytes::Bytes, columns: Columns) -> Result<Examples> {
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    let unreadable = |e: String| Error::file(&origin, format!("unreadable Parquet file: {e}"));
+    let source = bytes.clone();
+    let builder = catch_panic(AssertUnwindSafe(|| ParquetRecordBatchReaderBuilder::try_new(source)))
+        .map_err(unreadable)?
+        .map_err(|e| unreadable(e.to_string()))?;
+    super::parquet_pages::check(&bytes, builder.metadata()).map_err(unreadable)?;
+    let mut reader = catch_panic(AssertUnwindSafe(|| builder.with_batch_size(1024).build()))
+        .map_err(unreadable)?
+        .map_err(|e| unreadable(e.to_string()))?;
+    let batches = std::iter::from_fn(move || {
+        catch_panic(AssertUnwindSafe(|| reader.next()))
+            .unwrap_or_else(|panic| Some(Err(arrow_schema::ArrowError::ExternalError(panic.into()))))
+    });
+    Ok(batches_to_examples(origin, batches, columns))
 }

@@ -7,6 +7,7 @@ pub mod collate;
 pub mod dataset;
 pub mod encode;
 pub mod formats;
+mod parquet_pages;
 
 pub use collate::{collate, Batch};
 pub use dataset::TokenizedDataset;

@@ -105,20 +105,29 @@ pub async fn adapter_safetensors_bytes_async(model: &BloomForCausalLM, config: &
 /// interrupted save never leaves a half-written adapter.
 #[cfg(not(target_arch = "wasm32"))]
 pub fn save_adapter(model: &BloomForCausalLM, config: &LoraConfig, dir: &std::path::Path) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io_write(dir, e))?;
     let tensors = adapter_tensors(model, config)?;
-    let weights = dir.join(WEIGHTS_FILE);
-    safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k.clone(), t)), metadata(), &weights)
-        .map_err(|e| Error::file(&weights, format!("cannot write: {e}")))?;
+    write_safetensors(&dir.join(WEIGHTS_FILE), &tensors, metadata())?;
     crate::io::write_atomic(&dir.join(CONFIG_FILE), config_json(config).as_bytes())
 }
 
-/// Adds the adapter described by `config` to `model` and fills it from `file`.
+/// Writes `tensors` as a safetensors file, atomically (temporary file + rename).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn write_safetensors(path: &std::path::Path, tensors: &[(String, LazyTensor)], metadata: Option<HashMap<String, String>>) -> Result<()> {
+    crate::io::write_atomic_with(path, |tmp| {
+        safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k.clone(), t)), metadata, tmp)
+            .map_err(|e| Error::file(path, format!("cannot write: {e}")))
+    })
+}
+
+/// Adds the adapter described by `config` to `model` and fills it from `file`; tensors holding
+/// NaN or infinities are refused unless `allow_nonfinite`.
 pub fn load_adapter_tensors(
     model: &mut BloomForCausalLM,
     config: &LoraConfig,
     file: &dyn TensorFile,
     device: &Device,
+    allow_nonfinite: bool,
 ) -> Result<LoraReport> {
     let report = apply_lora(model, config, device)?;
     let stored: std::collections::HashSet<String> = file.names().into_iter().collect();
@@ -141,15 +150,18 @@ pub fn load_adapter_tensors(
                 ),
             ));
         }
+        if !allow_nonfinite {
+            crate::checkpoint::check_finite(file.path(), &key, &host.data)?;
+        }
         let n = host.data.len();
         slot.write(model, Tensor::from_data(TensorData::new(host.data, [n]), device));
     }
     Ok(report)
 }
 
-/// Loads a peft adapter directory into `model`.
+/// The `adapter_config.json` of a peft adapter directory.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn load_adapter(model: &mut BloomForCausalLM, dir: &std::path::Path, device: &Device) -> Result<(LoraConfig, LoraReport)> {
+pub fn read_adapter_config(dir: &std::path::Path) -> Result<LoraConfig> {
     if !dir.is_dir() {
         return Err(Error::file(dir, "adapter directory not found"));
     }
@@ -158,7 +170,20 @@ pub fn load_adapter(model: &mut BloomForCausalLM, dir: &std::path::Path, device:
         return Err(Error::file(&config_path, "missing: an adapter directory needs adapter_config.json (as peft's save_pretrained writes)"));
     }
     let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-    let config = LoraConfig::from_json(&text, &config_path.display().to_string())?;
+    LoraConfig::from_json(&text, &config_path.display().to_string())
+}
+
+/// Loads a peft adapter directory into `model` (tensors holding NaN or infinities are refused
+/// unless `allow_nonfinite`).
+#[cfg(not(target_arch = "wasm32"))]
+pub fn load_adapter(
+    model: &mut BloomForCausalLM,
+    dir: &std::path::Path,
+    device: &Device,
+    allow_nonfinite: bool,
+) -> Result<(LoraConfig, LoraReport)> {
+    let config = read_adapter_config(dir)?;
+    let config_path = dir.join(CONFIG_FILE);
     let file: Box<dyn TensorFile> = if dir.join(WEIGHTS_FILE).is_file() {
         Box::new(crate::checkpoint::SafetensorsFile::open(&dir.join(WEIGHTS_FILE))?)
     } else if dir.join(LEGACY_WEIGHTS_FILE).is_file() {
@@ -166,7 +191,7 @@ pub fn load_adapter(model: &mut BloomForCausalLM, dir: &std::path::Path, device:
     } else {
         return Err(Error::file(dir.join(WEIGHTS_FILE), "missing: the adapter's weights are not there"));
     };
-    let report = load_adapter_tensors(model, &config, file.as_ref(), device)
+    let report = load_adapter_tensors(model, &config, file.as_ref(), device, allow_nonfinite)
         .map_err(|e| match e {
             Error::Invalid(m) => Error::file(&config_path, m),
             other => other,

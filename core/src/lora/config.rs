@@ -150,6 +150,24 @@ impl LoraConfig {
         if self.r == 0 {
             return Err("r must be at least 1".into());
         }
+        if !self.lora_alpha.is_finite() {
+            return Err(format!("lora_alpha must be a finite number, got {}", self.lora_alpha));
+        }
+        for (key, value) in &self.rank_pattern {
+            if value.as_u64().is_none_or(|r| r == 0) {
+                return Err(format!("rank_pattern entry \"{key}\" is {value}; a rank is a whole number of at least 1"));
+            }
+        }
+        for (key, value) in &self.alpha_pattern {
+            if !value.as_f64().is_some_and(f64::is_finite) {
+                return Err(format!("alpha_pattern entry \"{key}\" is {value}; an alpha is a finite number"));
+            }
+        }
+        for (field, patterns) in [("rank_pattern", &self.rank_pattern), ("alpha_pattern", &self.alpha_pattern)] {
+            for key in patterns.keys() {
+                Regex::new(key).map_err(|e| format!("{field} key \"{key}\" is not a valid regex: {e}"))?;
+            }
+        }
         if !(0.0..1.0).contains(&self.lora_dropout) {
             return Err(format!("lora_dropout must be in [0, 1), got {}", self.lora_dropout));
         }
@@ -239,6 +257,7 @@ impl LoraConfig {
 
     /// Rank and scale for the module `name`, after `rank_pattern` / `alpha_pattern`.
     pub fn rank_and_scale(&self, name: &str) -> (usize, f64) {
+        // `validate` made every rank_pattern value a whole number ≥ 1.
         let r = pattern_value(&self.rank_pattern, name).map_or(self.r, |v| v as usize);
         let alpha = pattern_value(&self.alpha_pattern, name).unwrap_or(self.lora_alpha);
         (r, lora_scale(alpha, r, self.use_rslora))

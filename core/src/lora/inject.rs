@@ -18,8 +18,8 @@ pub struct LoraReport {
     pub targeted: Vec<String>,
     /// Modules that got a trainable copy (`modules_to_save`).
     pub saved: Vec<String>,
-    pub trainable_params: usize,
-    pub all_params: usize,
+    pub trainable_params: u64,
+    pub all_params: u64,
 }
 
 impl LoraReport {
@@ -35,7 +35,7 @@ impl LoraReport {
 }
 
 /// `1234567` → `1,234,567` (Python's `{:,d}`).
-pub fn commas(n: usize) -> String {
+pub fn commas(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
@@ -112,43 +112,43 @@ impl ModelShape {
     }
 
     /// `(out, in, has_bias)` of a Linear module, by name.
-    fn linear(&self, name: &str) -> (usize, usize, bool) {
-        let h = self.hidden;
+    fn linear(&self, name: &str) -> (u64, u64, bool) {
+        let h = self.hidden as u64;
         match name.rsplit('.').next().unwrap_or_default() {
             "query_key_value" => (3 * h, h, true),
             "dense_h_to_4h" => (4 * h, h, true),
             "dense_4h_to_h" => (h, 4 * h, true),
-            "lm_head" => (self.vocab, h, false),
+            "lm_head" => (self.vocab as u64, h, false),
             _ => (h, h, true),
         }
     }
 
     /// Parameters of a module (`Linear`, `Embedding` or `LayerNorm`), by name and kind.
-    fn params(&self, name: &str, kind: ModuleKind) -> usize {
+    fn params(&self, name: &str, kind: ModuleKind) -> u64 {
         match kind {
             ModuleKind::Linear => {
                 let (out_f, in_f, bias) = self.linear(name);
                 out_f * in_f + if bias { out_f } else { 0 }
             }
-            ModuleKind::Embedding => self.vocab * self.hidden,
-            ModuleKind::LayerNorm => 2 * self.hidden,
+            ModuleKind::Embedding => self.vocab as u64 * self.hidden as u64,
+            ModuleKind::LayerNorm => 2 * self.hidden as u64,
             _ => 0,
         }
     }
 
     /// Size of a module's bias (0 for modules without one).
-    fn bias_params(&self, name: &str, kind: ModuleKind) -> usize {
+    fn bias_params(&self, name: &str, kind: ModuleKind) -> u64 {
         match kind {
             ModuleKind::Linear => match self.linear(name) {
                 (out_f, _, true) => out_f,
                 _ => 0,
             },
-            ModuleKind::LayerNorm => self.hidden,
+            ModuleKind::LayerNorm => self.hidden as u64,
             _ => 0,
         }
     }
 
-    pub fn base_params(&self) -> usize {
+    pub fn base_params(&self) -> u64 {
         module_names(self.layers).iter().filter(|(n, _)| n != "lm_head").map(|(n, k)| self.params(n, *k)).sum()
     }
 }
@@ -158,16 +158,21 @@ impl ModelShape {
 /// `modules_to_save` copies beside the frozen originals.
 pub fn lora_report(config: &LoraConfig, shape: ModelShape) -> Result<LoraReport> {
     let (targeted, saved) = select_modules(config, shape.layers)?;
-    let lora_params: usize = targeted
-        .iter()
-        .map(|name| {
-            let (out_f, in_f, _) = shape.linear(name);
-            config.rank_and_scale(name).0 * (in_f + out_f)
-        })
-        .sum();
-    let saved_params: usize = saved.iter().map(|(n, k)| shape.params(n, *k)).sum();
+    let mut lora_params = 0u64;
+    for name in &targeted {
+        let (out_f, in_f, _) = shape.linear(name);
+        let r = config.rank_and_scale(name).0 as u64;
+        if r > out_f.min(in_f) {
+            return Err(Error::invalid(format!(
+                "LoRA rank r = {r} for `{name}` is larger than that layer's smaller side ({in_f} in, {out_f} out), which \
+                 makes no sense for a low-rank update: lower r (or its rank_pattern entry)"
+            )));
+        }
+        lora_params += r * (in_f + out_f);
+    }
+    let saved_params: u64 = saved.iter().map(|(n, k)| shape.params(n, *k)).sum();
     let is_saved = |n: &str| saved.iter().any(|(s, _)| s == n);
-    let bias_params: usize = module_names(shape.layers)
+    let bias_params: u64 = module_names(shape.layers)
         .iter()
         .filter(|(n, k)| match config.bias.as_str() {
             "all" => !is_saved(n),

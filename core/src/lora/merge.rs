@@ -4,6 +4,8 @@
 use burn::module::Param;
 
 use super::adapter_file::{to_host, LazyTensor};
+#[cfg(not(target_arch = "wasm32"))]
+use super::adapter_file::write_safetensors;
 use crate::error::Result;
 use crate::model::precision::widened;
 use crate::model::{BloomForCausalLM, VocabMatrix};
@@ -92,7 +94,7 @@ pub fn save_merged(model: &BloomForCausalLM, base_dir: &std::path::Path, out_dir
     if base_dir.canonicalize().ok() == out_dir.canonicalize().ok() {
         return Err(Error::file(out_dir, "the output directory is the base model's own; choose another so the original stays intact"));
     }
-    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io_write(out_dir, e))?;
     let config_path = base_dir.join("config.json");
     let mut config: serde_json::Value = serde_json::from_slice(&crate::error::read_file(&config_path)?)
         .map_err(|e| Error::file(&config_path, format!("not valid JSON: {e}")))?;
@@ -123,9 +125,7 @@ pub fn save_merged(model: &BloomForCausalLM, base_dir: &std::path::Path, out_dir
     }
     let metadata = Some(HashMap::from([("format".to_owned(), "pt".to_owned())]));
     if shards.len() == 1 {
-        let path = out_dir.join("model.safetensors");
-        return safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k.clone(), t)), metadata, &path)
-            .map_err(|e| Error::file(&path, format!("cannot write: {e}")));
+        return write_safetensors(&out_dir.join("model.safetensors"), &tensors, metadata);
     }
     let count = shards.len();
     let mut weight_map = serde_json::Map::new();
@@ -133,8 +133,10 @@ pub fn save_merged(model: &BloomForCausalLM, base_dir: &std::path::Path, out_dir
     for (i, shard) in shards.iter().enumerate() {
         let file = format!("model-{:05}-of-{count:05}.safetensors", i + 1);
         let path = out_dir.join(&file);
-        safetensors::serialize_to_file(shard.iter().map(|(k, t)| (k.clone(), t)), metadata.clone(), &path)
-            .map_err(|e| Error::file(&path, format!("cannot write: {e}")))?;
+        crate::io::write_atomic_with(&path, |tmp| {
+            safetensors::serialize_to_file(shard.iter().map(|(k, t)| (k.clone(), t)), metadata.clone(), tmp)
+                .map_err(|e| Error::file(&path, format!("cannot write: {e}")))
+        })?;
         for (k, _) in shard {
             weight_map.insert(k.clone(), serde_json::Value::String(file.clone()));
         }

@@ -73,8 +73,20 @@ impl TrainingArgs {
         if self.per_device_train_batch_size == 0 || self.gradient_accumulation_steps == 0 {
             return bad("per_device_train_batch_size and gradient_accumulation_steps must be at least 1".into());
         }
-        if !(self.learning_rate >= 0.0) {
-            return bad(format!("learning_rate must be >= 0 (got {})", self.learning_rate));
+        for (name, value, ok) in [
+            ("learning_rate", self.learning_rate, self.learning_rate >= 0.0),
+            ("num_train_epochs", self.num_train_epochs, self.num_train_epochs >= 0.0),
+            ("warmup_ratio", self.warmup_ratio, (0.0..=1.0).contains(&self.warmup_ratio)),
+            ("weight_decay", self.weight_decay, self.weight_decay >= 0.0),
+            ("adam_beta1", self.adam_beta1, (0.0..1.0).contains(&self.adam_beta1)),
+            ("adam_beta2", self.adam_beta2, (0.0..1.0).contains(&self.adam_beta2)),
+            ("adam_epsilon", self.adam_epsilon, self.adam_epsilon > 0.0),
+            ("max_grad_norm", self.max_grad_norm, self.max_grad_norm >= 0.0),
+        ] {
+            if !value.is_finite() || !ok {
+                return bad(format!("{name} = {value} is out of range (learning_rate, num_train_epochs, weight_decay and max_grad_norm \
+                                    are finite and >= 0; warmup_ratio in [0, 1]; adam_beta1/2 in [0, 1); adam_epsilon > 0)"));
+            }
         }
         if self.max_steps <= 0 && !(self.num_train_epochs > 0.0) {
             return bad("set num_train_epochs > 0 or max_steps > 0".into());

@@ -61,7 +61,7 @@ pub fn save_checkpoint(trainer: &Trainer, epoch: f64) -> Result<PathBuf> {
     let final_dir = out.join(format!("checkpoint-{}", trainer.global_step));
     let tmp = out.join(format!(".checkpoint-{}.tmp-{}", trainer.global_step, std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io_write(&tmp, e))?;
     save_adapter(&trainer.model, &trainer.lora, &tmp)?;
     write_state(trainer, &tmp, epoch)?;
     let moments: Vec<(String, LazyTensor)> = trainer
@@ -83,7 +83,7 @@ pub fn save_checkpoint(trainer: &Trainer, epoch: f64) -> Result<PathBuf> {
     safetensors::serialize_to_file(moments.iter().map(|(k, t)| (k.clone(), t)), metadata, &path)
         .map_err(|e| Error::file(&path, format!("cannot write: {e}")))?;
     let _ = std::fs::remove_dir_all(&final_dir);
-    std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+    std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io_write(&final_dir, e))?;
     rotate_checkpoints(&out, trainer.args.save_total_limit)?;
     Ok(final_dir)
 }
@@ -108,7 +108,7 @@ fn rotate_checkpoints(out: &Path, limit: Option<usize>) -> Result<()> {
     let Some(limit) = limit else { return Ok(()) };
     let all = checkpoints(out);
     for (_, dir) in all.iter().take(all.len().saturating_sub(limit.max(1))) {
-        std::fs::remove_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        std::fs::remove_dir_all(dir).map_err(|e| Error::io_write(dir, e))?;
     }
     Ok(())
 }

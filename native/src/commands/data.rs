@@ -36,11 +36,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let s = dataset.stats();
     let p: Vec<String> = s.length_percentiles.iter().map(|(p, l)| format!("p{p} {l}")).collect();
-    println!("examples:            {}", with_commas(s.examples));
-    println!("tokens:              {} ({} label tokens)", with_commas(s.tokens), with_commas(s.label_tokens));
+    println!("examples:            {}", with_commas(s.examples as u64));
+    println!("tokens:              {} ({} label tokens)", with_commas(s.tokens as u64), with_commas(s.label_tokens as u64));
     println!("lengths:             {}", p.join(", "));
-    println!("truncated at {}:    {}", args.data.max_length, with_commas(s.truncated));
-    println!("without label token: {} (skipped in training)", with_commas(s.without_labels));
+    println!("truncated at {}:    {}", args.data.max_length, with_commas(s.truncated as u64));
+    println!("without label token: {} (skipped in training)", with_commas(s.without_labels as u64));
     println!(
         "{} in {seconds:.1} s; peak RSS {:.0} MiB",
         if dataset.from_cache { "loaded from cache" } else { "tokenized" },

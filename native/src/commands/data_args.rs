@@ -34,6 +34,9 @@ impl DataArgs {
         let columns = Columns::parse(&self.columns)?;
         anyhow::ensure!(self.max_length >= 2, "--max-length must be at least 2");
         let dataset = load_or_build(&self.data, &self.split, &columns, tokenizer, &template, self.max_length, &cache_dir())?;
+        if let Some(notice) = &dataset.notice {
+            eprintln!("note: {notice}");
+        }
         ember_core::data::dataset::check_not_empty(&dataset, &self.data.display().to_string())?;
         Ok(dataset)
     }

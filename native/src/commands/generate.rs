@@ -91,7 +91,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         repetition_penalty: args.repetition_penalty,
         eos_token_id: tokenizer.eos_id(config),
         pad_token_id: tokenizer.pad_id(config),
+        context_limit: config.context_limit().0,
     };
+    if generation.stops_at_context(prompt_ids.len()) && !args.json {
+        let (limit, from_config) = config.context_limit();
+        let whose = if from_config { "its config.json's seq_length" } else { "BLOOM's training length; config.json names no limit" };
+        eprintln!("note: generation stops at {limit} tokens in all, the model's context ({whose})");
+    }
 
     let mut stream = TextStream::new();
     let mut stdout = std::io::stdout();

@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use burn::tensor::Device;
-use ember_core::checkpoint::{ModelDir, WEIGHT_FILES};
+use ember_core::checkpoint::{LoadOptions, ModelDir, WEIGHT_FILES};
 use ember_core::lora::adapter_file::load_adapter;
 use ember_core::lora::inject::{lora_report, ModelShape};
 
@@ -18,6 +18,9 @@ pub struct Args {
     adapter: Option<PathBuf>,
     #[command(flatten)]
     lora: LoraArgs,
+    /// Load adapter weights that hold NaN or infinities (refused by default).
+    #[arg(long)]
+    allow_nonfinite: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -33,8 +36,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let report = if let Some(adapter) = &args.adapter {
         // Loading (on the CPU) checks the adapter's shapes against the real weights.
         let device = Device::flex();
-        let mut model = dir.load_model(&device)?;
-        Some(load_adapter(&mut model, adapter, &device)?.1)
+        let options = LoadOptions { allow_nonfinite: args.allow_nonfinite, ..LoadOptions::default() };
+        let mut model = dir.load(&device, &options)?;
+        Some(load_adapter(&mut model, adapter, &device, args.allow_nonfinite)?.1)
     } else if let Some(config) = args.lora.config(None) {
         Some(lora_report(&config, ModelShape::of_config(c))?)
     } else {

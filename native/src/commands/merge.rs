@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 
 use burn::tensor::Device;
-use ember_core::checkpoint::ModelDir;
+use ember_core::checkpoint::{LoadOptions, ModelDir};
 use ember_core::lora::adapter_file::load_adapter;
 use ember_core::lora::merge::save_merged;
 
@@ -19,6 +19,9 @@ pub struct Args {
     /// Largest weight file before sharding with an index, as transformers' max_shard_size (e.g. 5GB, 500MB).
     #[arg(long, default_value = "50GB", value_parser = parse_size)]
     max_shard_size: u64,
+    /// Load model and adapter weights that hold NaN or infinities (refused by default).
+    #[arg(long)]
+    allow_nonfinite: bool,
 }
 
 /// `5GB` / `500MB` / `100KB` (decimal units, as transformers reads them) → bytes.
@@ -42,8 +45,9 @@ fn parse_size(text: &str) -> Result<u64, String> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = Device::flex();
     let dir = ModelDir::open(&args.model)?;
-    let mut model = dir.load_model(&device)?;
-    let (_, report) = load_adapter(&mut model, &args.adapter, &device)?;
+    let options = LoadOptions { allow_nonfinite: args.allow_nonfinite, ..LoadOptions::default() };
+    let mut model = dir.load(&device, &options)?;
+    let (_, report) = load_adapter(&mut model, &args.adapter, &device, args.allow_nonfinite)?;
     save_merged(&model, &args.model, &args.output, args.max_shard_size)?;
     println!(
         "merged {} LoRA layers{} into {}",

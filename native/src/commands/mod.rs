@@ -38,10 +38,10 @@ pub fn load(model: &Path, adapter: Option<&Path>, placement: &Placement, quiet: 
         eprintln!("device: {}", selected.description);
     }
     crate::device::doing(format!("running {} ({dtype}) on {}", model.display(), selected.description));
-    let mut model = dir.load_model_as(&selected.device, dtype)?;
+    let mut model = dir.load(&selected.device, &placement.load_options())?;
     model.set_kernels(placement.kernels);
     if let Some(adapter) = adapter {
-        let (_, report) = load_adapter(&mut model, adapter, &selected.device)?;
+        let (_, report) = load_adapter(&mut model, adapter, &selected.device, placement.allow_nonfinite)?;
         merge(&mut model);
         if !quiet {
             eprintln!("adapter: {} ({} LoRA layers, merged)", adapter.display(), report.targeted.len());

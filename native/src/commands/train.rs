@@ -12,7 +12,8 @@ use ember_core::checkpoint::ModelDir;
 use ember_core::model::Kernels;
 use ember_core::data::dataset::{check_not_empty, load_or_build};
 use ember_core::data::{Columns, TokenizedDataset};
-use ember_core::lora::adapter_file::load_adapter;
+use ember_core::lora::adapter_file::{load_adapter, read_adapter_config};
+use ember_core::lora::inject::{lora_report, ModelShape};
 use ember_core::lora::{apply_lora, LoraConfig};
 use ember_core::template::Template;
 use ember_core::tokenizer::Tokenizer;
@@ -53,20 +54,20 @@ pub struct Args {
     #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] output_dir: Option<String>,
     #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] per_device_train_batch_size: Option<usize>,
     #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] gradient_accumulation_steps: Option<usize>,
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] learning_rate: Option<f64>,
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] num_train_epochs: Option<f64>,
+    #[arg(long, value_parser = finite)] #[serde(skip_serializing_if = "Option::is_none")] learning_rate: Option<f64>,
+    #[arg(long, value_parser = finite)] #[serde(skip_serializing_if = "Option::is_none")] num_train_epochs: Option<f64>,
     /// Total optimizer steps (overrides --num-train-epochs).
     #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] max_steps: Option<i64>,
     /// linear, cosine, constant or constant_with_warmup.
     #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] lr_scheduler_type: Option<String>,
     #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] warmup_steps: Option<usize>,
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] warmup_ratio: Option<f64>,
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] weight_decay: Option<f64>,
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] adam_beta1: Option<f64>,
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] adam_beta2: Option<f64>,
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] adam_epsilon: Option<f64>,
+    #[arg(long, value_parser = finite)] #[serde(skip_serializing_if = "Option::is_none")] warmup_ratio: Option<f64>,
+    #[arg(long, value_parser = finite)] #[serde(skip_serializing_if = "Option::is_none")] weight_decay: Option<f64>,
+    #[arg(long, value_parser = finite)] #[serde(skip_serializing_if = "Option::is_none")] adam_beta1: Option<f64>,
+    #[arg(long, value_parser = finite)] #[serde(skip_serializing_if = "Option::is_none")] adam_beta2: Option<f64>,
+    #[arg(long, value_parser = finite)] #[serde(skip_serializing_if = "Option::is_none")] adam_epsilon: Option<f64>,
     /// Clip gradients to this global L2 norm (0: no clipping).
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] max_grad_norm: Option<f64>,
+    #[arg(long, value_parser = finite)] #[serde(skip_serializing_if = "Option::is_none")] max_grad_norm: Option<f64>,
     #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] logging_steps: Option<usize>,
     #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] save_steps: Option<usize>,
     #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] save_total_limit: Option<usize>,
@@ -74,8 +75,8 @@ pub struct Args {
     /// Keep the dataset order (transformers shuffles every epoch).
     #[arg(long)] #[serde(skip_serializing_if = "std::ops::Not::not")] no_shuffle: bool,
     #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] lora_r: Option<usize>,
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] lora_alpha: Option<f64>,
-    #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] lora_dropout: Option<f64>,
+    #[arg(long, value_parser = finite)] #[serde(skip_serializing_if = "Option::is_none")] lora_alpha: Option<f64>,
+    #[arg(long, value_parser = finite)] #[serde(skip_serializing_if = "Option::is_none")] lora_dropout: Option<f64>,
     /// Modules to adapt by name (default: query_key_value, as peft does for BLOOM).
     #[arg(long, value_delimiter = ',')] #[serde(skip_serializing_if = "Option::is_none")] target_modules: Option<Vec<String>>,
     /// Modules to adapt by a regex matching the whole module name.
@@ -97,6 +98,15 @@ pub struct Args {
     #[arg(long)] #[serde(skip_serializing_if = "std::ops::Not::not")] gradient_checkpointing: bool,
     /// Fused kernels (shaders/): all, none, or a list of gelu, cross-entropy, attention, layer-norm.
     #[arg(long)] #[serde(skip_serializing_if = "Option::is_none")] kernels: Option<String>,
+    /// Load model and adapter weights that hold NaN or infinities (refused by default).
+    #[arg(long)] #[serde(skip_serializing_if = "std::ops::Not::not")] allow_nonfinite: bool,
+}
+
+/// A flag's number, refused unless finite (JSON, which the settings pass through, has no
+/// infinity or NaN, and no setting means one).
+fn finite(text: &str) -> Result<f64, String> {
+    let value: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if value.is_finite() { Ok(value) } else { Err("must be a finite number".into()) }
 }
 
 /// The merged settings.
@@ -125,6 +135,7 @@ pub struct Settings {
     pub dtype: WeightDType,
     pub gradient_checkpointing: bool,
     pub kernels: String,
+    pub allow_nonfinite: bool,
     #[serde(flatten)]
     pub training: TrainingArgs,
 }
@@ -154,6 +165,7 @@ impl Default for Settings {
             dtype: WeightDType::F32,
             gradient_checkpointing: false,
             kernels: "all".into(),
+            allow_nonfinite: false,
             training: TrainingArgs::default(),
         }
     }
@@ -174,6 +186,8 @@ impl Settings {
             let known = serde_json::to_value(Settings::default())?;
             for (key, v) in value.as_object().context("the config file must hold a table of settings")? {
                 anyhow::ensure!(known.get(key).is_some(), "{}: unknown setting \"{key}\"", path.display());
+                // JSON has no infinity or NaN: TOML's `inf` and `nan` arrive as null.
+                anyhow::ensure!(!v.is_null() || known[key].is_null(), "{}: {key} must be a finite number", path.display());
                 merged[key] = v.clone();
             }
         }
@@ -209,6 +223,9 @@ impl Settings {
         let template = Template::parse(&self.template).map_err(anyhow::Error::msg)?;
         let columns = Columns::parse(&self.columns)?;
         let dataset = load_or_build(path, &self.split, &columns, tokenizer, &template, self.max_length, &cache_dir())?;
+        if let Some(notice) = &dataset.notice {
+            eprintln!("note: {notice}");
+        }
         check_not_empty(&dataset, &path.display().to_string())?;
         Ok(dataset)
     }
@@ -224,15 +241,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     train(settings, demo_question.as_deref())
 }
 
+/// Fails before any work when the output or the cache directory cannot take what the run will
+/// write; clears what killed runs left there.
+fn preflight(settings: &Settings, trainable: u64) -> anyhow::Result<()> {
+    let output = Path::new(&settings.training.output_dir);
+    // A checkpoint being written beside the last one kept, and the final adapter.
+    let needed = 2 * crate::preflight::checkpoint_bytes(trainable);
+    for removed in crate::preflight::writable_dir(output, "--output-dir", needed)? {
+        eprintln!("note: removed {}, left by an interrupted run", removed.display());
+    }
+    crate::preflight::writable_dir(&cache_dir(), "the EMBER_CACHE_DIR variable", 0)?;
+    Ok(())
+}
+
 pub fn train(settings: Settings, demo_question: Option<&str>) -> anyhow::Result<()> {
     let model_path = settings.model.clone().context("--model is required (or run `ember train` with no arguments for the demo)")?;
     let data_path = settings.data.clone().context("--data is required")?;
     settings.training.validate()?;
     let dir = ModelDir::open(&model_path)?;
     let tokenizer = Tokenizer::open(&model_path, &dir.config)?;
+    let lora = match &settings.init_adapter {
+        Some(adapter) => read_adapter_config(adapter)?,
+        None => settings.lora_config(&model_path)?,
+    };
+    let planned = lora_report(&lora, ModelShape::of_config(&dir.config)).context("the LoRA settings")?;
+    preflight(&settings, planned.trainable_params)?;
     let device_args = DeviceArgs { device: settings.device, backend: settings.backend };
     let kernels: Kernels = settings.kernels.parse().map_err(|e| anyhow::anyhow!("kernels: {e}"))?;
-    let selected = Placement { device: device_args, dtype: settings.dtype, kernels }.select()?;
+    let placement = Placement { device: device_args, dtype: settings.dtype, kernels, allow_nonfinite: settings.allow_nonfinite };
+    let selected = placement.select()?;
     eprintln!("device: {}", selected.description);
 
     let train_data = settings.dataset(&data_path, &tokenizer)?;
@@ -248,17 +285,13 @@ pub fn train(settings: Settings, demo_question: Option<&str>) -> anyhow::Result<
         selected.description, settings.training.per_device_train_batch_size, settings.max_length, settings.dtype
     ));
     let device = device::training_device(&selected.device, settings.gradient_checkpointing);
-    let mut model = dir.load_model_as(&device, settings.dtype)?;
+    let mut model = dir.load(&device, &placement.load_options())?;
     model.set_kernels(kernels);
     // LoRA's random initialisation is drawn from the device generator: seed it, so runs repeat.
     device.seed(settings.training.seed);
-    let (lora, report) = match &settings.init_adapter {
-        Some(adapter) => load_adapter(&mut model, adapter, &device)?,
-        None => {
-            let lora = settings.lora_config(&model_path)?;
-            let report = apply_lora(&mut model, &lora, &device)?;
-            (lora, report)
-        }
+    let report = match &settings.init_adapter {
+        Some(adapter) => load_adapter(&mut model, adapter, &device, settings.allow_nonfinite)?.1,
+        None => apply_lora(&mut model, &lora, &device)?,
     };
     println!("{}", report.trainable_line());
 

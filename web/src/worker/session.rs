@@ -43,7 +43,7 @@ struct Base {
     /// The weight file, kept to build the training copy of the model on the autodiff device.
     weights: (String, Arc<Vec<u8>>),
     model: BloomForCausalLM,
-    params: usize,
+    params: u64,
 }
 
 impl Session {
@@ -91,12 +91,6 @@ impl Session {
             files.optional_text("special_tokens_map.json")?,
             &config,
         )?;
-        if tokenizer.vocab_size() > config.vocab_size {
-            return Err(Error::file(
-                "tokenizer.json",
-                format!("has {} tokens but config.json's vocab_size is {}: the files come from different models", tokenizer.vocab_size(), config.vocab_size),
-            ));
-        }
         let weights = files.weights()?;
         self.check_fits(&config, weights.1.len())?;
         let params = ModelShape::of_config(&config).base_params();
@@ -148,7 +142,7 @@ impl Session {
         let weights = files.need(ADAPTER_WEIGHTS)?;
         let file = SafetensorsFile::from_bytes(format!("{origin}/{ADAPTER_WEIGHTS}"), weights.clone())?;
         let mut model = base.model.clone();
-        let report = load_adapter_tensors(&mut model, &config, &file, &self.device)?;
+        let report = load_adapter_tensors(&mut model, &config, &file, &self.device, false)?;
         self.adapted = Some(model);
         let summary = format!("{origin}: LoRA r={}, alpha={}; {}", config.r, config.lora_alpha, report.trainable_line());
         let files = vec![(ADAPTER_CONFIG.to_string(), buffer(config.to_json().as_bytes())), (ADAPTER_WEIGHTS.to_string(), buffer(weights))];
@@ -177,6 +171,7 @@ impl Session {
             repetition_penalty: 1.0,
             eos_token_id: base.tokenizer.eos_id(&base.config),
             pad_token_id: base.tokenizer.pad_id(&base.config),
+            context_limit: base.config.context_limit().0,
         };
         self.stream(Side::Base, &base.model, &base.tokenizer, &prompt, &config).await?;
         if let Some(model) = adapted {
