@@ -194,3 +194,27 @@ fn replay() {
     (ember_fuzz::target(target).run)(&input);
     println!("{target}: {file}: {:?}", check(ember_fuzz::target(target), &input));
 }
+
+/// A huge example costs memory in proportion to `max_length`, not to its size (tokenized whole,
+/// a 10 MB example took 2.3 GB), and gives the ids the whole text would.
+#[test]
+fn a_huge_example_is_tokenized_only_as_far_as_max_length_needs() {
+    use ember_core::data::{encode_example, Example};
+    use ember_core::template::Template;
+    use ember_core::tokenizer::Tokenizer;
+    let dir = ember_fuzz::fixtures().join("models/a");
+    let config = ember_core::BloomConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap(), "config.json").unwrap();
+    let tokenizer = Tokenizer::open(&dir, &config).unwrap();
+    let text = |bytes: usize| "考试有哪些技巧？ Practice every day, then rest. ".repeat(bytes / 56 + 1);
+    let huge = Example { instruction: text(10 << 20), input: String::new(), output: text(10 << 20) };
+    let base = HELD.with(Cell::get);
+    PEAK.with(|p| p.set(base));
+    let encoded = encode_example(&tokenizer, &Template::HumanAssistant, &huge, 256).unwrap();
+    let peak = PEAK.with(Cell::get) - base;
+    assert_eq!((encoded.len(), encoded.prompt_len, encoded.truncated), (256, 256, true));
+    assert!(peak < 64 << 20, "held {} MiB tokenizing a 20 MB example cut to 256 tokens", peak >> 20);
+    // The same ids as tokenizing the whole text, on a text small enough to tokenize whole.
+    let medium = Example { instruction: text(200 << 10), input: String::new(), output: "x".into() };
+    let whole = tokenizer.encode(&Template::HumanAssistant.prompt(&medium.instruction, "")).unwrap();
+    assert_eq!(encode_example(&tokenizer, &Template::HumanAssistant, &medium, 256).unwrap().input_ids, whole[..256]);
+}
