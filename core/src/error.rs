@@ -1,5 +1,9 @@
 //! One error type for the whole core: every variant names the file (or field) at fault and
 //! says what to do, because these messages are what a user sees instead of a panic trace.
+//!
+//! Messages name settings by their snake_case names in backticks (`max_length`), the names the
+//! config files use too; each front end shows them as its own controls (the CLI as flags,
+//! `--max-length`: `native/src/messages.rs`).
 
 use std::path::PathBuf;
 
@@ -55,8 +59,8 @@ pub fn device_failure(what: &str, report: &str) -> Error {
         let bytes: f64 = size.split(|c: char| !c.is_ascii_digit()).next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
         return Error::Device(format!(
             "{what}: the GPU could not allocate a buffer of {:.0} MiB (out of memory, or larger than the adapter's \
-             buffer limit shown by `ember devices`); lower --per-device-train-batch-size or --max-length, store the base \
-             weights with --dtype f16, add --gradient-checkpointing, use a smaller model, or run with --device cpu",
+             buffer limit shown by `ember devices`); lower `per_device_train_batch_size` or `max_length`, store the \
+             base weights with `dtype` f16, add `gradient_checkpointing`, use a smaller model, or run with `device` cpu",
             bytes / 1048576.0
         ));
     }
@@ -105,7 +109,7 @@ mod tests {
         let message = super::device_failure("training (batch 8 x up to 256 tokens)", report).to_string();
         assert!(message.starts_with("training (batch 8 x up to 256 tokens): "), "{message}");
         assert!(message.contains("2048 MiB"), "{message}");
-        for advice in ["--per-device-train-batch-size", "--max-length", "--dtype f16", "--gradient-checkpointing"] {
+        for advice in ["`per_device_train_batch_size`", "`max_length`", "`dtype` f16", "`gradient_checkpointing`"] {
             assert!(message.contains(advice), "{message} lacks {advice}");
         }
     }

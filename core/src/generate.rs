@@ -80,14 +80,14 @@ impl GenerationConfig {
     pub fn validate(&self) -> Result<()> {
         if let Some(s) = &self.sampling {
             if !(s.temperature.is_finite() && s.temperature > 0.0) {
-                return Err(Error::invalid(format!("temperature must be a finite number > 0 (got {})", s.temperature)));
+                return Err(Error::invalid(format!("`temperature` must be a finite number > 0 (got {})", s.temperature)));
             }
             if !(s.top_p > 0.0 && s.top_p <= 1.0) {
-                return Err(Error::invalid(format!("top_p must be in (0, 1] (got {})", s.top_p)));
+                return Err(Error::invalid(format!("`top_p` must be in (0, 1] (got {})", s.top_p)));
             }
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
-            return Err(Error::invalid(format!("repetition_penalty must be a finite number > 0 (got {})", self.repetition_penalty)));
+            return Err(Error::invalid(format!("`repetition_penalty` must be a finite number > 0 (got {})", self.repetition_penalty)));
         }
         Ok(())
     }

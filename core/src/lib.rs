@@ -21,6 +21,7 @@ pub mod loss;
 pub mod model;
 pub mod readback;
 pub mod template;
+pub mod text;
 pub mod tokenizer;
 pub mod train;
 

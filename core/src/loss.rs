@@ -12,11 +12,11 @@
 //! in plain burn each block's logits are kept and the label's logit gathered from them.
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use ember_shaders::cross_entropy::{label_logit, linear_log_sum_exp, log_sum_exp};
+use ember_shaders::cross_entropy::log_sum_exp;
+use ember_shaders::Kernels;
 
 use crate::data::{Batch, IGNORE_INDEX};
 use crate::model::vocab::{ids_in_block, VocabMatrix};
-use crate::model::layers::frozen_linear;
 use crate::model::{AttentionMask, BloomForCausalLM};
 
 /// Summed cross-entropy over the label tokens of `batch` (a one-element tensor, so it can be
@@ -48,7 +48,7 @@ pub fn shifted_cross_entropy_sum(model: &BloomForCausalLM, hidden: Tensor<3>, la
     let targets = Tensor::<2, Int>::from_data(TensorData::new(targets, [n, 1]), device);
     let weights = Tensor::<1>::from_data(TensorData::new(weights, [n]), device);
 
-    let (log_sum_exps, picked) = block_terms(model.lm_head_weight(), x, &targets, model.fused_cross_entropy);
+    let (log_sum_exps, picked) = block_terms(model.lm_head_weight(), x, &targets, &model.kernels);
     let log_sum_exp = if log_sum_exps.len() == 1 { log_sum_exps.into_iter().next().expect("one block") } else { log_sum_exp(Tensor::cat(log_sum_exps, 1)) };
     let nll = (log_sum_exp - picked).reshape([n]);
     ((nll * weights).sum(), count)
@@ -56,7 +56,7 @@ pub fn shifted_cross_entropy_sum(model: &BloomForCausalLM, hidden: Tensor<3>, la
 
 /// Each block's log-sum-exp `[n, 1]`, and the label's logit (from the block that holds it,
 /// zero from the others).
-fn block_terms(head: &VocabMatrix, x: Tensor<2>, targets: &Tensor<2, Int>, fused: bool) -> (Vec<Tensor<2>>, Tensor<2>) {
+fn block_terms(head: &VocabMatrix, x: Tensor<2>, targets: &Tensor<2, Int>, kernels: &Kernels) -> (Vec<Tensor<2>>, Tensor<2>) {
     let mut log_sum_exps = Vec::new();
     let mut picked: Option<Tensor<2>> = None;
     let mut start = 0;
@@ -64,12 +64,7 @@ fn block_terms(head: &VocabMatrix, x: Tensor<2>, targets: &Tensor<2, Int>, fused
         let w = block.val();
         let size = w.dims()[0];
         let (local, inside) = ids_in_block(targets, start..start + size);
-        let (lse, here) = if fused {
-            (linear_log_sum_exp(x.clone(), w.clone()), label_logit(x.clone(), w, local, inside))
-        } else {
-            let logits = frozen_linear(x.clone(), w, None);
-            (log_sum_exp(logits.clone()), logits.gather(1, local) * inside)
-        };
+        let (lse, here) = kernels.head_block(x.clone(), w, local, inside);
         log_sum_exps.push(lse);
         picked = Some(match picked {
             Some(p) => p + here,

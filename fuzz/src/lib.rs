@@ -17,7 +17,8 @@ use std::time::Duration;
 use ember_core::checkpoint::{SafetensorsFile, TensorFile, TorchFile};
 use ember_core::data::formats::examples_from_reader;
 use ember_core::data::Columns;
-use ember_core::lora::inject::{lora_report, ModelShape};
+use ember_core::lora::inject::lora_report;
+use ember_core::model::ModelShape;
 use ember_core::lora::LoraConfig;
 use ember_core::tokenizer::Tokenizer;
 use ember_core::BloomConfig;
@@ -105,14 +106,14 @@ fn tokenizer_config(bytes: &[u8]) {
 
 fn model_config(bytes: &[u8]) {
     if let Ok(config) = BloomConfig::from_json(&String::from_utf8_lossy(bytes), "config.json") {
-        let _ = (config.num_parameters(), config.context_limit(), config.head_dim());
+        let _ = (ModelShape::of_config(&config).base_params(), config.context_limit(), config.head_dim());
         let _ = lora_report(&LoraConfig { target_modules: Some(ember_core::lora::TargetModules::Names(vec!["dense".into()])), ..Default::default() }, ModelShape::of_config(&config));
     }
 }
 
 fn adapter_config(bytes: &[u8]) {
     if let Ok(config) = LoraConfig::from_json(&String::from_utf8_lossy(bytes), "adapter_config.json") {
-        let _ = lora_report(&config, ModelShape { vocab: 608, hidden: 64, layers: 2 });
+        let _ = lora_report(&config, ModelShape { vocab: 608, hidden: 64, layers: 2, tied: true });
     }
 }
 

@@ -109,7 +109,7 @@ pub struct Placement {
     pub dtype: ember_core::model::WeightDType,
     /// Fused kernels (shaders/): all, none, or a list of gelu, cross-entropy, attention, layer-norm.
     #[arg(long, default_value = "all")]
-    pub kernels: ember_core::model::Kernels,
+    pub kernels: ember_shaders::Kernels,
     /// Load model and adapter weights that hold NaN or infinities (refused by default).
     #[arg(long)]
     pub allow_nonfinite: bool,

@@ -2,6 +2,7 @@
 
 mod commands;
 mod device;
+mod messages;
 mod panics;
 mod preflight;
 
@@ -55,13 +56,13 @@ fn main() {
     let code = match result {
         Ok(Ok(())) => return,
         Ok(Err(error)) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", messages::with_flags(&format!("{error:#}")));
             let device = error.chain().any(|e| matches!(e.downcast_ref::<ember_core::Error>(), Some(ember_core::Error::Device(_))));
             if device { EXIT_DEVICE } else { EXIT_ERROR }
         }
         Err(payload) => match panics::explain(payload) {
             panics::Failure::Device(error) => {
-                eprintln!("error: {error}");
+                eprintln!("error: {}", messages::with_flags(&error.to_string()));
                 EXIT_DEVICE
             }
             panics::Failure::Internal(report) => {

@@ -16,15 +16,11 @@
 use burn::tensor::activation::softmax;
 use burn::tensor::Tensor;
 
-use crate::has_kernels;
-
 /// `q` `[batch, heads, queries, head_dim]`, `k` and `v` `[batch, heads, keys, head_dim]` (the
 /// queries are the last `queries` positions), `alibi` `[batch, heads, 1, keys]`, `mask`
 /// `[batch, 1, queries, keys]` → `[batch, heads, queries, head_dim]`.
-pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, alibi: Tensor<4>, mask: Tensor<4>) -> Tensor<4> {
-    if !has_kernels(&q.device()) {
-        return plain(q, k, v, alibi, mask);
-    }
+/// On a backend that has the kernels ([`crate::Kernels::attention`] chooses).
+pub fn fused(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, alibi: Tensor<4>, mask: Tensor<4>) -> Tensor<4> {
     let out = <burn::backend::Dispatch as crate::ops::FusedOps>::alibi_attention(
         q.into_dispatch(),
         k.into_dispatch(),

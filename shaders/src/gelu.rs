@@ -14,11 +14,8 @@ pub const GELU_B: f64 = 2.0 * 0.797_884_56;
 pub(crate) const GELU_A_F32: f32 = GELU_A as f32;
 pub(crate) const GELU_B_F32: f32 = GELU_B as f32;
 
-/// The fused GELU (falls back to [`plain`] on a backend without the kernels).
-pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    if !crate::has_kernels(&x.device()) {
-        return plain(x);
-    }
+/// The fused GELU, on a backend that has the kernels ([`crate::Kernels::gelu`] chooses).
+pub fn fused<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<burn::backend::Dispatch as crate::ops::FusedOps>::bloom_gelu(x.into_dispatch()))
 }
 

@@ -8,13 +8,9 @@
 
 use burn::tensor::Tensor;
 
-use crate::has_kernels;
-
-/// `x` `[..., hidden]` (f32), `gamma` and `beta` `[hidden]` (f32).
-pub fn layer_norm<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: Tensor<1>, eps: f64) -> Tensor<D> {
-    if !has_kernels(&x.device()) {
-        return plain(x, gamma, beta, eps);
-    }
+/// `x` `[..., hidden]` (f32), `gamma` and `beta` `[hidden]` (f32), on a backend that has the
+/// kernels ([`crate::Kernels::layer_norm`] chooses).
+pub fn fused<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: Tensor<1>, eps: f64) -> Tensor<D> {
     let dims = x.dims();
     let hidden = dims[D - 1];
     let flat: Tensor<2> = x.reshape([dims.iter().product::<usize>() / hidden.max(1), hidden]);

@@ -9,7 +9,11 @@
 //!
 //! They are one burn backend extension ([`ops::FusedOps`]): CubeCL kernels on the wgpu
 //! backend (`cube/`, feature `wgpu`), multi-core loops on the CPU backend (`flex.rs`), and
-//! hand-written backward passes under autodiff (`autodiff.rs`). [`Kernels`] says which are on.
+//! hand-written backward passes under autodiff (`autodiff.rs`).
+//!
+//! [`Kernels`] is the one place that chooses: the model holds one and calls its methods
+//! (`gelu`, `layer_norm`, `attention`, `head_block`), each of which runs the fused kernel when it
+//! is switched on and the tensor's backend has it, and the plain computation otherwise.
 
 pub mod attention;
 mod autodiff;
@@ -21,7 +25,7 @@ pub mod gelu;
 pub mod layer_norm;
 pub mod ops;
 
-use burn::tensor::{DType, Device, FloatDType, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 
 /// Which fused kernels the model uses (`ember ... --kernels`); the others run as plain burn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +43,50 @@ impl Kernels {
     /// Each kernel's name (as `--kernels` takes it) and whether it is on.
     fn named(&self) -> [(&'static str, bool); 4] {
         [("gelu", self.gelu), ("cross-entropy", self.cross_entropy), ("attention", self.attention), ("layer-norm", self.layer_norm)]
+    }
+}
+
+impl Kernels {
+    /// Whether a kernel that is `on` runs fused on `device`: only where the backend has the
+    /// kernels (elsewhere the plain computation runs, never an unimplemented backend).
+    fn fused(on: bool, device: &Device) -> bool {
+        on && has_kernels(device)
+    }
+
+    /// BLOOM's tanh-GELU ([`gelu`]).
+    pub fn gelu<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        if Self::fused(self.gelu, &x.device()) { gelu::fused(x) } else { gelu::plain(x) }
+    }
+
+    /// `torch.nn.LayerNorm` over the last dimension ([`layer_norm`]).
+    pub fn layer_norm<const D: usize>(&self, x: Tensor<D>, gamma: Tensor<1>, beta: Tensor<1>, eps: f64) -> Tensor<D> {
+        if Self::fused(self.layer_norm, &x.device()) {
+            layer_norm::fused(x, gamma, beta, eps)
+        } else {
+            layer_norm::plain(x, gamma, beta, eps)
+        }
+    }
+
+    /// ALiBi attention with the causal and padding masks ([`attention`]).
+    pub fn attention(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, alibi: Tensor<4>, mask: Tensor<4>) -> Tensor<4> {
+        if Self::fused(self.attention, &q.device()) {
+            attention::fused(q, k, v, alibi, mask)
+        } else {
+            attention::plain(q, k, v, alibi, mask)
+        }
+    }
+
+    /// One block of the language-model head's loss terms ([`cross_entropy`]): the log-sum-exp of
+    /// `x` `[n, d]` against the block `w` `[v, d]`, and the label's logit for `ids` `[n, 1]`
+    /// (indices into the block) where `inside` `[n, 1]` is 1 — both `[n, 1]`. Plain, the block's
+    /// logits are computed once and kept for the backward pass; fused, never kept.
+    pub fn head_block(&self, x: Tensor<2>, w: Tensor<2>, ids: Tensor<2, Int>, inside: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+        if Self::fused(self.cross_entropy, &x.device()) {
+            (cross_entropy::linear_log_sum_exp(x.clone(), w.clone()), cross_entropy::label_logit(x, w, ids, inside))
+        } else {
+            let logits = autocast_matmul(x, w.transpose());
+            (cross_entropy::log_sum_exp(logits.clone()), logits.gather(1, ids) * inside)
+        }
     }
 }
 
@@ -71,6 +119,19 @@ impl std::str::FromStr for Kernels {
     }
 }
 
+/// In settings files as on the command line: `"all"`, `"none"` or a list.
+impl serde::Serialize for Kernels {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Kernels {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl std::fmt::Display for Kernels {
     /// What `--kernels` takes back: `all`, `none`, or the list of those that are on.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -87,15 +148,11 @@ impl std::fmt::Display for Kernels {
 /// autocast runs a matmul: with f16 weights `x` is rounded to f16 and the product widened back.
 /// (Widening the weight instead would make autodiff keep an f32 copy of every weight.)
 pub fn autocast_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
-    let dtype = w.dtype();
-    if dtype == DType::F32 {
-        return x.matmul(w);
-    }
-    x.cast(dtype).matmul(w).cast(FloatDType::F32)
+    Tensor::from_dispatch(ops::autocast_matmul::<burn::backend::Dispatch>(x.into_dispatch(), w.into_dispatch()))
 }
 
 /// Whether `device`'s backend has the kernels: the CPU backend always, wgpu when this crate was
-/// built with its `wgpu` feature. Elsewhere the wrappers run the plain computation.
+/// built with its `wgpu` feature.
 pub fn has_kernels(device: &Device) -> bool {
     cfg!(feature = "wgpu") || device.clone().inner() == Device::flex()
 }

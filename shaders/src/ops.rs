@@ -251,8 +251,8 @@ pub fn linear_logits<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>) -> FloatT
 }
 
 /// `lhs · rhs` in f32 for a weight `rhs` of any float dtype, computed in the weight's precision
-/// as PyTorch's autocast does (`lhs` rounded to it, the product widened): the primitive form of
-/// [`crate::autocast_matmul`].
+/// as PyTorch's autocast does (`lhs` rounded to it, the product widened); the kernels call it
+/// on primitives and [`crate::autocast_matmul`] on tensors.
 pub fn autocast_matmul<B: Backend>(lhs: FloatTensor<B>, rhs: FloatTensor<B>) -> FloatTensor<B> {
     let dtype = rhs.dtype();
     if dtype == DType::F32 {

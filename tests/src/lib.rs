@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, DeviceKind, DeviceType, Int, Tensor, TensorData};
 use ember_core::model::{AttentionMask, BloomForCausalLM};
+
 use safetensors::SafeTensors;
 
 pub fn fixtures() -> PathBuf {
@@ -125,4 +126,69 @@ pub fn copy_of(name: &str) -> (tempfile::TempDir, PathBuf) {
         std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
     }
     (tmp, dir)
+}
+
+/// How close two results must be, one constant per kind of comparison.
+pub mod tolerance {
+    /// ember's f32 outputs (logits, hidden states) against transformers' on the same weights:
+    /// absolute, for the different summation orders of two implementations.
+    pub const VS_TRANSFORMERS: f32 = 1e-4;
+    /// A loss against transformers' or peft's, relative.
+    pub const LOSS_VS_TRANSFORMERS: f64 = 1e-4;
+    /// A training run's per-step loss, gradient norm and learning rate against transformers'
+    /// Trainer, relative: on the CPU, and on wgpu, whose reductions differ more.
+    pub const TRAINING_CPU: f64 = 1e-4;
+    pub const TRAINING_WGPU: f64 = 1e-3;
+    /// The same computation done two ways inside ember (merged and unmerged adapters, the
+    /// vocabulary in blocks or whole): absolute.
+    pub const SAME_MATH: f32 = 1e-5;
+    /// A fused kernel against its plain computation, relative to the values' scale, in f32.
+    pub const KERNEL: f32 = 1e-4;
+    /// The same with f16 weights: for values and for gradients.
+    pub const KERNEL_F16: (f32, f32) = (1e-3, 1e-2);
+}
+
+/// A fixture model's special-token ids, from its config.json (not written into tests).
+#[derive(Debug, Clone, Copy)]
+pub struct SpecialIds {
+    pub bos: u32,
+    pub eos: u32,
+    pub pad: u32,
+}
+
+pub fn special_ids(model: &str) -> SpecialIds {
+    let config = ember_core::checkpoint::ModelDir::open(&model_dir(model)).unwrap().config;
+    let id = |v: Option<u32>, what: &str| v.unwrap_or_else(|| panic!("fixture {model} has no {what}"));
+    SpecialIds { bos: id(config.bos_token_id, "bos"), eos: id(config.eos_token_id, "eos"), pad: id(config.pad_token_id, "pad") }
+}
+
+/// Where ember's forward pass of fixture model `a` first leaves transformers' (beyond
+/// [`tolerance::VS_TRANSFORMERS`]): the stage (`embeddings`, `block.N`, `ln_f`) and its largest
+/// difference, from `models/a/hidden_states.safetensors`; `None` when every stage agrees. A
+/// failing logits test can then say which block to look at.
+pub fn first_divergence(model: &BloomForCausalLM, split: &str, device: &Device) -> Option<(String, f32)> {
+    use ember_core::model::AttentionBias;
+    let golden = Golden::open(&model_dir("a").join("golden.safetensors"));
+    let stages = Golden::open(&model_dir("a").join("hidden_states.safetensors"));
+    let (ids, mask) = (golden.rows(&format!("{split}.input_ids")), golden.rows(&format!("{split}.attention_mask")));
+    let flat: Vec<i64> = ids.iter().flatten().copied().collect();
+    let input = Tensor::<2, Int>::from_data(TensorData::new(flat, [ids.len(), ids[0].len()]), device);
+    let mask = AttentionMask::from_ints(&mask);
+    let bias = AttentionBias::new(&mask, model.num_heads, ids[0].len(), device);
+    let (t, kernels) = (&model.transformer, &model.kernels);
+    let diverges = |stage: &str, x: &Tensor<3>| {
+        let diff = max_abs_diff(&x.clone().try_into_vec_as::<f32>().unwrap(), &stages.f32s(&format!("{split}.{stage}")));
+        (diff > tolerance::VS_TRANSFORMERS).then(|| (stage.to_owned(), diff))
+    };
+    let mut x = t.word_embeddings_layernorm.forward(t.word_embeddings.forward(input), kernels);
+    if let Some(found) = diverges("embeddings", &x) {
+        return Some(found);
+    }
+    for (i, block) in t.h.iter().enumerate() {
+        x = block.forward(x, &bias, kernels, None);
+        if let Some(found) = diverges(&format!("block.{i}"), &x) {
+            return Some(found);
+        }
+    }
+    diverges("ln_f", &t.ln_f.forward(x, kernels))
 }

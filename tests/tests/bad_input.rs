@@ -5,7 +5,7 @@ use std::path::Path;
 use burn::tensor::Device;
 use ember_core::checkpoint::ModelDir;
 use ember_core::tokenizer::Tokenizer;
-use ember_tests::{copy_of, model_dir};
+use ember_tests::copy_of;
 
 
 fn load_error(dir: &Path) -> String {

@@ -281,7 +281,8 @@ fn server(timeout_s: u64) -> Server {
 fn get(address: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(address).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    // A server over its connection limit answers 503 and closes at once, maybe before this writes.
+    let _ = write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let mut response = Vec::new();
     let _ = stream.read_to_end(&mut response);
     String::from_utf8_lossy(&response).into_owned()
@@ -324,8 +325,9 @@ fn web_drops_half_open_connections_and_streams_large_files() {
     // More silent connections than the server serves at once.
     let idle: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(&s.address).unwrap()).collect();
     std::thread::sleep(Duration::from_millis(300));
+    // Refused: a 503, or a reset when the server closed on the unread request.
     let busy = get(&s.address, "/index.html");
-    assert!(busy.starts_with("HTTP/1.1 503") || busy.starts_with("HTTP/1.1 200"), "{busy}");
+    assert!(busy.is_empty() || busy.starts_with("HTTP/1.1 503"), "{busy}");
     // After the timeout every silent connection has been closed by the server ...
     std::thread::sleep(Duration::from_millis(2500));
     for mut stream in idle {

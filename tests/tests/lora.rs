@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use ember_core::checkpoint::{ModelDir, SafetensorsFile, TensorFile};
 use ember_core::lora::adapter_file::{load_adapter, save_adapter};
-use ember_core::lora::inject::{lora_report, ModelShape};
+use ember_core::lora::inject::lora_report;
+use ember_core::model::ModelShape;
 use ember_core::lora::merge::{merge, save_merged, unmerge};
 use ember_core::lora::{apply_lora, LoraConfig};
 use ember_core::model::BloomForCausalLM;
@@ -15,7 +16,7 @@ use ember_core::BloomConfig;
 use ember_tests::{fixtures, logits, max_abs_diff, model_dir, test_devices, Golden};
 use serde_json::Value;
 
-const TOLERANCE: f32 = 1e-4;
+use ember_tests::tolerance::VS_TRANSFORMERS as TOLERANCE;
 
 fn adapter_names() -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(fixtures().join("adapters"))
@@ -93,7 +94,7 @@ fn merged_directory_equals_transformers_merged_model() {
             let (x, y) = (ours.read(key).unwrap(), theirs.read(key).unwrap());
             assert_eq!(x.shape, y.shape, "{name} {key}");
             let diff = max_abs_diff(&x.data, &y.data);
-            assert!(diff < 1e-5, "{name} {key}: {diff}");
+            assert!(diff < ember_tests::tolerance::SAME_MATH, "{name} {key}: {diff}");
         }
         let config = |p: &Path| -> Value { serde_json::from_str(&std::fs::read_to_string(p.join("config.json")).unwrap()).unwrap() };
         assert_eq!(

@@ -3,9 +3,8 @@
 
 use ember_core::checkpoint::ModelDir;
 use ember_core::generate::{generate, Decoder, GenerationConfig};
-use ember_tests::{logits, max_abs_diff, model_dir, model_names, test_devices, Golden};
-
-const TOLERANCE: f32 = 1e-4;
+use ember_tests::tolerance::VS_TRANSFORMERS as TOLERANCE;
+use ember_tests::{first_divergence, logits, max_abs_diff, model_dir, model_names, special_ids, test_devices, Golden};
 
 #[test]
 fn logits_match_transformers_for_every_fixture_model_and_format() {
@@ -21,9 +20,28 @@ fn logits_match_transformers_for_every_fixture_model_and_format() {
                 let mask = golden.rows(&format!("{batch}.attention_mask"));
                 let ours = logits(&model, &ids, &mask, &device);
                 let diff = max_abs_diff(&ours, &golden.f32s(&format!("{batch}.logits")));
-                assert!(diff < TOLERANCE, "{device_name} {name} {batch}: max |Δlogit| = {diff}");
+                let first = if name == "a" { format!("; first stage off: {:?}", first_divergence(&model, batch, &device)) } else { String::new() };
+                assert!(diff < TOLERANCE, "{device_name} {name} {batch}: max |Δlogit| = {diff}{first}");
             }
         }
+    }
+}
+
+/// Every stage of the forward pass (embeddings, each block, the final layer norm) matches
+/// transformers', so a logits mismatch can be traced to the block where it starts.
+#[test]
+fn every_block_matches_transformers() {
+    for (device_name, device) in test_devices() {
+        let model = ModelDir::open(&model_dir("a")).unwrap().load_model(&device).unwrap();
+        for split in ["unpadded", "padded"] {
+            assert_eq!(first_divergence(&model, split, &device), None, "{device_name} {split}");
+        }
+        // The helper finds a divergence where there is one: a changed block 1 is the first off.
+        let mut broken = ModelDir::open(&model_dir("a")).unwrap().load_model(&device).unwrap();
+        let dense = &mut broken.transformer.h[1].mlp.dense_4h_to_h;
+        dense.weight = burn::module::Param::from_tensor(dense.weight.val() * 1.01).set_require_grad(false);
+        let found = first_divergence(&broken, "unpadded", &device).map(|(stage, _)| stage);
+        assert_eq!(found.as_deref(), Some("block.1"), "{device_name}");
     }
 }
 
@@ -69,7 +87,8 @@ struct BatchCase {
 }
 
 fn greedy(max_new_tokens: usize) -> GenerationConfig {
-    GenerationConfig { max_new_tokens: Some(max_new_tokens), eos_token_id: Some(2), pad_token_id: 3, ..Default::default() }
+    let ids = special_ids("a");
+    GenerationConfig { max_new_tokens: Some(max_new_tokens), eos_token_id: Some(ids.eos), pad_token_id: ids.pad, ..Default::default() }
 }
 
 /// transformers pads finished rows with pad tokens; ember stops a row at its eos.

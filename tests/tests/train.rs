@@ -10,7 +10,7 @@ use ember_core::lora::{apply_lora, LoraConfig};
 use ember_core::template::Template;
 use ember_core::tokenizer::{PaddingSide, Tokenizer};
 use ember_core::train::{Trainer, TrainingArgs};
-use ember_tests::{fixtures, max_abs_diff, model_dir, test_devices};
+use ember_tests::{fixtures, max_abs_diff, model_dir, special_ids, test_devices, tolerance};
 use serde_json::Value;
 
 fn dataset() -> TokenizedDataset {
@@ -31,7 +31,7 @@ fn args_of(run: &Value, output_dir: &str) -> TrainingArgs {
         per_device_train_batch_size: a["per_device_train_batch_size"].as_u64().unwrap() as usize,
         gradient_accumulation_steps: a["gradient_accumulation_steps"].as_u64().unwrap() as usize,
         learning_rate: a["learning_rate"].as_f64().unwrap(),
-        lr_scheduler_type: a["lr_scheduler_type"].as_str().unwrap().into(),
+        lr_scheduler_type: serde_json::from_value(a["lr_scheduler_type"].clone()).unwrap(),
         warmup_steps: a.get("warmup_steps").and_then(Value::as_u64).unwrap_or(0) as usize,
         max_grad_norm: a["max_grad_norm"].as_f64().unwrap(),
         weight_decay: a["weight_decay"].as_f64().unwrap(),
@@ -50,7 +50,7 @@ fn args_of(run: &Value, output_dir: &str) -> TrainingArgs {
 fn trainer(device: &Device, args: TrainingArgs, data: &TokenizedDataset) -> Trainer {
     let mut model = ModelDir::open(&model_dir("a")).unwrap().load_model(device).unwrap();
     let (lora, _) = load_adapter(&mut model, &fixtures().join("train/init_adapter"), device, false).unwrap();
-    Trainer::new(model, lora, args, data, 3, PaddingSide::Left, device).unwrap()
+    Trainer::new(model, lora, args, data, special_ids("a").pad, PaddingSide::Left, device).unwrap()
 }
 
 fn close(a: f64, b: f64, rel: f64) -> bool {
@@ -61,7 +61,7 @@ fn close(a: f64, b: f64, rel: f64) -> bool {
 fn steps_and_final_adapter_equal_transformers_trainer() {
     let data = dataset();
     for (device_name, base) in test_devices() {
-        let tolerance = if device_name == "cpu" { 1e-4 } else { 1e-3 };
+        let tolerance = if device_name == "cpu" { tolerance::TRAINING_CPU } else { tolerance::TRAINING_WGPU };
         // --gradient-checkpointing recomputes activations and must not change a single step.
         let modes = [("", base.clone().autodiff()), (" with gradient checkpointing", base.clone().autodiff().gradient_checkpointing())];
         for ((mode, device), run_name) in modes.iter().flat_map(|m| ["run_a", "run_b"].map(|r| (m, r))) {
@@ -128,15 +128,15 @@ fn training_vocabulary_copies_in_blocks_equals_one_block() {
     blocked.set_vocab_block_rows(7);
     assert!(blocked.transformer.word_embeddings.trainable_copy.as_ref().unwrap().blocks.len() > 1);
     let args = || TrainingArgs { max_steps: 2, ..args_of(&run, out.path().to_str().unwrap()) };
-    let mut whole = Trainer::new(model, lora.clone(), args(), &data, 3, PaddingSide::Left, &device).unwrap();
-    let mut parts = Trainer::new(blocked, lora, args(), &data, 3, PaddingSide::Left, &device).unwrap();
+    let mut whole = Trainer::new(model, lora.clone(), args(), &data, special_ids("a").pad, PaddingSide::Left, &device).unwrap();
+    let mut parts = Trainer::new(blocked, lora, args(), &data, special_ids("a").pad, PaddingSide::Left, &device).unwrap();
     for step in 0..2 {
         let (a, b) = (whole.step(&data).unwrap(), parts.step(&data).unwrap());
-        assert!(close(a.loss, b.loss, 1e-5), "step {step}: loss {} vs {}", a.loss, b.loss);
+        assert!(close(a.loss, b.loss, tolerance::SAME_MATH as f64), "step {step}: loss {} vs {}", a.loss, b.loss);
     }
     for slot in &whole.slots {
         let value = |t: &Trainer| slot.read(&t.model).1.inner().try_into_vec_as::<f32>().unwrap();
         let diff = max_abs_diff(&value(&whole), &value(&parts));
-        assert!(diff < 1e-5, "{}: max |Δ| = {diff}", slot.key());
+        assert!(diff < tolerance::SAME_MATH, "{}: max |Δ| = {diff}", slot.key());
     }
 }

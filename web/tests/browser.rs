@@ -117,7 +117,7 @@ fn args_of(run: &Value) -> TrainingArgs {
         per_device_train_batch_size: a["per_device_train_batch_size"].as_u64().unwrap() as usize,
         gradient_accumulation_steps: a["gradient_accumulation_steps"].as_u64().unwrap() as usize,
         learning_rate: f("learning_rate"),
-        lr_scheduler_type: a["lr_scheduler_type"].as_str().unwrap().into(),
+        lr_scheduler_type: serde_json::from_value(a["lr_scheduler_type"].clone()).unwrap(),
         max_grad_norm: f("max_grad_norm"),
         weight_decay: f("weight_decay"),
         max_steps: a["max_steps"].as_i64().unwrap(),

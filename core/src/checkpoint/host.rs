@@ -69,7 +69,7 @@ pub fn check_finite(path: &std::path::Path, name: &str, values: &[f32]) -> Resul
             path,
             format!(
                 "tensor `{name}` holds {} at index {i}: the weights are damaged (re-download or re-save them; \
-                 ember's --allow-nonfinite loads them anyway)",
+                 `allow_nonfinite` loads them anyway)",
                 values[i]
             ),
         )),

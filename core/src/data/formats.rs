@@ -42,12 +42,12 @@ impl Columns {
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (role, name) = part
                 .split_once('=')
-                .ok_or_else(|| Error::invalid(format!("--columns: \"{part}\" is not ROLE=COLUMN (e.g. instruction=prompt)")))?;
+                .ok_or_else(|| Error::invalid(format!("`columns`: \"{part}\" is not ROLE=COLUMN (e.g. instruction=prompt)")))?;
             let slot = match role.trim() {
                 "instruction" => &mut columns.instruction,
                 "input" => &mut columns.input,
                 "output" => &mut columns.output,
-                other => return Err(Error::invalid(format!("--columns: unknown role \"{other}\" (instruction, input, output)"))),
+                other => return Err(Error::invalid(format!("`columns`: unknown role \"{other}\" (instruction, input, output)"))),
             };
             *slot = name.trim().to_owned();
         }
@@ -75,7 +75,7 @@ pub fn data_files(path: &Path, split: &str) -> Result<Vec<PathBuf>> {
             .map(|s| s.iter().filter_map(Value::as_str).map(str::to_owned).collect::<Vec<_>>())
             .unwrap_or_default();
         if !splits.iter().any(|s| s == split) {
-            return Err(Error::file(&dict, format!("no split \"{split}\" (splits: {}); choose one with --split", splits.join(", "))));
+            return Err(Error::file(&dict, format!("no split \"{split}\" (splits: {}); choose one with `split`", splits.join(", "))));
         }
         return data_files(&path.join(split), split);
     }
@@ -167,7 +167,7 @@ fn field(record: &serde_json::Map<String, Value>, name: &str, optional: bool, pl
         None | Some(Value::Null) => {
             let present: Vec<&str> = record.keys().map(String::as_str).collect();
             Err(Error::invalid(format!(
-                "{}: no field \"{name}\" (fields present: {}); map yours with --columns",
+                "{}: no field \"{name}\" (fields present: {}); map yours with `columns`",
                 place(),
                 present.join(", ")
             )))
@@ -232,7 +232,7 @@ fn csv_rows(origin: PathBuf, reader: impl Read + Send + 'static, columns: Column
 }
 
 fn missing_column(origin: &Path, name: &str, present: &[String]) -> Error {
-    Error::file(origin, format!("no column \"{name}\" (columns: {}); map yours with --columns instruction=NAME,...", present.join(", ")))
+    Error::file(origin, format!("no column \"{name}\" (columns: {}); map yours with `columns` instruction=NAME,...", present.join(", ")))
 }
 
 /// The examples of one Arrow record batch.

@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use super::layer::{lora_scale, LoraInit};
 use crate::error::{Error, Result};
+use crate::model::ModuleKind;
 
 /// peft's `target_modules`: a JSON list of names, or a JSON string that is a regex.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -14,6 +15,31 @@ use crate::error::{Error, Result};
 pub enum TargetModules {
     Regex(String),
     Names(Vec<String>),
+}
+
+/// peft's `bias`: which biases train beside the adapters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bias {
+    /// None (peft's default).
+    #[default]
+    None,
+    /// Every bias outside the `modules_to_save` copies (Linear layers and LayerNorms).
+    All,
+    /// The biases of the layers LoRA adapts.
+    LoraOnly,
+}
+
+impl Bias {
+    /// Whether the bias of a module of `kind` trains, given whether LoRA adapts it and whether
+    /// `modules_to_save` copies it (a copy trains whole, bias included, either way).
+    pub fn trains(self, kind: &ModuleKind, adapted: bool, saved: bool) -> bool {
+        match self {
+            Bias::None => false,
+            Bias::All => !saved && kind.bias_params() > 0,
+            Bias::LoraOnly => adapted && matches!(kind, ModuleKind::Linear { bias: true, .. }),
+        }
+    }
 }
 
 /// peft's `init_lora_weights`: `true`, `false` or a method name such as `"gaussian"`.
@@ -62,8 +88,8 @@ pub struct LoraConfig {
     pub exclude_modules: Option<TargetModules>,
     #[serde(default)]
     pub modules_to_save: Option<Vec<String>>,
-    #[serde(default = "default_bias")]
-    pub bias: String,
+    #[serde(default)]
+    pub bias: Bias,
     #[serde(default)]
     pub fan_in_fan_out: bool,
     #[serde(default = "default_init")]
@@ -95,9 +121,6 @@ fn default_r() -> usize {
 }
 fn default_alpha() -> f64 {
     8.0
-}
-fn default_bias() -> String {
-    "none".into()
 }
 fn default_init() -> InitLoraWeights {
     InitLoraWeights::Flag(true)
@@ -170,9 +193,6 @@ impl LoraConfig {
         }
         if !(0.0..1.0).contains(&self.lora_dropout) {
             return Err(format!("lora_dropout must be in [0, 1), got {}", self.lora_dropout));
-        }
-        if !["none", "all", "lora_only"].contains(&self.bias.as_str()) {
-            return Err(format!("bias is \"{}\"; expected \"none\", \"all\" or \"lora_only\"", self.bias));
         }
         if let InitLoraWeights::Method(m) = &self.init_lora_weights {
             if m != "gaussian" {
@@ -261,6 +281,43 @@ impl LoraConfig {
         let r = pattern_value(&self.rank_pattern, name).map_or(self.r, |v| v as usize);
         let alpha = pattern_value(&self.alpha_pattern, name).unwrap_or(self.lora_alpha);
         (r, lora_scale(alpha, r, self.use_rslora))
+    }
+}
+
+/// The LoRA settings a user gives — flags, a config file, the page's fields — with what is
+/// not given left `None`. [`LoraSettings::build`] fills the rest with peft's defaults, so they
+/// are written once (`LoraConfig`'s serde defaults) for every front end.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoraSettings {
+    /// Default: peft's target for the model family (BLOOM: `["query_key_value"]`).
+    pub target_modules: Option<TargetModules>,
+    pub r: Option<usize>,
+    pub lora_alpha: Option<f64>,
+    pub lora_dropout: Option<f64>,
+    pub use_rslora: bool,
+    pub modules_to_save: Option<Vec<String>>,
+}
+
+impl LoraSettings {
+    /// The `LoraConfig` for a causal LM, validated; `base_model` is recorded as peft does.
+    pub fn build(&self, base_model: Option<String>) -> Result<LoraConfig> {
+        let defaults = LoraConfig::default();
+        let target = self.target_modules.clone().unwrap_or_else(|| {
+            TargetModules::Names(crate::model::bloom::LORA_TARGET_MODULES.iter().map(|s| s.to_string()).collect())
+        });
+        let config = LoraConfig {
+            task_type: Some("CAUSAL_LM".into()),
+            r: self.r.unwrap_or(defaults.r),
+            lora_alpha: self.lora_alpha.unwrap_or(defaults.lora_alpha),
+            lora_dropout: self.lora_dropout.unwrap_or(defaults.lora_dropout),
+            target_modules: Some(target),
+            modules_to_save: self.modules_to_save.clone().filter(|m| !m.is_empty()),
+            use_rslora: self.use_rslora,
+            base_model_name_or_path: base_model,
+            ..defaults
+        };
+        config.validate().map_err(Error::invalid)?;
+        Ok(config)
     }
 }
 

@@ -2,13 +2,14 @@
 //! cost, undoing it, and writing the merged model as a Hugging Face model directory.
 
 use burn::module::Param;
+use burn::tensor::Tensor;
 
 use super::adapter_file::{to_host, LazyTensor};
 #[cfg(not(target_arch = "wasm32"))]
 use super::adapter_file::write_safetensors;
 use crate::error::Result;
 use crate::model::precision::widened;
-use crate::model::{BloomForCausalLM, VocabMatrix};
+use crate::model::{BloomForCausalLM, Layer, LayerMut, ModuleTree, VocabMatrix};
 
 /// Merges every unmerged adapter into its base weight (peft's `merge_adapter`).
 pub fn merge(model: &mut BloomForCausalLM) {
@@ -21,20 +22,16 @@ pub fn unmerge(model: &mut BloomForCausalLM) {
 }
 
 fn fold(model: &mut BloomForCausalLM, sign: f64) {
-    let names: Vec<String> = model.linears().into_iter().filter(|(_, l)| l.lora.is_some()).map(|(n, _)| n).collect();
-    for name in names {
-        let linear = model.linear_mut(&name).expect("linear");
-        let lora = linear.lora.as_mut().expect("adapter");
-        if lora.merged == (sign > 0.0) {
-            continue;
-        }
+    model.visit_mut(|_, layer| {
+        let LayerMut::Linear(linear) = layer else { return };
+        let Some(lora) = linear.lora.as_mut().filter(|l| l.merged != (sign > 0.0)) else { return };
         // In the weight's stored precision: merging into f16 weights rounds, as in peft.
         let stored = linear.weight.val();
         let dtype = stored.dtype();
         let weight = (widened(stored) + lora.delta_weight() * sign).cast(dtype);
         linear.weight = Param::from_tensor(weight).set_require_grad(linear.weight.is_require_grad());
         lora.merged = sign > 0.0;
-    }
+    });
 }
 
 /// Whether the merged model's `lm_head` differs from its (possibly trained) embeddings, so it
@@ -49,38 +46,40 @@ pub fn merged_head_is_untied(model: &BloomForCausalLM) -> bool {
 pub fn merged_tensors(model: &BloomForCausalLM) -> Result<Vec<(String, LazyTensor)>> {
     let mut merged = model.clone();
     merge(&mut merged);
+    let untied = merged_head_is_untied(&merged);
     let mut out = Vec::new();
-    let mut push2 = |name: String, t: burn::tensor::Tensor<2>| {
+    let lazy = |name: String, t: Tensor<1>, shape: Vec<usize>| (name, LazyTensor::new(shape, move || to_host(t.clone())));
+    let flat = |t: Tensor<2>| {
         let dims = t.dims();
-        let flat = t.reshape([dims[0] * dims[1]]);
-        out.push((name, LazyTensor::new(dims.to_vec(), move || to_host(flat.clone()))));
+        (t.reshape([dims[0] * dims[1]]), dims.to_vec())
     };
-    for (name, linear) in merged.linears() {
-        push2(format!("{name}.weight"), linear.weight.val());
-    }
-    let mut push_vocab = |name: &str, matrix: &VocabMatrix| {
-        let matrix = matrix.clone();
-        out.push((name.to_owned(), LazyTensor::new(matrix.dims().to_vec(), move || matrix.to_host())));
-    };
-    push_vocab("transformer.word_embeddings.weight", merged.transformer.word_embeddings.active_weight());
-    if merged_head_is_untied(&merged) {
-        push_vocab("lm_head.weight", merged.lm_head_weight());
-    }
-    let mut push1 = |name: String, t: burn::tensor::Tensor<1>| {
-        let n = t.dims()[0];
-        out.push((name, LazyTensor::new(vec![n], move || to_host(t.clone()))));
-    };
-    for (name, linear) in merged.linears() {
-        if let Some(b) = &linear.bias {
-            push1(format!("{name}.bias"), b.val());
+    for (module, layer) in merged.named_layers() {
+        let name = &module.name;
+        match layer {
+            Layer::Linear(linear) => {
+                let (weight, shape) = flat(linear.weight.val());
+                out.push(lazy(format!("{name}.weight"), weight, shape));
+                if let Some(b) = &linear.bias {
+                    out.push(lazy(format!("{name}.bias"), b.val(), b.dims().to_vec()));
+                }
+            }
+            Layer::LayerNorm(norm) => {
+                out.push(lazy(format!("{name}.weight"), norm.weight.val(), norm.weight.dims().to_vec()));
+                out.push(lazy(format!("{name}.bias"), norm.bias.val(), norm.bias.dims().to_vec()));
+            }
+            // Read block by block (never whole on the device).
+            Layer::Embedding(embedding) => out.push(vocab_tensor(format!("{name}.weight"), embedding.active_weight())),
+            Layer::Head(head) if untied => out.push(vocab_tensor(format!("{name}.weight"), head)),
+            Layer::Head(_) => {}
         }
-    }
-    for (name, norm) in merged.layer_norms() {
-        push1(format!("{name}.weight"), norm.weight.val());
-        push1(format!("{name}.bias"), norm.bias.val());
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(out)
+}
+
+fn vocab_tensor(name: String, matrix: &VocabMatrix) -> (String, LazyTensor) {
+    let matrix = matrix.clone();
+    (name, LazyTensor::new(matrix.dims().to_vec(), move || matrix.to_host()))
 }
 
 /// Writes `model` with its adapters merged as a complete model directory: `config.json` and

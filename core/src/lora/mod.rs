@@ -9,6 +9,6 @@ pub mod layer;
 pub mod merge;
 pub mod slots;
 
-pub use config::{LoraConfig, TargetModules};
+pub use config::{Bias, LoraConfig, LoraSettings, TargetModules};
 pub use inject::{apply_lora, LoraReport};
 pub use layer::{LoraAdapter, LoraInit};

@@ -8,8 +8,7 @@ use burn::tensor::{Gradients, Tensor};
 use super::config::LoraConfig;
 use super::inject::select_modules;
 use crate::error::Result;
-use crate::model::names::ModuleKind;
-use crate::model::{BloomForCausalLM, VocabMatrix};
+use crate::model::{BloomForCausalLM, ModuleKind, ModuleTree, VocabMatrix};
 
 /// peft prefixes every key with the wrapper path of the base model.
 pub const PREFIX: &str = "base_model.model.";
@@ -141,43 +140,32 @@ fn lora<'m>(model: &'m mut BloomForCausalLM, name: &str) -> &'m mut super::LoraA
     model.linear_mut(name).and_then(|l| l.lora.as_mut()).expect("LoRA layer exists")
 }
 
-/// The slots of an adapter for `config` on a model with `num_layers` blocks, in the order
-/// peft's state dict lists them.
+/// The slots of an adapter for `config` on `model`, in the order peft's state dict lists them.
 pub fn adapter_slots(config: &LoraConfig, model: &BloomForCausalLM) -> Result<Vec<Slot>> {
-    let (targeted, saved) = select_modules(config, model.num_layers())?;
+    let modules = model.modules();
+    let selection = select_modules(config, &modules)?;
     let mut slots = Vec::new();
-    for name in &targeted {
-        slots.push(Slot::LoraA(name.clone()));
-        slots.push(Slot::LoraB(name.clone()));
+    for m in &selection.targeted {
+        slots.push(Slot::LoraA(m.name.clone()));
+        slots.push(Slot::LoraB(m.name.clone()));
     }
-    for (name, kind) in &saved {
-        match kind {
-            ModuleKind::Embedding => slots.push(Slot::EmbeddingCopy(name.clone())),
-            ModuleKind::Linear if name == "lm_head" => slots.push(Slot::LmHead),
-            ModuleKind::Linear => {
-                slots.push(Slot::LinearWeight(name.clone()));
-                slots.push(Slot::LinearBias { name: name.clone(), wrapped: false });
-            }
-            ModuleKind::LayerNorm => {
-                slots.push(Slot::NormWeight(name.clone()));
-                slots.push(Slot::NormBias(name.clone()));
-            }
-            _ => {}
+    for m in &selection.saved {
+        let name = m.name.clone();
+        match m.kind {
+            ModuleKind::Embedding { .. } => slots.push(Slot::EmbeddingCopy(name)),
+            ModuleKind::Linear { .. } if name == "lm_head" => slots.push(Slot::LmHead),
+            ModuleKind::Linear { .. } => slots.extend([Slot::LinearWeight(name.clone()), Slot::LinearBias { name, wrapped: false }]),
+            ModuleKind::LayerNorm { .. } => slots.extend([Slot::NormWeight(name.clone()), Slot::NormBias(name)]),
+            ModuleKind::Container | ModuleKind::Stateless => {}
         }
     }
-    let is_saved = |n: &str| saved.iter().any(|(s, _)| s == n);
-    if config.bias != "none" {
-        for (name, _) in model.linears() {
-            let wrapped = targeted.contains(&name);
-            if (config.bias == "all" && !is_saved(&name)) || (config.bias == "lora_only" && wrapped) {
-                slots.push(Slot::LinearBias { name, wrapped });
-            }
-        }
-    }
-    if config.bias == "all" {
-        for (name, _) in model.layer_norms() {
-            if !is_saved(&name) {
-                slots.push(Slot::NormBias(name));
+    for m in &modules {
+        let (adapted, saved) = (selection.is_targeted(&m.name), selection.is_saved(&m.name));
+        if config.bias.trains(&m.kind, adapted, saved) {
+            match m.kind {
+                ModuleKind::Linear { .. } => slots.push(Slot::LinearBias { name: m.name.clone(), wrapped: adapted }),
+                ModuleKind::LayerNorm { .. } => slots.push(Slot::NormBias(m.name.clone())),
+                _ => {}
             }
         }
     }

@@ -1,16 +1,25 @@
 //! BLOOM (`BloomForCausalLM`), written to follow transformers' `modeling_bloom.py` line by line.
 //! Field names are the checkpoint's, so `transformer.h.3.self_attention.query_key_value` is
-//! `model.transformer.h[3].self_attention.query_key_value` here.
+//! `model.transformer.h[3].self_attention.query_key_value` here. This file is the one place
+//! BLOOM's module names are spelled: each module loads itself by its own names (a prefix-scoped
+//! [`Scope`]), and [`ModelShape::modules`] lists them all, with shapes, as `named_modules()`
+//! does; [`ModuleTree`] derives access by name from that list.
 
 use burn::module::Module;
 use burn::tensor::{Int, Tensor};
+use ember_shaders::Kernels;
 
 use super::alibi::{AttentionBias, AttentionMask};
 use super::cache::{KvCache, LayerCache};
 use super::layers::{Embedding, LayerNorm, Linear};
+use super::modules::{Layer, LayerMut, ModuleKind, ModuleTree, NamedModule};
 use super::vocab::{rows_per_block, VocabMatrix};
+use super::{Scope, WeightSource};
 use crate::config::BloomConfig;
-pub use ember_shaders::Kernels;
+use crate::Result;
+
+/// peft's default LoRA target for BLOOM (`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`).
+pub const LORA_TARGET_MODULES: [&str; 1] = ["query_key_value"];
 
 #[derive(Module, Debug)]
 pub struct BloomAttention {
@@ -19,18 +28,25 @@ pub struct BloomAttention {
     pub query_key_value: Linear,
     pub dense: Linear,
     pub num_heads: usize,
-    /// The attention as the fused kernel that keeps no scores (`ember_shaders::attention`), or
-    /// in plain burn.
-    pub fused_attention: bool,
 }
 
 impl BloomAttention {
+    fn load<W: WeightSource>(s: &mut Scope<W>, config: &BloomConfig) -> Result<Self> {
+        let h = config.hidden_size;
+        Ok(BloomAttention {
+            query_key_value: Linear::load(&mut s.pp("query_key_value"), 3 * h, h)?,
+            dense: Linear::load(&mut s.pp("dense"), h, h)?,
+            num_heads: config.n_head,
+        })
+    }
+
     /// `x`: `[batch, queries, hidden]`; returns `dense(attention) + residual`.
     pub fn forward(
         &self,
         x: Tensor<3>,
         residual: Tensor<3>,
         bias: &AttentionBias,
+        kernels: &Kernels,
         cache: Option<&mut LayerCache>,
     ) -> Tensor<3> {
         let [batch, queries, hidden] = x.dims();
@@ -38,23 +54,14 @@ impl BloomAttention {
 
         let fused = self.query_key_value.forward(x).reshape([batch, queries, heads, 3, head_dim]);
         let part = |i: usize| {
-            fused
-                .clone()
-                .slice_dim(3, i..i + 1)
-                .reshape([batch, queries, heads, head_dim])
-                .swap_dims(1, 2)
+            fused.clone().slice_dim(3, i..i + 1).reshape([batch, queries, heads, head_dim]).swap_dims(1, 2)
         };
         let (query, mut key, mut value) = (part(0), part(1), part(2));
         if let Some(cache) = cache {
             (key, value) = cache.append(key, value);
         }
 
-        let (alibi, mask) = (bias.alibi.clone(), bias.mask.clone());
-        let context = if self.fused_attention {
-            ember_shaders::attention::attention(query, key, value, alibi, mask)
-        } else {
-            ember_shaders::attention::plain(query, key, value, alibi, mask)
-        };
+        let context = kernels.attention(query, key, value, bias.alibi.clone(), bias.mask.clone());
         let context = context.swap_dims(1, 2).reshape([batch, queries, hidden]);
         self.dense.forward(context) + residual
     }
@@ -64,14 +71,19 @@ impl BloomAttention {
 pub struct BloomMlp {
     pub dense_h_to_4h: Linear,
     pub dense_4h_to_h: Linear,
-    /// BLOOM's tanh-GELU as the fused kernel (`ember_shaders::gelu`) or in plain burn.
-    pub fused_gelu: bool,
 }
 
 impl BloomMlp {
-    pub fn forward(&self, x: Tensor<3>, residual: Tensor<3>) -> Tensor<3> {
-        let h = self.dense_h_to_4h.forward(x);
-        let h = if self.fused_gelu { ember_shaders::gelu::gelu(h) } else { ember_shaders::gelu::plain(h) };
+    fn load<W: WeightSource>(s: &mut Scope<W>, config: &BloomConfig) -> Result<Self> {
+        let h = config.hidden_size;
+        Ok(BloomMlp {
+            dense_h_to_4h: Linear::load(&mut s.pp("dense_h_to_4h"), 4 * h, h)?,
+            dense_4h_to_h: Linear::load(&mut s.pp("dense_4h_to_h"), h, 4 * h)?,
+        })
+    }
+
+    pub fn forward(&self, x: Tensor<3>, residual: Tensor<3>, kernels: &Kernels) -> Tensor<3> {
+        let h = kernels.gelu(self.dense_h_to_4h.forward(x));
         self.dense_4h_to_h.forward(h) + residual
     }
 }
@@ -86,14 +98,25 @@ pub struct BloomBlock {
 }
 
 impl BloomBlock {
-    pub fn forward(&self, x: Tensor<3>, bias: &AttentionBias, cache: Option<&mut LayerCache>) -> Tensor<3> {
-        let normed = self.input_layernorm.forward(x.clone());
-        let residual = if self.apply_residual_connection_post_layernorm { normed.clone() } else { x };
-        let attended = self.self_attention.forward(normed, residual, bias, cache);
+    fn load<W: WeightSource>(s: &mut Scope<W>, config: &BloomConfig) -> Result<Self> {
+        let (h, eps) = (config.hidden_size, config.layer_norm_epsilon);
+        Ok(BloomBlock {
+            input_layernorm: LayerNorm::load(&mut s.pp("input_layernorm"), h, eps)?,
+            self_attention: BloomAttention::load(&mut s.pp("self_attention"), config)?,
+            post_attention_layernorm: LayerNorm::load(&mut s.pp("post_attention_layernorm"), h, eps)?,
+            mlp: BloomMlp::load(&mut s.pp("mlp"), config)?,
+            apply_residual_connection_post_layernorm: config.apply_residual_connection_post_layernorm,
+        })
+    }
 
-        let normed = self.post_attention_layernorm.forward(attended.clone());
+    pub fn forward(&self, x: Tensor<3>, bias: &AttentionBias, kernels: &Kernels, cache: Option<&mut LayerCache>) -> Tensor<3> {
+        let normed = self.input_layernorm.forward(x.clone(), kernels);
+        let residual = if self.apply_residual_connection_post_layernorm { normed.clone() } else { x };
+        let attended = self.self_attention.forward(normed, residual, bias, kernels, cache);
+
+        let normed = self.post_attention_layernorm.forward(attended.clone(), kernels);
         let residual = if self.apply_residual_connection_post_layernorm { normed.clone() } else { attended };
-        self.mlp.forward(normed, residual)
+        self.mlp.forward(normed, residual, kernels)
     }
 }
 
@@ -107,12 +130,28 @@ pub struct BloomModel {
 }
 
 impl BloomModel {
-    pub fn forward(&self, input_ids: Tensor<2, Int>, bias: &AttentionBias, mut cache: Option<&mut KvCache>) -> Tensor<3> {
-        let mut x = self.word_embeddings_layernorm.forward(self.word_embeddings.forward(input_ids));
+    fn load<W: WeightSource>(s: &mut Scope<W>, config: &BloomConfig) -> Result<Self> {
+        let (h, eps) = (config.hidden_size, config.layer_norm_epsilon);
+        let word_embeddings = Embedding::load(&mut s.pp("word_embeddings"), config.vocab_size, h)?;
+        let word_embeddings_layernorm = LayerNorm::load(&mut s.pp("word_embeddings_layernorm"), h, eps)?;
+        let mut blocks = s.pp("h");
+        let h_blocks = (0..config.n_layer).map(|i| BloomBlock::load(&mut blocks.pp(i), config)).collect::<Result<_>>()?;
+        Ok(BloomModel { word_embeddings, word_embeddings_layernorm, h: h_blocks, ln_f: LayerNorm::load(&mut s.pp("ln_f"), h, eps)? })
+    }
+
+    pub fn forward(
+        &self,
+        input_ids: Tensor<2, Int>,
+        bias: &AttentionBias,
+        kernels: &Kernels,
+        mut cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
+        let embedded = self.word_embeddings.forward(input_ids);
+        let mut x = self.word_embeddings_layernorm.forward(embedded, kernels);
         for (i, block) in self.h.iter().enumerate() {
-            x = block.forward(x, bias, cache.as_deref_mut().map(|c| c.layer(i)));
+            x = block.forward(x, bias, kernels, cache.as_deref_mut().map(|c| c.layer(i)));
         }
-        self.ln_f.forward(x)
+        self.ln_f.forward(x, kernels)
     }
 }
 
@@ -128,12 +167,35 @@ pub struct BloomForCausalLM {
     /// `word_embeddings` does *not* move the head: peft leaves it on the original, frozen
     /// embedding matrix, and so does ember.
     pub lm_head: Option<VocabMatrix>,
-    /// The loss's log-sum-exp over the head as the fused kernel that keeps no logits
-    /// (`ember_shaders::cross_entropy`), or in plain burn.
-    pub fused_cross_entropy: bool,
+    /// Whether the checkpoint ties `lm_head` to the word embeddings (config.json).
+    pub tie_word_embeddings: bool,
+    /// Which operations run as the fused kernels of `ember_shaders` (all by default); the one
+    /// place the choice is made, passed down with the attention bias.
+    #[module(skip)]
+    pub kernels: Kernels,
 }
 
 impl BloomForCausalLM {
+    /// Builds the module tree from a weight source (a checkpoint or random init), each module
+    /// loading itself by its own names.
+    pub fn from_weights(config: &BloomConfig, weights: &mut impl WeightSource) -> Result<Self> {
+        let mut root = Scope::new(weights);
+        let transformer = BloomModel::load(&mut root.pp("transformer"), config)?;
+        let lm_head = if config.tie_word_embeddings {
+            None
+        } else {
+            let shape = [config.vocab_size, config.hidden_size];
+            Some(root.pp("lm_head").vocab_matrix("weight", shape, rows_per_block(config.hidden_size))?)
+        };
+        Ok(BloomForCausalLM {
+            transformer,
+            num_heads: config.n_head,
+            lm_head,
+            tie_word_embeddings: config.tie_word_embeddings,
+            kernels: Kernels::default(),
+        })
+    }
+
     /// Logits `[batch, new positions, vocab]` for `input_ids` (`[batch, new positions]`).
     /// `mask` covers the cached positions and the new ones; with a cache, only new ids are fed.
     pub fn forward(&self, input_ids: Tensor<2, Int>, mask: &AttentionMask, cache: Option<&mut KvCache>) -> Tensor<3> {
@@ -146,7 +208,7 @@ impl BloomForCausalLM {
         let [batch, queries] = input_ids.dims();
         assert_eq!(batch, mask.batch(), "attention mask has {} rows for a batch of {batch}", mask.batch());
         let bias = AttentionBias::new(mask, self.num_heads, queries, &input_ids.device());
-        self.transformer.forward(input_ids, &bias, cache)
+        self.transformer.forward(input_ids, &bias, &self.kernels, cache)
     }
 
     /// `lm_head`: hidden states times the (tied) embedding matrix.
@@ -172,19 +234,6 @@ impl BloomForCausalLM {
         self.lm_head.as_mut().map(resplit);
     }
 
-    /// Switches the fused kernels on or off (all on by default).
-    pub fn set_kernels(&mut self, kernels: Kernels) {
-        self.fused_cross_entropy = kernels.cross_entropy;
-        self.transformer.word_embeddings_layernorm.fused = kernels.layer_norm;
-        self.transformer.ln_f.fused = kernels.layer_norm;
-        for block in &mut self.transformer.h {
-            block.mlp.fused_gelu = kernels.gelu;
-            block.self_attention.fused_attention = kernels.attention;
-            block.input_layernorm.fused = kernels.layer_norm;
-            block.post_attention_layernorm.fused = kernels.layer_norm;
-        }
-    }
-
     pub fn num_layers(&self) -> usize {
         self.transformer.h.len()
     }
@@ -193,55 +242,124 @@ impl BloomForCausalLM {
         self.transformer.word_embeddings.weight.dims()[0]
     }
 
-    /// Builds the module tree from a weight source (a checkpoint or random init).
-    pub fn from_weights(config: &BloomConfig, weights: &mut impl super::WeightSource) -> crate::Result<Self> {
-        let h = config.hidden_size;
-        let eps = config.layer_norm_epsilon;
-        let mut layer_norm = |name: &str| -> crate::Result<LayerNorm> {
-            Ok(LayerNorm::new(weights.tensor(&format!("{name}.weight"), [h])?, weights.tensor(&format!("{name}.bias"), [h])?, eps))
-        };
-        let word_embeddings_layernorm = layer_norm("transformer.word_embeddings_layernorm")?;
-        let ln_f = layer_norm("transformer.ln_f")?;
-        let block_rows = rows_per_block(h);
-        let word_embeddings =
-            Embedding::new(weights.vocab_matrix("transformer.word_embeddings.weight", [config.vocab_size, h], block_rows)?);
-        let mut blocks = Vec::with_capacity(config.n_layer);
-        for i in 0..config.n_layer {
+    /// This model for inference: off the autodiff graph, dropout off.
+    pub fn valid_model(self) -> Self {
+        Module::valid(&self)
+    }
+}
+
+/// The sizes BLOOM's module tree depends on: enough to list its modules and count their
+/// parameters without loading any weights (`ember info`, the page's memory budget).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelShape {
+    pub vocab: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    /// `lm_head` is the word-embedding matrix (counted once, as PyTorch counts a tied weight).
+    pub tied: bool,
+}
+
+impl ModelShape {
+    pub fn of_config(config: &BloomConfig) -> Self {
+        ModelShape { vocab: config.vocab_size, hidden: config.hidden_size, layers: config.n_layer, tied: config.tie_word_embeddings }
+    }
+
+    pub fn of_model(model: &BloomForCausalLM) -> Self {
+        let [vocab, hidden] = model.transformer.word_embeddings.weight.dims();
+        ModelShape { vocab, hidden, layers: model.num_layers(), tied: model.tie_word_embeddings }
+    }
+
+    /// Every module of `BloomForCausalLM` in `named_modules()` order (the root, "", left out).
+    pub fn modules(&self) -> Vec<NamedModule> {
+        let h = self.hidden;
+        let linear = |out_features, in_features| ModuleKind::Linear { out_features, in_features, bias: true };
+        let norm = ModuleKind::LayerNorm { width: h };
+        let mut modules = vec![
+            ("transformer".to_owned(), ModuleKind::Container),
+            ("transformer.word_embeddings".to_owned(), ModuleKind::Embedding { rows: self.vocab, width: h }),
+            ("transformer.word_embeddings_layernorm".to_owned(), norm),
+            ("transformer.h".to_owned(), ModuleKind::Container),
+        ];
+        for i in 0..self.layers {
             let p = format!("transformer.h.{i}");
-            let mut linear = |name: &str, out_f: usize, in_f: usize| -> crate::Result<Linear> {
-                let weight = weights.tensor(&format!("{p}.{name}.weight"), [out_f, in_f])?;
-                let bias = weights.tensor(&format!("{p}.{name}.bias"), [out_f])?;
-                Ok(Linear::new(weight, Some(bias)))
-            };
-            let query_key_value = linear("self_attention.query_key_value", 3 * h, h)?;
-            let dense = linear("self_attention.dense", h, h)?;
-            let dense_h_to_4h = linear("mlp.dense_h_to_4h", 4 * h, h)?;
-            let dense_4h_to_h = linear("mlp.dense_4h_to_h", h, 4 * h)?;
-            let mut layer_norm = |name: &str| -> crate::Result<LayerNorm> {
-                Ok(LayerNorm::new(weights.tensor(&format!("{p}.{name}.weight"), [h])?, weights.tensor(&format!("{p}.{name}.bias"), [h])?, eps))
-            };
-            blocks.push(BloomBlock {
-                input_layernorm: layer_norm("input_layernorm")?,
-                post_attention_layernorm: layer_norm("post_attention_layernorm")?,
-                self_attention: BloomAttention {
-                    query_key_value,
-                    dense,
-                    num_heads: config.n_head,
-                    fused_attention: Kernels::default().attention,
-                },
-                mlp: BloomMlp { dense_h_to_4h, dense_4h_to_h, fused_gelu: Kernels::default().gelu },
-                apply_residual_connection_post_layernorm: config.apply_residual_connection_post_layernorm,
-            });
+            modules.extend([
+                (p.clone(), ModuleKind::Container),
+                (format!("{p}.input_layernorm"), norm),
+                (format!("{p}.self_attention"), ModuleKind::Container),
+                (format!("{p}.self_attention.query_key_value"), linear(3 * h, h)),
+                (format!("{p}.self_attention.dense"), linear(h, h)),
+                (format!("{p}.self_attention.attention_dropout"), ModuleKind::Stateless),
+                (format!("{p}.post_attention_layernorm"), norm),
+                (format!("{p}.mlp"), ModuleKind::Container),
+                (format!("{p}.mlp.dense_h_to_4h"), linear(4 * h, h)),
+                (format!("{p}.mlp.gelu_impl"), ModuleKind::Stateless),
+                (format!("{p}.mlp.dense_4h_to_h"), linear(h, 4 * h)),
+            ]);
         }
-        Ok(BloomForCausalLM {
-            transformer: BloomModel { word_embeddings, word_embeddings_layernorm, h: blocks, ln_f },
-            num_heads: config.n_head,
-            fused_cross_entropy: Kernels::default().cross_entropy,
-            lm_head: if config.tie_word_embeddings {
-                None
-            } else {
-                Some(weights.vocab_matrix("lm_head.weight", [config.vocab_size, h], block_rows)?)
-            },
-        })
+        modules.push(("transformer.ln_f".to_owned(), norm));
+        modules.push(("lm_head".to_owned(), ModuleKind::Linear { out_features: self.vocab, in_features: h, bias: false }));
+        modules.into_iter().map(|(name, kind)| NamedModule { name, kind }).collect()
+    }
+
+    /// Parameters of the model (a tied `lm_head` counted once, as PyTorch does).
+    pub fn base_params(&self) -> u64 {
+        self.modules().iter().filter(|m| !(self.tied && m.name == "lm_head")).map(|m| m.kind.params()).sum()
+    }
+}
+
+impl ModuleTree for BloomForCausalLM {
+    fn modules(&self) -> Vec<NamedModule> {
+        ModelShape::of_model(self).modules()
+    }
+
+    /// In [`ModelShape::modules`] order: embeddings, their norm, per block the two norms and four
+    /// linear layers, the final norm, the head.
+    fn layers(&self) -> Vec<Layer<'_>> {
+        let t = &self.transformer;
+        let mut layers = vec![Layer::Embedding(&t.word_embeddings), Layer::LayerNorm(&t.word_embeddings_layernorm)];
+        for b in &t.h {
+            layers.extend([
+                Layer::LayerNorm(&b.input_layernorm),
+                Layer::Linear(&b.self_attention.query_key_value),
+                Layer::Linear(&b.self_attention.dense),
+                Layer::LayerNorm(&b.post_attention_layernorm),
+                Layer::Linear(&b.mlp.dense_h_to_4h),
+                Layer::Linear(&b.mlp.dense_4h_to_h),
+            ]);
+        }
+        layers.extend([Layer::LayerNorm(&t.ln_f), Layer::Head(self.lm_head_weight())]);
+        layers
+    }
+
+    fn layers_mut(&mut self) -> Vec<LayerMut<'_>> {
+        let BloomModel { word_embeddings, word_embeddings_layernorm, h, ln_f } = &mut self.transformer;
+        let mut layers = vec![LayerMut::Embedding(word_embeddings), LayerMut::LayerNorm(word_embeddings_layernorm)];
+        for b in h.iter_mut() {
+            layers.extend([
+                LayerMut::LayerNorm(&mut b.input_layernorm),
+                LayerMut::Linear(&mut b.self_attention.query_key_value),
+                LayerMut::Linear(&mut b.self_attention.dense),
+                LayerMut::LayerNorm(&mut b.post_attention_layernorm),
+                LayerMut::Linear(&mut b.mlp.dense_h_to_4h),
+                LayerMut::Linear(&mut b.mlp.dense_4h_to_h),
+            ]);
+        }
+        layers.extend([LayerMut::LayerNorm(ln_f), LayerMut::Head(&mut self.lm_head)]);
+        layers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bloom_560m_has_its_published_parameter_count_and_module_names() {
+        // bigscience/bloom-560m: 559,214,592 parameters.
+        let shape = ModelShape::of_config(&BloomConfig::named_shape("bloom-560m").unwrap());
+        assert_eq!(shape.base_params(), 559_214_592);
+        let modules = shape.modules();
+        assert_eq!(modules.len(), 4 + 24 * 11 + 2);
+        assert_eq!(modules[7].name, "transformer.h.0.self_attention.query_key_value");
     }
 }

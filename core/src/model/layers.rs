@@ -5,9 +5,13 @@ use burn::module::{Module, Param};
 use burn::tensor::module::linear;
 use burn::tensor::{Int, Tensor};
 
+use ember_shaders::Kernels;
+
 use super::precision::widened;
-use super::vocab::VocabMatrix;
+use super::vocab::{rows_per_block, VocabMatrix};
+use super::{Scope, WeightSource};
 use crate::lora::LoraAdapter;
+use crate::Result;
 
 /// `torch.nn.Linear`: `y = x Wᵀ + b`, with `weight` stored `[out_features, in_features]`,
 /// plus an optional LoRA adapter beside it.
@@ -21,6 +25,11 @@ pub struct Linear {
 impl Linear {
     pub fn new(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
         Linear { weight: frozen(weight), bias: bias.map(frozen), lora: None }
+    }
+
+    /// `weight` `[out, in]` and `bias` `[out]` from the module's scope.
+    pub fn load<W: WeightSource>(s: &mut Scope<W>, out_features: usize, in_features: usize) -> Result<Self> {
+        Ok(Linear::new(s.tensor("weight", [out_features, in_features])?, Some(s.tensor("bias", [out_features])?)))
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
@@ -64,22 +73,20 @@ pub struct LayerNorm {
     pub weight: Param<Tensor<1>>,
     pub bias: Param<Tensor<1>>,
     pub eps: f64,
-    /// As the fused kernel (`ember_shaders::layer_norm`) or in plain burn.
-    pub fused: bool,
 }
 
 impl LayerNorm {
     pub fn new(weight: Tensor<1>, bias: Tensor<1>, eps: f64) -> Self {
-        LayerNorm { weight: frozen(weight), bias: frozen(bias), eps, fused: ember_shaders::Kernels::default().layer_norm }
+        LayerNorm { weight: frozen(weight), bias: frozen(bias), eps }
     }
 
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let (weight, bias) = (widened(self.weight.val()), widened(self.bias.val()));
-        if self.fused {
-            ember_shaders::layer_norm::layer_norm(x, weight, bias, self.eps)
-        } else {
-            ember_shaders::layer_norm::plain(x, weight, bias, self.eps)
-        }
+    /// `weight` and `bias` `[width]` from the module's scope.
+    pub fn load<W: WeightSource>(s: &mut Scope<W>, width: usize, eps: f64) -> Result<Self> {
+        Ok(LayerNorm::new(s.tensor("weight", [width])?, s.tensor("bias", [width])?, eps))
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>, kernels: &Kernels) -> Tensor<D> {
+        kernels.layer_norm(x, widened(self.weight.val()), widened(self.bias.val()), self.eps)
     }
 }
 
@@ -95,6 +102,11 @@ pub struct Embedding {
 impl Embedding {
     pub fn new(weight: VocabMatrix) -> Self {
         Embedding { weight, trainable_copy: None }
+    }
+
+    /// `weight` `[rows, width]` from the module's scope, in blocks ([`super::vocab`]).
+    pub fn load<W: WeightSource>(s: &mut Scope<W>, rows: usize, width: usize) -> Result<Self> {
+        Ok(Embedding::new(s.vocab_matrix("weight", [rows, width], rows_per_block(width))?))
     }
 
     /// The weight the forward pass uses: the trainable copy if there is one.

@@ -4,13 +4,14 @@ pub mod alibi;
 pub mod bloom;
 pub mod cache;
 pub mod layers;
-pub mod names;
+pub mod modules;
 pub mod precision;
 pub mod vocab;
 
 pub use alibi::{AttentionBias, AttentionMask};
-pub use bloom::{BloomForCausalLM, Kernels};
+pub use bloom::{BloomForCausalLM, ModelShape};
 pub use cache::KvCache;
+pub use modules::{Layer, LayerMut, ModuleKind, ModuleTree, NamedModule};
 pub use precision::WeightDType;
 pub use vocab::VocabMatrix;
 
@@ -25,5 +26,39 @@ pub trait WeightSource {
     /// build each block directly so the whole matrix never sits on the device at once.
     fn vocab_matrix(&mut self, name: &str, shape: [usize; 2], rows: usize) -> crate::Result<VocabMatrix> {
         Ok(VocabMatrix::split(self.tensor(name, shape)?, rows, false))
+    }
+}
+
+/// A weight source seen from inside one module, as candle's `VarBuilder::pp` sees it: names are
+/// relative to the module, so each module loads itself by its own names and the full name
+/// (`transformer.h.3.mlp.dense_h_to_4h.weight`) is only ever put together here.
+pub struct Scope<'s, W> {
+    source: &'s mut W,
+    prefix: String,
+}
+
+impl<'s, W: WeightSource> Scope<'s, W> {
+    pub fn new(source: &'s mut W) -> Self {
+        Scope { source, prefix: String::new() }
+    }
+
+    /// The scope of the submodule `name` (a field name, or a block's index).
+    pub fn pp(&mut self, name: impl std::fmt::Display) -> Scope<'_, W> {
+        let prefix = if self.prefix.is_empty() { name.to_string() } else { format!("{}.{name}", self.prefix) };
+        Scope { source: &mut *self.source, prefix }
+    }
+
+    fn full(&self, name: &str) -> String {
+        if self.prefix.is_empty() { name.to_owned() } else { format!("{}.{name}", self.prefix) }
+    }
+
+    pub fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> crate::Result<Tensor<D>> {
+        let full = self.full(name);
+        self.source.tensor(&full, shape)
+    }
+
+    pub fn vocab_matrix(&mut self, name: &str, shape: [usize; 2], rows: usize) -> crate::Result<VocabMatrix> {
+        let full = self.full(name);
+        self.source.vocab_matrix(&full, shape, rows)
     }
 }

@@ -6,6 +6,35 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+/// transformers' `lr_scheduler_type` values Ember implements; an unknown one is refused with
+/// this list (serde's "unknown variant ..., expected one of ...").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SchedulerType {
+    Linear,
+    Cosine,
+    Constant,
+    ConstantWithWarmup,
+}
+
+impl std::fmt::Display for SchedulerType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SchedulerType::Linear => "linear",
+            SchedulerType::Cosine => "cosine",
+            SchedulerType::Constant => "constant",
+            SchedulerType::ConstantWithWarmup => "constant_with_warmup",
+        })
+    }
+}
+
+impl std::str::FromStr for SchedulerType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|e| e.to_string())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TrainingArgs {
@@ -16,8 +45,7 @@ pub struct TrainingArgs {
     pub num_train_epochs: f64,
     /// Overrides `num_train_epochs` when > 0.
     pub max_steps: i64,
-    /// `linear`, `cosine`, `constant` or `constant_with_warmup`.
-    pub lr_scheduler_type: String,
+    pub lr_scheduler_type: SchedulerType,
     pub warmup_steps: usize,
     /// Used when `warmup_steps` is 0: `ceil(warmup_ratio * total steps)`.
     pub warmup_ratio: f64,
@@ -48,7 +76,7 @@ impl Default for TrainingArgs {
             learning_rate: 5e-5,
             num_train_epochs: 3.0,
             max_steps: -1,
-            lr_scheduler_type: "linear".into(),
+            lr_scheduler_type: SchedulerType::Linear,
             warmup_steps: 0,
             warmup_ratio: 0.0,
             weight_decay: 0.0,
@@ -71,7 +99,7 @@ impl TrainingArgs {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::invalid(m));
         if self.per_device_train_batch_size == 0 || self.gradient_accumulation_steps == 0 {
-            return bad("per_device_train_batch_size and gradient_accumulation_steps must be at least 1".into());
+            return bad("`per_device_train_batch_size` and `gradient_accumulation_steps` must be at least 1".into());
         }
         for (name, value, ok) in [
             ("learning_rate", self.learning_rate, self.learning_rate >= 0.0),
@@ -84,18 +112,12 @@ impl TrainingArgs {
             ("max_grad_norm", self.max_grad_norm, self.max_grad_norm >= 0.0),
         ] {
             if !value.is_finite() || !ok {
-                return bad(format!("{name} = {value} is out of range (learning_rate, num_train_epochs, weight_decay and max_grad_norm \
+                return bad(format!("`{name}` = {value} is out of range (learning_rate, num_train_epochs, weight_decay and max_grad_norm \
                                     are finite and >= 0; warmup_ratio in [0, 1]; adam_beta1/2 in [0, 1); adam_epsilon > 0)"));
             }
         }
         if self.max_steps <= 0 && !(self.num_train_epochs > 0.0) {
-            return bad("set num_train_epochs > 0 or max_steps > 0".into());
-        }
-        if !["linear", "cosine", "constant", "constant_with_warmup"].contains(&self.lr_scheduler_type.as_str()) {
-            return bad(format!(
-                "lr_scheduler_type \"{}\" is not supported (linear, cosine, constant, constant_with_warmup)",
-                self.lr_scheduler_type
-            ));
+            return bad("set `num_train_epochs` > 0 or `max_steps` > 0".into());
         }
         Ok(())
     }
@@ -121,14 +143,14 @@ impl TrainingArgs {
     /// The learning rate of the `step`-th update (0-based), as transformers' schedulers give it.
     pub fn learning_rate_at(&self, step: usize, total_steps: usize) -> f64 {
         let warmup = self.warmup(total_steps);
-        let factor = if step < warmup && self.lr_scheduler_type != "constant" {
+        let factor = if step < warmup && self.lr_scheduler_type != SchedulerType::Constant {
             step as f64 / warmup.max(1) as f64
         } else {
             let progress = (step - warmup.min(step)) as f64 / (total_steps.saturating_sub(warmup)).max(1) as f64;
-            match self.lr_scheduler_type.as_str() {
-                "linear" => ((total_steps as f64 - step as f64) / (total_steps.saturating_sub(warmup)).max(1) as f64).max(0.0),
-                "cosine" => (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0),
-                _ => 1.0,
+            match self.lr_scheduler_type {
+                SchedulerType::Linear => ((total_steps as f64 - step as f64) / (total_steps.saturating_sub(warmup)).max(1) as f64).max(0.0),
+                SchedulerType::Cosine => (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0),
+                SchedulerType::Constant | SchedulerType::ConstantWithWarmup => 1.0,
             }
         };
         self.learning_rate * factor
@@ -144,9 +166,9 @@ mod tests {
         let args = TrainingArgs { learning_rate: 1e-3, warmup_steps: 2, ..Default::default() };
         let lrs: Vec<f64> = (0..5).map(|s| args.learning_rate_at(s, 5)).collect();
         assert_eq!(lrs, vec![0.0, 0.0005, 0.001, 0.001 * 2.0 / 3.0, 0.001 / 3.0]);
-        let cosine = TrainingArgs { lr_scheduler_type: "cosine".into(), learning_rate: 1.0, ..Default::default() };
+        let cosine = TrainingArgs { lr_scheduler_type: SchedulerType::Cosine, learning_rate: 1.0, ..Default::default() };
         assert!((cosine.learning_rate_at(5, 10) - 0.5).abs() < 1e-12);
-        let warm = TrainingArgs { lr_scheduler_type: "constant_with_warmup".into(), learning_rate: 1.0, warmup_steps: 4, ..Default::default() };
+        let warm = TrainingArgs { lr_scheduler_type: SchedulerType::ConstantWithWarmup, learning_rate: 1.0, warmup_steps: 4, ..Default::default() };
         assert_eq!(warm.learning_rate_at(1, 10), 0.25);
         assert_eq!(warm.learning_rate_at(7, 10), 1.0);
     }

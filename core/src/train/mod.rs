@@ -8,5 +8,5 @@ pub mod checkpoint;
 pub mod plot;
 pub mod trainer;
 
-pub use args::TrainingArgs;
-pub use trainer::{Event, StepReport, Trainer};
+pub use args::{SchedulerType, TrainingArgs};
+pub use trainer::{Event, Flow, Sink, StepReport, Trainer};

@@ -7,8 +7,6 @@
 //! their global L2 norm (the logged `grad_norm` is the norm before clipping); take one AdamW
 //! step at the scheduler's learning rate for this step.
 
-use std::time::Instant;
-
 use burn::tensor::{Device, Tensor};
 use serde_json::{json, Value};
 
@@ -16,7 +14,7 @@ use super::adamw::{AdamW, AdamWConfig};
 use super::args::TrainingArgs;
 use crate::data::{collate, Batch, TokenizedDataset};
 use crate::error::{Error, Result};
-use crate::eval::{evaluate, EvalResult};
+use crate::eval::{evaluate_async, EvalResult};
 use crate::lora::slots::{adapter_slots, Slot};
 use crate::lora::LoraConfig;
 use crate::loss::loss_sum;
@@ -39,13 +37,33 @@ pub struct StepReport {
     pub label_tokens: usize,
 }
 
-/// What the loop tells its caller about.
+/// What the loop tells its caller ([`Sink`]) about.
 pub enum Event<'a> {
     Step(&'a StepReport),
     /// A `log_history` entry (training log or evaluation).
     Log(&'a Value),
     Eval(&'a EvalResult),
-    Checkpoint(&'a std::path::Path),
+    /// A checkpoint is due: every `save_steps`, and when the run stops early. The caller writes
+    /// it (`ember train`: [`super::checkpoint::save_checkpoint`]) or has nowhere to (the page).
+    Checkpoint { trainer: &'a Trainer, epoch: f64 },
+}
+
+/// What the caller answers to an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// After a [`Event::Step`]: end the run early, after a checkpoint.
+    Stop,
+}
+
+/// The platform's side of the loop: where its events go (a progress bar and checkpoint files,
+/// or messages to the page), whether to stop, and a clock. The loop itself has no platform code.
+#[allow(async_fn_in_trait)] // used as a generic bound only, never as `dyn`
+pub trait Sink {
+    async fn event(&mut self, event: Event<'_>) -> Result<Flow>;
+
+    /// Seconds since some fixed moment (for `train_runtime`; `std::time` has no clock in wasm32).
+    fn seconds(&self) -> f64;
 }
 
 pub struct Trainer {
@@ -82,7 +100,7 @@ impl Trainer {
         let slots = adapter_slots(&lora, &model)?;
         let indices = train.trainable_indices();
         if indices.is_empty() {
-            return Err(Error::invalid("no training example has a label token left after truncation; raise --max-length"));
+            return Err(Error::invalid("no training example has a label token left after truncation; raise `max_length`"));
         }
         let total_steps = args.total_steps(indices.len());
         let optimizer = AdamW::new(
@@ -162,7 +180,7 @@ impl Trainer {
         if !loss.is_finite() {
             return Err(Error::invalid(format!(
                 "the loss became {loss} at step {}: training stopped and nothing of this step was saved \
-                 (lower --learning-rate, check the data; earlier checkpoints in {} are intact)",
+                 (lower `learning_rate`, check the data; earlier checkpoints in {} are intact)",
                 k + 1,
                 self.args.output_dir
             )));
@@ -200,53 +218,53 @@ impl Trainer {
     }
 
     pub fn evaluate(&self, eval: &TokenizedDataset) -> Result<EvalResult> {
-        let model = self.model.clone().valid_model();
-        evaluate(&model, eval, self.args.per_device_eval_batch_size, self.pad_id, self.padding_side, &self.device.clone().without_autodiff(), |_, _| {})
+        blocking(self.evaluate_async(eval))
     }
 
-    /// Runs to the last step. `should_stop` is checked after every step: when it says so, a
-    /// checkpoint is written and the run ends early (`Ok(false)`).
-    pub fn run(
-        &mut self,
-        train: &TokenizedDataset,
-        eval: Option<&TokenizedDataset>,
-        on_event: &mut dyn FnMut(Event),
-        should_stop: &dyn Fn() -> bool,
-    ) -> Result<bool> {
-        let start = Instant::now();
+    /// The evaluation loss of the model as it is now (dropout off).
+    pub async fn evaluate_async(&self, eval: &TokenizedDataset) -> Result<EvalResult> {
+        let model = self.model.clone().valid_model();
+        let device = self.device.clone().without_autodiff();
+        evaluate_async(&model, eval, self.args.per_device_eval_batch_size, self.pad_id, self.padding_side, &device, |_, _| {}).await
+    }
+
+    /// [`Self::run_async`] on platforms that can wait for the device.
+    pub fn run(&mut self, train: &TokenizedDataset, eval: Option<&TokenizedDataset>, sink: &mut impl Sink) -> Result<bool> {
+        blocking(self.run_async(train, eval, sink))
+    }
+
+    /// Runs to the last step, telling `sink` about each step, log entry, evaluation and due
+    /// checkpoint. When the sink answers a step with [`Flow::Stop`], a checkpoint is requested
+    /// and the run ends early (`Ok(false)`).
+    pub async fn run_async(&mut self, train: &TokenizedDataset, eval: Option<&TokenizedDataset>, sink: &mut impl Sink) -> Result<bool> {
+        let start = sink.seconds();
         let first = self.global_step;
         while self.global_step < self.total_steps {
-            let report = self.step(train)?;
-            on_event(Event::Step(&report));
+            let report = self.step_async(train).await?;
+            let flow = sink.event(Event::Step(&report)).await?;
             let last = report.step == self.total_steps;
             if self.args.logging_steps > 0 && (report.step % self.args.logging_steps == 0) {
                 let entry = self.log_entry(&report);
-                on_event(Event::Log(&entry));
+                sink.event(Event::Log(&entry)).await?;
                 self.log_history.push(entry);
             }
             if let Some(eval) = eval {
                 if (self.args.eval_steps > 0 && report.step % self.args.eval_steps == 0) || last {
-                    let result = self.evaluate(eval)?;
-                    let entry = json!({ "eval_loss": result.eval_loss, "epoch": report.epoch, "step": report.step });
-                    on_event(Event::Eval(&result));
-                    self.log_history.push(entry);
+                    let result = self.evaluate_async(eval).await?;
+                    sink.event(Event::Eval(&result)).await?;
+                    self.log_history.push(json!({ "eval_loss": result.eval_loss, "epoch": report.epoch, "step": report.step }));
                 }
             }
-            #[cfg(not(target_arch = "wasm32"))]
-            if self.args.save_steps > 0 && report.step % self.args.save_steps == 0 && !last {
-                let path = super::checkpoint::save_checkpoint(self, report.epoch)?;
-                on_event(Event::Checkpoint(&path));
+            let stop = flow == Flow::Stop && !last;
+            let due = self.args.save_steps > 0 && report.step % self.args.save_steps == 0 && !last;
+            if due || stop {
+                sink.event(Event::Checkpoint { trainer: self, epoch: report.epoch }).await?;
             }
-            if !last && should_stop() {
-                #[cfg(not(target_arch = "wasm32"))]
-                {
-                    let path = super::checkpoint::save_checkpoint(self, report.epoch)?;
-                    on_event(Event::Checkpoint(&path));
-                }
+            if stop {
                 return Ok(false);
             }
         }
-        let runtime = start.elapsed().as_secs_f64();
+        let runtime = (sink.seconds() - start).max(1e-9);
         let steps = (self.global_step - first).max(1) as f64;
         let train_loss = self.step_losses.iter().map(|(_, l)| l).sum::<f64>() / self.step_losses.len().max(1) as f64;
         let (_, epoch) = self.plan(self.global_step.saturating_sub(1));
@@ -259,12 +277,5 @@ impl Trainer {
             "step": self.global_step,
         }));
         Ok(true)
-    }
-}
-
-impl BloomForCausalLM {
-    /// This model for inference: off the autodiff graph, dropout off.
-    pub fn valid_model(self) -> Self {
-        burn::module::Module::valid(&self)
     }
 }

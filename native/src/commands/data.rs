@@ -6,7 +6,7 @@ use ember_core::tokenizer::Tokenizer;
 
 use super::bench::peak_rss_mb;
 use super::data_args::DataArgs;
-use super::with_commas;
+use ember_core::text::thousands as with_commas;
 
 #[derive(clap::Args)]
 pub struct Args {

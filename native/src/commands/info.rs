@@ -3,10 +3,11 @@ use std::path::PathBuf;
 use burn::tensor::Device;
 use ember_core::checkpoint::{LoadOptions, ModelDir, WEIGHT_FILES};
 use ember_core::lora::adapter_file::load_adapter;
-use ember_core::lora::inject::{lora_report, ModelShape};
+use ember_core::lora::inject::lora_report;
+use ember_core::model::ModelShape;
 
 use super::lora_args::LoraArgs;
-use super::with_commas;
+use ember_core::text::thousands;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -31,7 +32,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("type:       BloomForCausalLM ({} layers, {} heads of {}, hidden {}, vocab {})", c.n_layer, c.n_head, c.head_dim(), c.hidden_size, c.vocab_size);
     println!("layer norm: eps {}, residual from {}", c.layer_norm_epsilon, if c.apply_residual_connection_post_layernorm { "after layer norm" } else { "before layer norm" });
     println!("weights:    {weights}{}", c.torch_dtype.as_deref().map(|d| format!(" ({d})")).unwrap_or_default());
-    println!("parameters: {}", with_commas(c.num_parameters()));
+    println!("parameters: {}", thousands(ModelShape::of_config(c).base_params()));
 
     let report = if let Some(adapter) = &args.adapter {
         // Loading (on the CPU) checks the adapter's shapes against the real weights.
@@ -39,8 +40,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let options = LoadOptions { allow_nonfinite: args.allow_nonfinite, ..LoadOptions::default() };
         let mut model = dir.load(&device, &options)?;
         Some(load_adapter(&mut model, adapter, &device, args.allow_nonfinite)?.1)
-    } else if let Some(config) = args.lora.config(None) {
-        Some(lora_report(&config, ModelShape::of_config(c))?)
+    } else if let Some(settings) = args.lora.settings() {
+        Some(lora_report(&settings.build(None)?, ModelShape::of_config(c))?)
     } else {
         None
     };

@@ -1,24 +1,26 @@
-//! The LoRA flags shared by `ember info` and `ember train`, turned into a peft `LoraConfig`.
+//! The LoRA flags of `ember info` and `ember train` (whose config files take the same names).
+//! Unset flags take peft's defaults when the config is built ([`LoraSettings::build`]).
 
-use ember_core::lora::{LoraConfig, TargetModules};
+use ember_core::lora::{LoraSettings, TargetModules};
 
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, serde::Serialize, Debug, Clone, Default)]
 pub struct LoraArgs {
-    /// Modules to adapt, by name (peft list semantics: a full name, or its last segments).
+    /// Modules to adapt, by name (peft list semantics: a full name, or its last segments;
+    /// default: query_key_value, as peft does for BLOOM).
     #[arg(long, value_delimiter = ',', conflicts_with = "target_modules_regex")]
     pub target_modules: Option<Vec<String>>,
     /// Modules to adapt, by a regex that must match the whole module name (peft string semantics).
     #[arg(long)]
     pub target_modules_regex: Option<String>,
-    /// LoRA rank.
-    #[arg(long, default_value_t = 8)]
-    pub lora_r: usize,
-    /// LoRA alpha (the update is scaled by alpha / r).
-    #[arg(long, default_value_t = 8.0)]
-    pub lora_alpha: f64,
-    /// Dropout on the adapter's input while training.
-    #[arg(long, default_value_t = 0.0)]
-    pub lora_dropout: f64,
+    /// LoRA rank (default 8, as peft's).
+    #[arg(long)]
+    pub lora_r: Option<usize>,
+    /// LoRA alpha; the update is scaled by alpha / r (default 8).
+    #[arg(long, value_parser = finite)]
+    pub lora_alpha: Option<f64>,
+    /// Dropout on the adapter's input while training (default 0).
+    #[arg(long, value_parser = finite)]
+    pub lora_dropout: Option<f64>,
     /// Scale by alpha / sqrt(r) (rsLoRA).
     #[arg(long)]
     pub use_rslora: bool,
@@ -28,23 +30,27 @@ pub struct LoraArgs {
 }
 
 impl LoraArgs {
-    /// The config these flags describe, or `None` when no target was given.
-    pub fn config(&self, base_model: Option<String>) -> Option<LoraConfig> {
+    /// The settings these flags give, or `None` when they name no target.
+    pub fn settings(&self) -> Option<LoraSettings> {
         let target_modules = match (&self.target_modules, &self.target_modules_regex) {
             (Some(names), _) => TargetModules::Names(names.clone()),
             (None, Some(re)) => TargetModules::Regex(re.clone()),
             (None, None) => return None,
         };
-        Some(LoraConfig {
-            task_type: Some("CAUSAL_LM".into()),
+        Some(LoraSettings {
+            target_modules: Some(target_modules),
             r: self.lora_r,
             lora_alpha: self.lora_alpha,
             lora_dropout: self.lora_dropout,
-            target_modules: Some(target_modules),
-            modules_to_save: self.modules_to_save.clone(),
             use_rslora: self.use_rslora,
-            base_model_name_or_path: base_model,
-            ..LoraConfig::default()
+            modules_to_save: self.modules_to_save.clone(),
         })
     }
+}
+
+/// A flag's number, refused unless finite (JSON, which the settings pass through, has no
+/// infinity or NaN, and no setting means one).
+pub fn finite(text: &str) -> Result<f64, String> {
+    let value: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if value.is_finite() { Ok(value) } else { Err("must be a finite number".into()) }
 }

@@ -8,6 +8,7 @@ pub mod info;
 pub mod lora_args;
 pub mod merge;
 pub mod train;
+pub mod train_args;
 pub mod web;
 
 use std::path::Path;
@@ -39,7 +40,7 @@ pub fn load(model: &Path, adapter: Option<&Path>, placement: &Placement, quiet: 
     }
     crate::device::doing(format!("running {} ({dtype}) on {}", model.display(), selected.description));
     let mut model = dir.load(&selected.device, &placement.load_options())?;
-    model.set_kernels(placement.kernels);
+    model.kernels = placement.kernels;
     if let Some(adapter) = adapter {
         let (_, report) = load_adapter(&mut model, adapter, &selected.device, placement.allow_nonfinite)?;
         merge(&mut model);
@@ -50,4 +51,3 @@ pub fn load(model: &Path, adapter: Option<&Path>, placement: &Placement, quiet: 
     Ok(Loaded { dir, model, tokenizer, device: selected.device })
 }
 
-pub use ember_core::lora::inject::commas as with_commas;

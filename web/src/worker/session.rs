@@ -10,12 +10,12 @@ use ember_core::checkpoint::{tensor_file_from_bytes, Checkpoint, SafetensorsFile
 use ember_core::data::TokenizedDataset;
 use ember_core::generate::{generate_async, GenerationConfig, Sampling};
 use ember_core::lora::adapter_file::{adapter_safetensors_bytes_async, load_adapter_tensors};
-use ember_core::lora::inject::{commas, ModelShape};
-use ember_core::lora::{apply_lora, LoraConfig, TargetModules};
-use ember_core::model::BloomForCausalLM;
+use ember_core::lora::{apply_lora, LoraConfig, LoraSettings, TargetModules};
+use ember_core::model::{BloomForCausalLM, ModelShape, ModuleKind};
 use ember_core::template::{human_assistant, Template};
+use ember_core::text::thousands;
 use ember_core::tokenizer::{TextStream, Tokenizer};
-use ember_core::train::{Trainer, TrainingArgs};
+use ember_core::train::{Event, Flow, Sink, Trainer, TrainingArgs};
 use ember_core::{BloomConfig, Error, Result};
 
 use super::{now_ms, post, stop_requested, yield_now};
@@ -103,7 +103,7 @@ impl Session {
             config.n_layer,
             config.hidden_size,
             config.vocab_size,
-            commas(params),
+            thousands(params),
             params as f64 * 4.0 / 1048576.0
         );
         self.base = Some(Base { config, tokenizer, weights, model, params });
@@ -111,12 +111,11 @@ impl Session {
         Ok(())
     }
 
-    /// A clear refusal instead of a crash for models this browser cannot hold. Counted in f64:
-    /// `usize` is 32 bits on wasm32, and a large model's parameter count overflows it.
+    /// A clear refusal instead of a crash for models this browser cannot hold. Counted in u64
+    /// and f64: `usize` is 32 bits on wasm32, and a large model's parameter count overflows it.
     fn check_fits(&self, config: &BloomConfig, file_bytes: usize) -> Result<()> {
-        let (h, layers, vocab) = (config.hidden_size as f64, config.n_layer as f64, config.vocab_size as f64);
-        // Embedding, and per layer the four linear maps (12 h² weights) plus biases and norms.
-        let params = vocab * h + layers * (12.0 * h * h + 13.0 * h);
+        let shape = ModelShape::of_config(config);
+        let params = shape.base_params() as f64;
         let in_wasm = file_bytes as f64 + if self.gpu { 0.0 } else { params * 4.0 };
         if in_wasm > WASM_MEMORY_BUDGET {
             return Err(Error::invalid(format!(
@@ -125,7 +124,16 @@ impl Session {
                 in_wasm / (1u64 << 30) as f64
             )));
         }
-        let largest = 4.0 * 4.0 * h * h;
+        // The largest matrix bound at once: the biggest Linear weight (the vocabulary matrix is
+        // cut into blocks that fit).
+        let largest = shape
+            .modules()
+            .iter()
+            .filter_map(|m| match m.kind {
+                ModuleKind::Linear { out_features, in_features, .. } if m.name != "lm_head" => Some(4.0 * out_features as f64 * in_features as f64),
+                _ => None,
+            })
+            .fold(0.0, f64::max);
         if let Some(limit) = self.max_binding.filter(|&limit| largest > limit) {
             return Err(Error::invalid(format!(
                 "the model's largest weight matrix ({:.0} MiB) is over this GPU's storage-buffer limit ({:.0} MiB): tick \"Use CPU\" or use a smaller model",
@@ -233,18 +241,9 @@ impl Session {
         };
         let pad = base.tokenizer.pad_id(&base.config);
         let mut trainer = Trainer::new(model, lora.clone(), args, &data, pad, base.tokenizer.padding_side, &device)?;
-        let start = now_ms();
-        let mut steps = 0;
-        while steps < trainer.total_steps && !stop_requested() {
-            let report = trainer.step_async(&data).await?;
-            if !report.loss.is_finite() {
-                return Err(Error::invalid(format!("the loss became {} at step {}: lower the learning rate", report.loss, report.step)));
-            }
-            steps = report.step;
-            let steps_per_s = steps as f64 / ((now_ms() - start) / 1000.0);
-            post(&Reply::Step { step: steps, total: trainer.total_steps, loss: report.loss, learning_rate: report.learning_rate, steps_per_s }, Vec::new());
-            yield_now().await;
-        }
+        let mut page = Page { start: now_ms(), total: trainer.total_steps, steps: 0 };
+        trainer.run_async(&data, None, &mut page).await?;
+        let steps = page.steps;
         post(&Reply::Trained { steps, stopped: steps < trainer.total_steps }, Vec::new());
         let weights = adapter_safetensors_bytes_async(&trainer.model, &lora).await?;
         self.adapted = Some(trainer.model.valid_model());
@@ -267,17 +266,38 @@ fn lora_config(request: &TrainRequest) -> Result<LoraConfig> {
     } else {
         TargetModules::Names(names(targets))
     };
-    let saved = names(&request.modules_to_save);
-    let lora = LoraConfig {
-        task_type: Some("CAUSAL_LM".into()),
-        r: request.r,
-        lora_alpha: request.lora_alpha,
+    LoraSettings {
         target_modules: Some(target_modules),
-        modules_to_save: (!saved.is_empty()).then_some(saved),
-        ..LoraConfig::default()
-    };
-    lora.validate().map_err(Error::invalid)?;
-    Ok(lora)
+        r: Some(request.r),
+        lora_alpha: Some(request.lora_alpha),
+        modules_to_save: Some(names(&request.modules_to_save)),
+        ..LoraSettings::default()
+    }
+    .build(None)
+}
+
+/// The training loop's page side: each step goes to the page as it happens, and Stop gets
+/// through between steps (the worker yields to its event loop after each).
+struct Page {
+    start: f64,
+    total: usize,
+    steps: usize,
+}
+
+impl Sink for Page {
+    async fn event(&mut self, event: Event<'_>) -> Result<Flow> {
+        // Checkpoints have nowhere to go in the page; logs and evaluations are not shown.
+        let Event::Step(report) = event else { return Ok(Flow::Continue) };
+        self.steps = report.step;
+        let steps_per_s = report.step as f64 / ((now_ms() - self.start) / 1000.0);
+        post(&Reply::Step { step: report.step, total: self.total, loss: report.loss, learning_rate: report.learning_rate, steps_per_s }, Vec::new());
+        yield_now().await;
+        Ok(if stop_requested() { Flow::Stop } else { Flow::Continue })
+    }
+
+    fn seconds(&self) -> f64 {
+        now_ms() / 1000.0
+    }
 }
 
 fn model_from(config: &BloomConfig, (name, bytes): &(String, Arc<Vec<u8>>), device: &Device) -> Result<BloomForCausalLM> {

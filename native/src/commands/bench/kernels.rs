@@ -8,9 +8,9 @@ use std::time::Instant;
 use burn::tensor::{Device, Distribution, Tensor};
 use ember_core::checkpoint::random_model;
 use ember_core::loss::shifted_cross_entropy_sum;
-use ember_core::model::{AttentionBias, AttentionMask, Kernels};
-use ember_shaders::attention;
+use ember_core::model::{AttentionBias, AttentionMask};
 use ember_core::BloomConfig;
+use ember_shaders::Kernels;
 
 use super::{median, shape};
 use crate::device::{self, Placement};
@@ -57,7 +57,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         device::doing(format!("benchmarking the GELU ({}) on {}", variant(fused), selected.description));
         runs.push(measure("gelu", fused, args.repeats, &device, || {
             let x = x.clone().require_grad();
-            let y = if fused { ember_shaders::gelu::gelu(x) } else { ember_shaders::gelu::plain(x) };
+            let y = kernels(fused).gelu(x);
             y.sum()
         })?);
     }
@@ -68,7 +68,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         device::doing(format!("benchmarking the layer norm ({}) on {}", variant(fused), selected.description));
         runs.push(measure("layer-norm", fused, args.repeats, &device, || {
             let (x, gamma, beta) = (x.clone().require_grad(), gamma.clone(), beta.clone());
-            let y = if fused { ember_shaders::layer_norm::layer_norm(x, gamma, beta, 1e-5) } else { ember_shaders::layer_norm::plain(x, gamma, beta, 1e-5) };
+            let y = kernels(fused).layer_norm(x, gamma, beta, 1e-5);
             y.sum()
         })?);
     }
@@ -78,7 +78,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let labels: Vec<Vec<i64>> = (0..args.batch).map(|b| (0..args.seq).map(|i| ((b * 131 + i) * 7919 % config.vocab_size) as i64).collect()).collect();
     for fused in [false, true] {
         device::doing(format!("benchmarking the cross-entropy ({}) on {}", variant(fused), selected.description));
-        head.set_kernels(Kernels { cross_entropy: fused, ..Kernels::NONE });
+        head.kernels = kernels(fused);
         let head = &head;
         runs.push(measure("cross-entropy", fused, args.repeats, &device, || {
             shifted_cross_entropy_sum(head, hidden.clone().require_grad(), &labels, &device).0
@@ -94,7 +94,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         runs.push(measure("attention", fused, args.repeats, &device, || {
             let [q, k, v] = [0, 1, 2].map(|i| qkv[i].clone().require_grad());
             let (alibi, mask) = (bias.alibi.clone(), bias.mask.clone());
-            let y = if fused { attention::attention(q, k, v, alibi, mask) } else { attention::plain(q, k, v, alibi, mask) };
+            let y = kernels(fused).attention(q, k, v, alibi, mask);
             y.sum()
         })?);
     }
@@ -111,6 +111,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Every kernel fused, or none (each measurement exercises one of them).
+fn kernels(fused: bool) -> Kernels {
+    if fused { Kernels::ALL } else { Kernels::NONE }
 }
 
 fn variant(fused: bool) -> &'static str {

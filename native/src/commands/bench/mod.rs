@@ -58,9 +58,9 @@ fn bench_load(args: LoadArgs) -> anyhow::Result<()> {
     let model = dir.load_model(&selected.device)?;
     selected.device.sync().map_err(|e| ember_core::error::device_failure("loading", &format!("{e:?}")))?;
     let seconds = start.elapsed().as_secs_f64();
-    let model_mb = dir.config.num_parameters() as f64 * 4.0 / 1048576.0;
+    let model_mb = ember_core::model::ModelShape::of_config(&dir.config).base_params() as f64 * 4.0 / 1048576.0;
     let peak = peak_rss_mb();
-    println!("loaded {} ({} parameters) on {} in {seconds:.1} s", args.model.display(), super::with_commas(dir.config.num_parameters()), selected.description);
+    println!("loaded {} ({} parameters) on {} in {seconds:.1} s", args.model.display(), ember_core::text::thousands(ember_core::model::ModelShape::of_config(&dir.config).base_params()), selected.description);
     println!("model in memory (f32): {model_mb:.0} MiB; peak RSS: {peak:.0} MiB ({:.2}x)", peak / model_mb);
     if args.json {
         println!("{}", serde_json::json!({ "load_s": seconds, "model_mb": model_mb, "peak_rss_mb": peak, "ratio": peak / model_mb }));

@@ -51,7 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "device: {}\nshape: {} ({} parameters, random weights), batch {} x {} tokens, base weights {}, kernels {}",
         selected.description,
         args.shape,
-        super::super::with_commas(config.num_parameters()),
+        ember_core::text::thousands(ember_core::model::ModelShape::of_config(&config).base_params()),
         args.batch,
         args.seq,
         args.placement.dtype,
@@ -59,7 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let device = device::training_device(&selected.device, args.gradient_checkpointing);
     let mut model = random_model(&config, &device, 0, args.placement.dtype);
-    model.set_kernels(args.placement.kernels);
+    model.kernels = args.placement.kernels;
     let lora = LoraConfig::from_json(LORA, "LoRA settings")?;
     let report = apply_lora(&mut model, &lora, &device)?;
     eprintln!("{}", report.trainable_line());
