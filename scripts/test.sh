@@ -3,7 +3,8 @@
 # the wgpu tests run without a GPU; the wasm32 target, wasm-bindgen-cli and Debian's Chromium
 # for the browser tests; Node.js and playwright-core for the page's end-to-end test), builds once
 # in the release profile (shared by tests and binaries), runs the whole test suite, then the
-# browser tests (ember-core as wasm32 in headless Chromium), then the page end to end.
+# browser tests (ember-core as wasm32 in headless Chromium), then the page end to end. Format and
+# lints are checked too (cargo fmt, cargo clippy -D warnings).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,19 +27,30 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 fi
 source scripts/wasm-tools.sh
+rustup component add rustfmt clippy >/dev/null 2>&1 || true  # present on most toolchains already
 
-# Outside the clone so that repeated runs (and CI on the same machine) start warm.
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ember-target}"
+# The workspace's own target/ (where `cargo run` builds too, so README's two commands compile
+# once), unless CARGO_TARGET_DIR says otherwise (.ci/run keeps CI's outside the clone).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 export CARGO_TERM_COLOR=never
+
+echo "== format (rustfmt.toml)"
+cargo fmt --all -- --check
 
 echo "== build (release profile, used by tests and binaries alike)"
 cargo build --release --workspace --locked
+
+echo "== lints (clippy, every warning an error; reuses the release build's dependencies)"
+cargo clippy --release --workspace --all-targets --locked -- -D warnings
 
 echo "== tests (CPU backend and wgpu on software Vulkan; each fuzz target mutated for EMBER_FUZZ_SECONDS)"
 EMBER_REQUIRE_WGPU=1 EMBER_FUZZ_SECONDS="${EMBER_FUZZ_SECONDS:-4}" cargo test --release --workspace --locked
 
 echo "== browser tests: ember-core as wasm32 in headless Chromium (WebGPU and CPU)"
 web/test.sh --locked
+
+echo "== lints of the browser crate (wasm32; reuses the browser tests' dependencies)"
+cargo clippy --target wasm32-unknown-unknown -p ember-web --all-targets --locked -- -D warnings
 
 echo "== the browser page end to end: build it (dev profile), serve it with ember web, drive Chromium"
 web/build.sh --dev --locked

@@ -84,8 +84,8 @@ fn default_one() -> usize {
 impl BloomConfig {
     /// Parses `config.json` text; `origin` names the file in errors.
     pub fn from_json(text: &str, origin: &str) -> Result<Self> {
-        let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| Error::file(origin, format!("not valid JSON: {e}")))?;
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| Error::file(origin, format!("not valid JSON: {e}")))?;
         let model_type = value.get("model_type").and_then(|v| v.as_str()).unwrap_or("bloom");
         if model_type != "bloom" {
             return Err(Error::file(
@@ -93,8 +93,8 @@ impl BloomConfig {
                 format!("unsupported model_type \"{model_type}\": ember runs BLOOM models (model_type \"bloom\") only"),
             ));
         }
-        let config: BloomConfig = serde_json::from_value(value)
-            .map_err(|e| Error::file(origin, format!("not a BLOOM config: {e}")))?;
+        let config: BloomConfig =
+            serde_json::from_value(value).map_err(|e| Error::file(origin, format!("not a BLOOM config: {e}")))?;
         config.validate(origin)?;
         Ok(config)
     }
@@ -116,7 +116,11 @@ impl BloomConfig {
         if !self.layer_norm_epsilon.is_finite() || self.layer_norm_epsilon < 0.0 {
             return bad(format!("layer_norm_epsilon is {}; expected a small positive number", self.layer_norm_epsilon));
         }
-        for (field, id) in [("bos_token_id", self.bos_token_id), ("eos_token_id", self.eos_token_id), ("pad_token_id", self.pad_token_id)] {
+        for (field, id) in [
+            ("bos_token_id", self.bos_token_id),
+            ("eos_token_id", self.eos_token_id),
+            ("pad_token_id", self.pad_token_id),
+        ] {
             if let Some(id) = id.filter(|&id| id as usize >= self.vocab_size) {
                 return bad(format!("{field} {id} is outside the vocabulary (vocab_size {})", self.vocab_size));
             }
@@ -179,7 +183,8 @@ mod tests {
     #[test]
     fn both_spellings_parse_to_the_same_config() {
         let old = r#"{"model_type":"bloom","vocab_size":10,"n_embed":8,"n_layer":2,"n_head":2}"#;
-        let new = r#"{"model_type":"bloom","vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2}"#;
+        let new =
+            r#"{"model_type":"bloom","vocab_size":10,"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2}"#;
         let a = BloomConfig::from_json(old, "old").unwrap();
         let b = BloomConfig::from_json(new, "new").unwrap();
         assert_eq!(a, b);
@@ -193,5 +198,4 @@ mod tests {
             .to_string();
         assert!(err.contains("m/config.json") && err.contains("llama"), "{err}");
     }
-
 }

@@ -56,7 +56,8 @@ impl Error {
 /// known causes, instead of burn's multi-line execution trace.
 pub fn device_failure(what: &str, report: &str) -> Error {
     if let Some(size) = report.split("can't allocate buffer of size: ").nth(1) {
-        let bytes: f64 = size.split(|c: char| !c.is_ascii_digit()).next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
+        let bytes: f64 =
+            size.split(|c: char| !c.is_ascii_digit()).next().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN);
         return Error::Device(format!(
             "{what}: the GPU could not allocate a buffer of {:.0} MiB (out of memory, or larger than the adapter's \
              buffer limit shown by `ember devices`); lower `per_device_train_batch_size` or `max_length`, store the \

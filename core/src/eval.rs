@@ -4,9 +4,9 @@ use burn::tensor::Device;
 
 use crate::data::{collate, TokenizedDataset};
 use crate::error::Result;
-use crate::readback::{blocking, scalar};
 use crate::loss::loss_sum;
 use crate::model::BloomForCausalLM;
+use crate::readback::{blocking, scalar};
 use crate::tokenizer::PaddingSide;
 
 #[derive(Debug, Clone, PartialEq)]

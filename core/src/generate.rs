@@ -80,14 +80,20 @@ impl GenerationConfig {
     pub fn validate(&self) -> Result<()> {
         if let Some(s) = &self.sampling {
             if !(s.temperature.is_finite() && s.temperature > 0.0) {
-                return Err(Error::invalid(format!("`temperature` must be a finite number > 0 (got {})", s.temperature)));
+                return Err(Error::invalid(format!(
+                    "`temperature` must be a finite number > 0 (got {})",
+                    s.temperature
+                )));
             }
             if !(s.top_p > 0.0 && s.top_p <= 1.0) {
                 return Err(Error::invalid(format!("`top_p` must be in (0, 1] (got {})", s.top_p)));
             }
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
-            return Err(Error::invalid(format!("`repetition_penalty` must be a finite number > 0 (got {})", self.repetition_penalty)));
+            return Err(Error::invalid(format!(
+                "`repetition_penalty` must be a finite number > 0 (got {})",
+                self.repetition_penalty
+            )));
         }
         Ok(())
     }
@@ -105,7 +111,13 @@ pub struct Decoder<'a> {
 
 impl<'a> Decoder<'a> {
     pub fn new(model: &'a BloomForCausalLM, device: &Device) -> Self {
-        Decoder { model, device: device.clone(), mask: AttentionMask::new(Vec::new()), cache: KvCache::new(model.num_layers()), batch: 0 }
+        Decoder {
+            model,
+            device: device.clone(),
+            mask: AttentionMask::new(Vec::new()),
+            cache: KvCache::new(model.num_layers()),
+            batch: 0,
+        }
     }
 
     /// Feeds `prompts` left-padded with `pad_id`; returns `batch * vocab` logits.
@@ -121,13 +133,12 @@ impl<'a> Decoder<'a> {
     /// [`Self::prefill`] for platforms that cannot block on the device (the browser).
     pub async fn prefill_async(&mut self, prompts: &[Vec<u32>], pad_id: u32) -> Result<Vec<f32>> {
         let len = prompts.iter().map(Vec::len).max().unwrap_or(0);
-        let padded: Vec<u32> = prompts
-            .iter()
-            .flat_map(|p| std::iter::repeat_n(pad_id, len - p.len()).chain(p.iter().copied()))
-            .collect();
+        let padded: Vec<u32> =
+            prompts.iter().flat_map(|p| std::iter::repeat_n(pad_id, len - p.len()).chain(p.iter().copied())).collect();
         self.batch = prompts.len();
         self.cache = KvCache::new(self.model.num_layers());
-        self.mask = AttentionMask::new(prompts.iter().map(|p| (0..len).map(|i| i >= len - p.len()).collect()).collect());
+        self.mask =
+            AttentionMask::new(prompts.iter().map(|p| (0..len).map(|i| i >= len - p.len()).collect()).collect());
         self.run(&padded, len).await
     }
 
@@ -196,7 +207,13 @@ pub async fn generate_async(
             decoder.prefill_async(prompts, config.pad_token_id).await?
         } else {
             let last: Vec<u32> = (0..batch)
-                .map(|r| if finished[r] && generated[r].len() < step_index { config.pad_token_id } else { *history[r].last().unwrap() })
+                .map(|r| {
+                    if finished[r] && generated[r].len() < step_index {
+                        config.pad_token_id
+                    } else {
+                        *history[r].last().unwrap()
+                    }
+                })
                 .collect();
             decoder.step_async(&last).await?
         };
@@ -335,7 +352,10 @@ mod tests {
         // probabilities ~ [0.643, 0.237, 0.087, 0.032]: top_p 0.7 keeps the first two.
         let mut s = vec![3.0, 2.0, 1.0, 0.0];
         apply_top_p(&mut s, 0.7);
-        assert!(s[0].is_finite() && s[1].is_finite() && s[2] == f32::NEG_INFINITY && s[3] == f32::NEG_INFINITY, "{s:?}");
+        assert!(
+            s[0].is_finite() && s[1].is_finite() && s[2] == f32::NEG_INFINITY && s[3] == f32::NEG_INFINITY,
+            "{s:?}"
+        );
     }
 
     #[test]
@@ -346,7 +366,7 @@ mod tests {
         };
         let draw = |seed| {
             let mut rng = StdRng::seed_from_u64(seed);
-            (0..50).map(|_| choose_token(&mut vec![0.5, 2.0, 1.9, -1.0], &[], &config, &mut rng)).collect::<Vec<_>>()
+            (0..50).map(|_| choose_token(&mut [0.5, 2.0, 1.9, -1.0], &[], &config, &mut rng)).collect::<Vec<_>>()
         };
         let a = draw(7);
         assert_eq!(a, draw(7));

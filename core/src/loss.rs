@@ -31,7 +31,12 @@ pub fn loss_sum(model: &BloomForCausalLM, batch: &Batch, device: &Device) -> (Te
 
 /// `hidden`: final hidden states `[batch, seq, dim]`; `labels`: `[batch][seq]` with -100 for
 /// ignored positions.
-pub fn shifted_cross_entropy_sum(model: &BloomForCausalLM, hidden: Tensor<3>, labels: &[Vec<i64>], device: &Device) -> (Tensor<1>, usize) {
+pub fn shifted_cross_entropy_sum(
+    model: &BloomForCausalLM,
+    hidden: Tensor<3>,
+    labels: &[Vec<i64>],
+    device: &Device,
+) -> (Tensor<1>, usize) {
     let [b, t, dim] = hidden.dims();
     let n = b * (t - 1);
     let mut targets = Vec::with_capacity(n);
@@ -49,14 +54,23 @@ pub fn shifted_cross_entropy_sum(model: &BloomForCausalLM, hidden: Tensor<3>, la
     let weights = Tensor::<1>::from_data(TensorData::new(weights, [n]), device);
 
     let (log_sum_exps, picked) = block_terms(model.lm_head_weight(), x, &targets, &model.kernels);
-    let log_sum_exp = if log_sum_exps.len() == 1 { log_sum_exps.into_iter().next().expect("one block") } else { log_sum_exp(Tensor::cat(log_sum_exps, 1)) };
+    let log_sum_exp = if log_sum_exps.len() == 1 {
+        log_sum_exps.into_iter().next().expect("one block")
+    } else {
+        log_sum_exp(Tensor::cat(log_sum_exps, 1))
+    };
     let nll = (log_sum_exp - picked).reshape([n]);
     ((nll * weights).sum(), count)
 }
 
 /// Each block's log-sum-exp `[n, 1]`, and the label's logit (from the block that holds it,
 /// zero from the others).
-fn block_terms(head: &VocabMatrix, x: Tensor<2>, targets: &Tensor<2, Int>, kernels: &Kernels) -> (Vec<Tensor<2>>, Tensor<2>) {
+fn block_terms(
+    head: &VocabMatrix,
+    x: Tensor<2>,
+    targets: &Tensor<2, Int>,
+    kernels: &Kernels,
+) -> (Vec<Tensor<2>>, Tensor<2>) {
     let mut log_sum_exps = Vec::new();
     let mut picked: Option<Tensor<2>> = None;
     let mut start = 0;
@@ -74,4 +88,3 @@ fn block_terms(head: &VocabMatrix, x: Tensor<2>, targets: &Tensor<2, Int>, kerne
     }
     (log_sum_exps, picked.expect("at least one block"))
 }
-

@@ -17,13 +17,19 @@ pub async fn values(tensor: Tensor<1>, what: &str) -> Result<Vec<f32>> {
 
 /// The single value of a one-element tensor.
 pub async fn scalar(tensor: Tensor<1>, what: &str) -> Result<f32> {
-    values(tensor, what).await?.first().copied().ok_or_else(|| Error::invalid(format!("{what}: an empty tensor was read")))
+    values(tensor, what)
+        .await?
+        .first()
+        .copied()
+        .ok_or_else(|| Error::invalid(format!("{what}: an empty tensor was read")))
 }
 
 /// Runs `future` to completion on this thread (native), or fails with advice where the platform
 /// cannot block (wasm: use the `_async` function instead).
 pub fn blocking<T>(future: impl Future<Output = Result<T>>) -> Result<T> {
     burn::tensor::try_read_sync(future).unwrap_or_else(|| {
-        Err(Error::invalid("this platform cannot wait for the device synchronously: use the async API (functions ending in _async)"))
+        Err(Error::invalid(
+            "this platform cannot wait for the device synchronously: use the async API (functions ending in _async)",
+        ))
     })
 }

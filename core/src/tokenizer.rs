@@ -78,7 +78,8 @@ impl Tokenizer {
                 ),
             ));
         }
-        let parse = |text: Option<&str>| text.and_then(|t| serde_json::from_str::<Value>(t).ok()).unwrap_or(Value::Null);
+        let parse =
+            |text: Option<&str>| text.and_then(|t| serde_json::from_str::<Value>(t).ok()).unwrap_or(Value::Null);
         let tok_config = parse(tokenizer_config);
         let special_map = parse(special_tokens_map);
 
@@ -139,7 +140,8 @@ impl Tokenizer {
         let mut cut = max_tokens.saturating_mul(PREFIX_BYTES_PER_TOKEN).max(MIN_PREFIX_BYTES);
         while cut < text.len() {
             let prefix = &text[..floor_char_boundary(text, cut)];
-            let encoding = self.inner.encode(prefix, true).map_err(|e| Error::invalid(format!("cannot tokenize text: {e}")))?;
+            let encoding =
+                self.inner.encode(prefix, true).map_err(|e| Error::invalid(format!("cannot tokenize text: {e}")))?;
             let words = encoding.get_word_ids();
             // The last two words may reach the cut (a regex pre-tokenizer can look one ahead).
             let settled = words.iter().flatten().max().map_or(0, |last| last.saturating_sub(1));
@@ -153,9 +155,7 @@ impl Tokenizer {
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special_tokens)
-            .map_err(|e| Error::invalid(format!("cannot decode token ids: {e}")))
+        self.inner.decode(ids, skip_special_tokens).map_err(|e| Error::invalid(format!("cannot decode token ids: {e}")))
     }
 
     pub fn fingerprint(&self) -> u64 {

@@ -18,8 +18,8 @@ use ember_core::checkpoint::{SafetensorsFile, TensorFile, TorchFile};
 use ember_core::data::formats::examples_from_reader;
 use ember_core::data::Columns;
 use ember_core::lora::inject::lora_report;
-use ember_core::model::ModelShape;
 use ember_core::lora::LoraConfig;
+use ember_core::model::ModelShape;
 use ember_core::tokenizer::Tokenizer;
 use ember_core::BloomConfig;
 
@@ -97,8 +97,11 @@ fn tokenizer_json(bytes: &[u8]) {
 fn tokenizer_config(bytes: &[u8]) {
     let text = String::from_utf8_lossy(bytes);
     let json = std::fs::read(fixtures().join("models/a/tokenizer.json")).expect("fixture tokenizer");
-    let config = BloomConfig::from_json(&std::fs::read_to_string(fixtures().join("models/a/config.json")).expect("fixture"), "config.json")
-        .expect("fixture config");
+    let config = BloomConfig::from_json(
+        &std::fs::read_to_string(fixtures().join("models/a/config.json")).expect("fixture"),
+        "config.json",
+    )
+    .expect("fixture config");
     if let Ok(tokenizer) = Tokenizer::from_parts(&json, "tokenizer.json", Some(&text), Some(&text), &config) {
         exercise(&tokenizer);
     }
@@ -107,7 +110,13 @@ fn tokenizer_config(bytes: &[u8]) {
 fn model_config(bytes: &[u8]) {
     if let Ok(config) = BloomConfig::from_json(&String::from_utf8_lossy(bytes), "config.json") {
         let _ = (ModelShape::of_config(&config).base_params(), config.context_limit(), config.head_dim());
-        let _ = lora_report(&LoraConfig { target_modules: Some(ember_core::lora::TargetModules::Names(vec!["dense".into()])), ..Default::default() }, ModelShape::of_config(&config));
+        let _ = lora_report(
+            &LoraConfig {
+                target_modules: Some(ember_core::lora::TargetModules::Names(vec!["dense".into()])),
+                ..Default::default()
+            },
+            ModelShape::of_config(&config),
+        );
     }
 }
 
@@ -141,12 +150,19 @@ pub fn fixtures() -> PathBuf {
 pub fn seeds(target: &str) -> Vec<Vec<u8>> {
     let f = fixtures();
     let files: Vec<PathBuf> = match target {
-        "safetensors" => vec![f.join("adapters/list/adapter_model.safetensors"), f.join("models/a/incremental.safetensors")],
+        "safetensors" => {
+            vec![f.join("adapters/list/adapter_model.safetensors"), f.join("models/a/incremental.safetensors")]
+        }
         "pytorch_bin" => vec![f.join("models/a-bin/pytorch_model.bin")],
         "tokenizer_json" => vec![f.join("models/a/tokenizer.json")],
-        "tokenizer_config" => vec![f.join("models/a/tokenizer_config.json"), f.join("models/a/special_tokens_map.json")],
+        "tokenizer_config" => {
+            vec![f.join("models/a/tokenizer_config.json"), f.join("models/a/special_tokens_map.json")]
+        }
         "model_config" => vec![f.join("models/a/config.json"), f.join("models/a-bin/config.json")],
-        "adapter_config" => ["list", "regex-embed", "bias-all", "rslora"].iter().map(|a| f.join(format!("adapters/{a}/adapter_config.json"))).collect(),
+        "adapter_config" => ["list", "regex-embed", "bias-all", "rslora"]
+            .iter()
+            .map(|a| f.join(format!("adapters/{a}/adapter_config.json")))
+            .collect(),
         "dataset_jsonl" => vec![f.join("data/train.jsonl"), f.join("data/columns.jsonl")],
         "dataset_json" => vec![f.join("data/train.json")],
         "dataset_csv" => vec![f.join("data/train.csv")],
@@ -167,7 +183,8 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
 /// Files found by fuzzing (or written by hand) under `fuzz/corpus/<target>/`.
 pub fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus").join(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
     files.sort();
     files.into_iter().map(|p| (p.clone(), std::fs::read(&p).expect("corpus file"))).collect()
 }

@@ -11,7 +11,7 @@ impl Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -22,15 +22,21 @@ impl Rng {
 
     /// A number in `0..n` (0 when `n` is 0).
     pub fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
+        if n == 0 {
+            0
+        } else {
+            (self.next_u64() % n as u64) as usize
+        }
     }
 }
 
 /// Integers that sit on the edges parsers get wrong.
-const INTERESTING: [u64; 12] = [0, 1, 2, 0x7f, 0x80, 0xff, 0x7fff_ffff, 0xffff_ffff, 1 << 32, 1 << 62, i64::MAX as u64, u64::MAX];
+const INTERESTING: [u64; 12] =
+    [0, 1, 2, 0x7f, 0x80, 0xff, 0x7fff_ffff, 0xffff_ffff, 1 << 32, 1 << 62, i64::MAX as u64, u64::MAX];
 
 /// Fragments that change the meaning of text formats.
-const SYNTAX: [&[u8]; 14] = [b"\"", b"{", b"}", b"[", b"]", b",", b":", b"\n", b"\\u0000", b"1e999", b"-1", b"null", b"\xff\xfe", b"[[[[[[[["];
+const SYNTAX: [&[u8]; 14] =
+    [b"\"", b"{", b"}", b"[", b"]", b",", b":", b"\n", b"\\u0000", b"1e999", b"-1", b"null", b"\xff\xfe", b"[[[[[[[["];
 
 /// Inputs are kept under this size, so a run spends its time on many inputs, not on huge ones.
 pub const MAX_INPUT: usize = 1 << 20;
@@ -89,7 +95,7 @@ fn edit(rng: &mut Rng, out: &mut Vec<u8>, other: &[u8]) {
         7 => out.truncate(at),
         _ => {
             let n = 1 + rng.below(16);
-            let bytes: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+            let bytes: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
             out.splice(at..at, bytes);
         }
     }

@@ -45,7 +45,9 @@ pub fn cases() -> Vec<(&'static str, &'static str, Vec<u8>)> {
 pub fn torch_zip(pickle: &[u8], storage: &[u8]) -> Vec<u8> {
     let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
     let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
-    for (name, bytes) in [("archive/data.pkl", pickle), ("archive/data/0", storage), ("archive/version", b"3\n".as_slice())] {
+    for (name, bytes) in
+        [("archive/data.pkl", pickle), ("archive/data/0", storage), ("archive/version", b"3\n".as_slice())]
+    {
         zip.start_file(name, options).expect("zip entry");
         zip.write_all(bytes).expect("zip write");
     }

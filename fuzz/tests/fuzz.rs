@@ -53,8 +53,11 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+/// An input being run: by which test thread, in which target, since when.
+type Running = (std::thread::ThreadId, &'static str, Vec<u8>, Instant);
+
 /// The input each test thread is running, for the watchdog.
-static RUNNING: Mutex<Vec<(std::thread::ThreadId, &'static str, Vec<u8>, Instant)>> = Mutex::new(Vec::new());
+static RUNNING: Mutex<Vec<Running>> = Mutex::new(Vec::new());
 
 /// A hung input cannot be stopped from inside its thread: after 10 × the time bound the
 /// watchdog keeps the input and ends the process, saying which target hung.
@@ -64,7 +67,9 @@ fn start_watchdog() {
         std::thread::spawn(|| loop {
             std::thread::sleep(Duration::from_millis(200));
             let running = RUNNING.lock().unwrap();
-            if let Some((_, target, input, _)) = running.iter().find(|(_, _, _, start)| start.elapsed() > TIME_BOUND * 10) {
+            if let Some((_, target, input, _)) =
+                running.iter().find(|(_, _, _, start)| start.elapsed() > TIME_BOUND * 10)
+            {
                 eprintln!("fuzz: {target} hung on an input, kept as {}", keep_failure(target, input));
                 std::process::exit(1);
             }
@@ -91,7 +96,8 @@ fn check_bounds(target: &Target, input: &[u8]) -> Result<(), String> {
     IN_TARGET.with(|t| t.set(false));
     let (elapsed, peak) = (start.elapsed(), PEAK.with(Cell::get) - base);
     if let Err(payload) = outcome {
-        let message = payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()));
+        let message =
+            payload.downcast_ref::<String>().cloned().or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()));
         return Err(format!("panicked: {}", message.unwrap_or_default()));
     }
     if elapsed > TIME_BOUND {
@@ -106,7 +112,10 @@ fn check_bounds(target: &Target, input: &[u8]) -> Result<(), String> {
 fn keep_failure(target: &str, input: &[u8]) -> String {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("fuzz-failures").join(target);
     let _ = std::fs::create_dir_all(&dir);
-    let path = dir.join(format!("input-{:016x}", Rng::new(input.len() as u64 ^ input.iter().map(|&b| b as u64).sum::<u64>()).next()));
+    let path = dir.join(format!(
+        "input-{:016x}",
+        Rng::new(input.len() as u64 ^ input.iter().map(|&b| b as u64).sum::<u64>()).next_u64()
+    ));
     let _ = std::fs::write(&path, input);
     path.display().to_string()
 }
@@ -134,12 +143,22 @@ fn seeds_nasty_cases_and_corpus_end_within_bounds() {
     quiet_panics();
     let mut failures = Vec::new();
     for target in TARGETS {
-        let mut inputs: Vec<(String, Vec<u8>)> = seeds(target.name).into_iter().enumerate().map(|(i, s)| (format!("seed {i}"), s)).collect();
-        inputs.extend(nasty::cases().into_iter().filter(|(t, _, _)| *t == target.name).map(|(_, what, bytes)| (what.to_string(), bytes)));
+        let mut inputs: Vec<(String, Vec<u8>)> =
+            seeds(target.name).into_iter().enumerate().map(|(i, s)| (format!("seed {i}"), s)).collect();
+        inputs.extend(
+            nasty::cases()
+                .into_iter()
+                .filter(|(t, _, _)| *t == target.name)
+                .map(|(_, what, bytes)| (what.to_string(), bytes)),
+        );
         inputs.extend(corpus(target.name).into_iter().map(|(path, bytes)| (path.display().to_string(), bytes)));
         for (what, input) in inputs {
             if let Err(why) = check(target, &input) {
-                failures.push(format!("{} / {what}: {why} (kept as {})", target.name, keep_failure(target.name, &input)));
+                failures.push(format!(
+                    "{} / {what}: {why} (kept as {})",
+                    target.name,
+                    keep_failure(target.name, &input)
+                ));
             }
         }
     }
@@ -149,10 +168,15 @@ fn seeds_nasty_cases_and_corpus_end_within_bounds() {
 #[test]
 fn every_target_has_nasty_cases_or_corpus() {
     for target in TARGETS {
-        let hand_written = nasty::cases().iter().filter(|(t, _, _)| *t == target.name).count() + corpus(target.name).len();
+        let hand_written =
+            nasty::cases().iter().filter(|(t, _, _)| *t == target.name).count() + corpus(target.name).len();
         let seeded = seeds(target.name).len();
         assert!(seeded > 0, "{} has no seeds", target.name);
-        assert!(hand_written > 0 || target.name == "dataset_parquet" || target.name == "dataset_arrow", "{} has no nasty cases", target.name);
+        assert!(
+            hand_written > 0 || target.name == "dataset_parquet" || target.name == "dataset_arrow",
+            "{} has no nasty cases",
+            target.name
+        );
     }
 }
 
@@ -160,10 +184,9 @@ fn every_target_has_nasty_cases_or_corpus() {
 fn mutated_seeds_end_within_bounds() {
     quiet_panics();
     let seconds: f64 = std::env::var("EMBER_FUZZ_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(2.0);
-    let seed: u64 = std::env::var("EMBER_FUZZ_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs()));
+    let seed: u64 = std::env::var("EMBER_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs())
+    });
     eprintln!("fuzzing each target for {seconds} s with EMBER_FUZZ_SEED={seed}");
     let mut failures = Vec::new();
     for target in TARGETS {
@@ -203,7 +226,9 @@ fn a_huge_example_is_tokenized_only_as_far_as_max_length_needs() {
     use ember_core::template::Template;
     use ember_core::tokenizer::Tokenizer;
     let dir = ember_fuzz::fixtures().join("models/a");
-    let config = ember_core::BloomConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap(), "config.json").unwrap();
+    let config =
+        ember_core::BloomConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap(), "config.json")
+            .unwrap();
     let tokenizer = Tokenizer::open(&dir, &config).unwrap();
     let text = |bytes: usize| "考试有哪些技巧？ Practice every day, then rest. ".repeat(bytes / 56 + 1);
     let huge = Example { instruction: text(10 << 20), input: String::new(), output: text(10 << 20) };

@@ -25,11 +25,11 @@ impl std::str::FromStr for DeviceChoice {
             "auto" => Ok(DeviceChoice::Auto),
             "cpu" => Ok(DeviceChoice::Cpu),
             "gpu" => Ok(DeviceChoice::Gpu(None)),
-            _ => s
-                .strip_prefix("gpu:")
-                .and_then(|n| n.parse().ok())
-                .map(|n| DeviceChoice::Gpu(Some(n)))
-                .ok_or_else(|| format!("unknown device `{s}`: use auto, gpu, gpu:N (N from `ember devices`) or cpu")),
+            _ => {
+                s.strip_prefix("gpu:").and_then(|n| n.parse().ok()).map(|n| DeviceChoice::Gpu(Some(n))).ok_or_else(
+                    || format!("unknown device `{s}`: use auto, gpu, gpu:N (N from `ember devices`) or cpu"),
+                )
+            }
         }
     }
 }
@@ -144,7 +144,11 @@ impl DeviceArgs {
 /// (recomputing memory-bound activations in the backward pass) when asked for.
 pub fn training_device(device: &Device, gradient_checkpointing: bool) -> Device {
     let device = device.clone().autodiff();
-    if gradient_checkpointing { device.gradient_checkpointing() } else { device }
+    if gradient_checkpointing {
+        device.gradient_checkpointing()
+    } else {
+        device
+    }
 }
 
 /// One adapter as wgpu reports it.
@@ -180,7 +184,7 @@ pub fn adapters(api: Option<Api>) -> Vec<Adapter> {
                 device_type: info.device_type,
                 driver: format!("{} {}", info.driver, info.driver_info).trim().to_owned(),
                 max_buffer_size: limits.max_buffer_size,
-                max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+                max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size,
             }
         })
         .collect()
@@ -306,7 +310,6 @@ pub fn best_adapter(all: &[Adapter], allow_software: bool) -> Option<(Adapter, D
         .min_by_key(|a| rank(a.device_type))?;
     Some((best.clone(), device_kind(all, best)))
 }
-
 
 /// `ember devices`: the adapters wgpu sees and what `auto` picks.
 pub fn print_devices(api: Option<Api>) {

@@ -57,8 +57,14 @@ fn main() {
         Ok(Ok(())) => return,
         Ok(Err(error)) => {
             eprintln!("error: {}", messages::with_flags(&format!("{error:#}")));
-            let device = error.chain().any(|e| matches!(e.downcast_ref::<ember_core::Error>(), Some(ember_core::Error::Device(_))));
-            if device { EXIT_DEVICE } else { EXIT_ERROR }
+            let device = error
+                .chain()
+                .any(|e| matches!(e.downcast_ref::<ember_core::Error>(), Some(ember_core::Error::Device(_))));
+            if device {
+                EXIT_DEVICE
+            } else {
+                EXIT_ERROR
+            }
         }
         Err(payload) => match panics::explain(payload) {
             panics::Failure::Device(error) => {
@@ -104,4 +110,3 @@ fn keep_freed_memory() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
     }
 }
-

@@ -53,7 +53,8 @@ pub fn record(info: &std::panic::PanicHookInfo) {
 
 /// Sorts a panic that reached `main` into a device failure or an internal error.
 pub fn explain(payload: Box<dyn std::any::Any + Send>) -> Failure {
-    let recorded = FIRST.lock().ok().and_then(|mut r| r.take()).filter(|r| r.caught_before == ember_core::error::caught_panics());
+    let recorded =
+        FIRST.lock().ok().and_then(|mut r| r.take()).filter(|r| r.caught_before == ember_core::error::caught_panics());
     let message = recorded.as_ref().map_or_else(|| payload_text(payload.as_ref()), |r| r.message.clone());
     if DEVICE_FAILURES.iter().any(|marker| message.contains(marker)) {
         return Failure::Device(ember_core::error::device_failure(&crate::device::activity(), &message));
@@ -84,7 +85,8 @@ mod tests {
 
     #[test]
     fn device_failures_and_bugs_are_told_apart() {
-        let oom: Box<dyn std::any::Any + Send> = Box::new("can't allocate buffer of size: 2147483648\nbacktrace".to_string());
+        let oom: Box<dyn std::any::Any + Send> =
+            Box::new("can't allocate buffer of size: 2147483648\nbacktrace".to_string());
         assert!(matches!(explain(oom), Failure::Device(e) if e.to_string().contains("2048 MiB")));
         let bug: Box<dyn std::any::Any + Send> = Box::new("index out of bounds: the len is 3 but the index is 7");
         match explain(bug) {

@@ -17,7 +17,8 @@ pub fn writable_dir(dir: &Path, flag: &str, needed: u64) -> anyhow::Result<Vec<s
     let elsewhere = || format!("choose another directory with {flag}");
     std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create it ({})", dir.display(), elsewhere()))?;
     let probe = ember_core::io::temporary_path(&dir.join("write-test"));
-    std::fs::write(&probe, b"ember").with_context(|| format!("{}: cannot write there ({})", dir.display(), elsewhere()))?;
+    std::fs::write(&probe, b"ember")
+        .with_context(|| format!("{}: cannot write there ({})", dir.display(), elsewhere()))?;
     let _ = std::fs::remove_file(&probe);
     let removed = ember_core::io::remove_stale_temporaries(dir);
     if let Some(free) = free_bytes(dir) {

@@ -90,7 +90,12 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
-    fn label_logit(x: FloatTensor<Self>, w: FloatTensor<Self>, ids: IntTensor<Self>, inside: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn label_logit(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        ids: IntTensor<Self>,
+        inside: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct LabelLogit;
 
@@ -107,7 +112,13 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                     let n = ids.shape().num_elements();
                     let zeros = B::float_zeros(w.shape(), &w.device(), w.dtype().into());
                     let ids = B::int_reshape(ids.clone(), Shape::new([n]));
-                    let dw = B::float_select_assign(zeros, 0, ids, B::float_mul(rounded_like::<B>(x, &w), g.clone()), IndexingUpdateOp::Add);
+                    let dw = B::float_select_assign(
+                        zeros,
+                        0,
+                        ids,
+                        B::float_mul(rounded_like::<B>(x, &w), g.clone()),
+                        IndexingUpdateOp::Add,
+                    );
                     grads.register::<B>(node.id, dw);
                 }
                 if let Some(node) = node_x {
@@ -124,7 +135,9 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 let out = B::label_logit(x.clone(), w.clone(), ids.clone(), inside.clone());
                 prep.finish((x, w, ids, inside), out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::label_logit(x.into_primitive(), w.into_primitive(), ids, inside)),
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::label_logit(x.into_primitive(), w.into_primitive(), ids, inside))
+            }
         }
     }
 
@@ -159,14 +172,20 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         let (q, k, v) = (q.into_primitive(), k.into_primitive(), v.into_primitive());
         match Attention.prepare::<C>(guards).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
-                let (out, stats) = B::alibi_attention_forward(q.clone(), k.clone(), v.clone(), alibi.clone(), mask.clone());
+                let (out, stats) =
+                    B::alibi_attention_forward(q.clone(), k.clone(), v.clone(), alibi.clone(), mask.clone());
                 prep.finish([q, k, v, alibi, mask, out.clone(), stats], out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::alibi_attention(q, k, v, alibi, mask)),
         }
     }
 
-    fn row_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+    fn row_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct LayerNorm;
 

@@ -15,7 +15,8 @@ use crate::autocast_matmul;
 /// precision as autocast does) → `[n, 1]`, on a backend that has the kernels
 /// ([`crate::Kernels::head_block`] chooses).
 pub fn linear_log_sum_exp(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
-    let out = <burn::backend::Dispatch as crate::ops::FusedOps>::linear_log_sum_exp(x.into_dispatch(), w.into_dispatch());
+    let out =
+        <burn::backend::Dispatch as crate::ops::FusedOps>::linear_log_sum_exp(x.into_dispatch(), w.into_dispatch());
     Tensor::from_dispatch(out)
 }
 
@@ -23,7 +24,12 @@ pub fn linear_log_sum_exp(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
 /// `[n, 1]` indexing `w`'s rows and `inside` `[n, 1]` (1 where the label falls in this block).
 /// Autodiff keeps nothing `[n, d]`: the backward pass looks the rows up again.
 pub fn label_logit(x: Tensor<2>, w: Tensor<2>, ids: Tensor<2, Int>, inside: Tensor<2>) -> Tensor<2> {
-    let out = <burn::backend::Dispatch as crate::ops::FusedOps>::label_logit(x.into_dispatch(), w.into_dispatch(), ids.into_dispatch(), inside.into_dispatch());
+    let out = <burn::backend::Dispatch as crate::ops::FusedOps>::label_logit(
+        x.into_dispatch(),
+        w.into_dispatch(),
+        ids.into_dispatch(),
+        inside.into_dispatch(),
+    );
     Tensor::from_dispatch(out)
 }
 

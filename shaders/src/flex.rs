@@ -114,7 +114,12 @@ impl FusedOps for Flex {
         })
     }
 
-    fn row_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+    fn row_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
         let inputs = (f32_contiguous(x.clone()), f32_contiguous(gamma.clone()), f32_contiguous(beta.clone()));
         let (Some(xc), Some(g), Some(b)) = inputs else { return composed::layer_norm::<Self>(x, gamma, beta, eps) };
         let cols = g.shape()[0];
@@ -130,9 +135,16 @@ impl FusedOps for Flex {
         })
     }
 
-    fn row_layer_norm_backward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+    fn row_layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
         let inputs = (f32_contiguous(x.clone()), f32_contiguous(gamma.clone()), f32_contiguous(grad.clone()));
-        let (Some(xc), Some(g), Some(dc)) = inputs else { return composed::layer_norm_backward::<Self>(x, gamma, grad, eps) };
+        let (Some(xc), Some(g), Some(dc)) = inputs else {
+            return composed::layer_norm_backward::<Self>(x, gamma, grad, eps);
+        };
         let cols = g.shape()[0];
         let (xs, gs, ds) = (slice(&xc), slice(&g), slice(&dc));
         filled(xc.shape(), row_chunk(cols) * cols, |start, out| {

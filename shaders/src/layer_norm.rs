@@ -14,7 +14,12 @@ pub fn fused<const D: usize>(x: Tensor<D>, gamma: Tensor<1>, beta: Tensor<1>, ep
     let dims = x.dims();
     let hidden = dims[D - 1];
     let flat: Tensor<2> = x.reshape([dims.iter().product::<usize>() / hidden.max(1), hidden]);
-    let out = <burn::backend::Dispatch as crate::ops::FusedOps>::row_layer_norm(flat.into_dispatch(), gamma.into_dispatch(), beta.into_dispatch(), eps);
+    let out = <burn::backend::Dispatch as crate::ops::FusedOps>::row_layer_norm(
+        flat.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        eps,
+    );
     Tensor::<2>::from_dispatch(out).reshape(dims)
 }
 

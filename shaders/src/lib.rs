@@ -42,7 +42,12 @@ impl Kernels {
 
     /// Each kernel's name (as `--kernels` takes it) and whether it is on.
     fn named(&self) -> [(&'static str, bool); 4] {
-        [("gelu", self.gelu), ("cross-entropy", self.cross_entropy), ("attention", self.attention), ("layer-norm", self.layer_norm)]
+        [
+            ("gelu", self.gelu),
+            ("cross-entropy", self.cross_entropy),
+            ("attention", self.attention),
+            ("layer-norm", self.layer_norm),
+        ]
     }
 }
 
@@ -55,7 +60,11 @@ impl Kernels {
 
     /// BLOOM's tanh-GELU ([`gelu`]).
     pub fn gelu<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        if Self::fused(self.gelu, &x.device()) { gelu::fused(x) } else { gelu::plain(x) }
+        if Self::fused(self.gelu, &x.device()) {
+            gelu::fused(x)
+        } else {
+            gelu::plain(x)
+        }
     }
 
     /// `torch.nn.LayerNorm` over the last dimension ([`layer_norm`]).
@@ -80,7 +89,13 @@ impl Kernels {
     /// `x` `[n, d]` against the block `w` `[v, d]`, and the label's logit for `ids` `[n, 1]`
     /// (indices into the block) where `inside` `[n, 1]` is 1 — both `[n, 1]`. Plain, the block's
     /// logits are computed once and kept for the backward pass; fused, never kept.
-    pub fn head_block(&self, x: Tensor<2>, w: Tensor<2>, ids: Tensor<2, Int>, inside: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+    pub fn head_block(
+        &self,
+        x: Tensor<2>,
+        w: Tensor<2>,
+        ids: Tensor<2, Int>,
+        inside: Tensor<2>,
+    ) -> (Tensor<2>, Tensor<2>) {
         if Self::fused(self.cross_entropy, &x.device()) {
             (cross_entropy::linear_log_sum_exp(x.clone(), w.clone()), cross_entropy::label_logit(x, w, ids, inside))
         } else {
@@ -112,7 +127,11 @@ impl std::str::FromStr for Kernels {
                 "cross-entropy" | "ce" => k.cross_entropy = true,
                 "attention" => k.attention = true,
                 "layer-norm" => k.layer_norm = true,
-                _ => return Err(format!("unknown kernel `{name}`: use all, none, or a list of gelu, cross-entropy, attention, layer-norm")),
+                _ => {
+                    return Err(format!(
+                    "unknown kernel `{name}`: use all, none, or a list of gelu, cross-entropy, attention, layer-norm"
+                ))
+                }
             }
         }
         Ok(k)

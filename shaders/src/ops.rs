@@ -40,27 +40,44 @@ pub trait FusedOps: Backend {
         if chunks.len() == 1 {
             return Self::row_log_sum_exp(linear_logits::<Self>(x, w));
         }
-        let parts = chunks.into_iter().map(|rows| Self::row_log_sum_exp(linear_logits::<Self>(row_slice::<Self>(&x, rows), w.clone())));
+        let parts = chunks
+            .into_iter()
+            .map(|rows| Self::row_log_sum_exp(linear_logits::<Self>(row_slice::<Self>(&x, rows), w.clone())));
         Self::float_cat(parts.collect(), 0)
     }
 
     /// The label's logit without the logits: `(x_i · w[ids_i]) · inside_i`, `x` `[n, d]`, `w`
     /// `[v, d]`, `ids` `[n, 1]` (indices into `w`), `inside` `[n, 1]` (1 where the label is in
     /// this block, else 0) → `[n, 1]`. `x` is rounded to `w`'s precision as for the logits.
-    fn label_logit(x: FloatTensor<Self>, w: FloatTensor<Self>, ids: IntTensor<Self>, inside: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn label_logit(
+        x: FloatTensor<Self>,
+        w: FloatTensor<Self>,
+        ids: IntTensor<Self>,
+        inside: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
         let x = rounded_like::<Self>(x, &w);
         let rows = label_rows::<Self>(w, ids);
         Self::float_mul(Self::float_sum_dim(Self::float_mul(x, rows), 1), inside)
     }
 
     /// Layer norm over the rows of `x` `[n, h]` with `gamma`, `beta` `[h]` (see `layer_norm.rs`), f32.
-    fn row_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+    fn row_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
         composed::layer_norm::<Self>(x, gamma, beta, eps)
     }
 
     /// The layer norm's input gradient for the incoming `grad`: with `x̂` the normalised rows and
     /// `ĝ = grad·γ`, `dx = (ĝ − mean(ĝ) − x̂·mean(ĝ·x̂)) / √(var + eps)`, per row.
-    fn row_layer_norm_backward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+    fn row_layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
         composed::layer_norm_backward::<Self>(x, gamma, grad, eps)
     }
 
@@ -136,7 +153,11 @@ pub fn rounded_like<B: Backend>(x: FloatTensor<B>, w: &FloatTensor<B>) -> FloatT
 pub fn label_rows<B: Backend>(w: FloatTensor<B>, ids: IntTensor<B>) -> FloatTensor<B> {
     let n = ids.shape().num_elements();
     let rows = B::float_select(w, 0, B::int_reshape(ids, Shape::new([n])));
-    if rows.dtype() == DType::F32 { rows } else { B::float_cast(rows, burn::tensor::FloatDType::F32) }
+    if rows.dtype() == DType::F32 {
+        rows
+    } else {
+        B::float_cast(rows, burn::tensor::FloatDType::F32)
+    }
 }
 
 /// The operations as chains of plain backend operations: what a backend without a kernel of
@@ -151,7 +172,10 @@ pub mod composed {
 
     pub fn gelu_backward<B: Backend>(x: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
         let s = B::sigmoid(twice_inner::<B>(x.clone()));
-        let slope = B::float_add_scalar(B::float_mul_scalar(B::float_mul(x.clone(), x.clone()), (3.0 * GELU_A).into()), GELU_B.into());
+        let slope = B::float_add_scalar(
+            B::float_mul_scalar(B::float_mul(x.clone(), x.clone()), (3.0 * GELU_A).into()),
+            GELU_B.into(),
+        );
         let one_minus = B::float_add_scalar(B::float_neg(s.clone()), 1.0.into());
         let ds = B::float_mul(B::float_mul(B::float_mul(s.clone(), one_minus), x), slope);
         B::float_mul(B::float_add(s, ds), grad)
@@ -163,7 +187,11 @@ pub mod composed {
         B::float_add(B::float_log(B::float_sum_dim(shifted, 1)), max)
     }
 
-    pub fn softmax_times<B: Backend>(logits: FloatTensor<B>, lse: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
+    pub fn softmax_times<B: Backend>(
+        logits: FloatTensor<B>,
+        lse: FloatTensor<B>,
+        grad: FloatTensor<B>,
+    ) -> FloatTensor<B> {
         B::float_mul(B::float_exp(B::float_sub(logits, lse)), grad)
     }
 
@@ -181,12 +209,22 @@ pub mod composed {
         B::float_reshape(v, Shape::new([1, h]))
     }
 
-    pub fn layer_norm<B: Backend>(x: FloatTensor<B>, gamma: FloatTensor<B>, beta: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
+    pub fn layer_norm<B: Backend>(
+        x: FloatTensor<B>,
+        gamma: FloatTensor<B>,
+        beta: FloatTensor<B>,
+        eps: f64,
+    ) -> FloatTensor<B> {
         let (normed, _) = normalized::<B>(x, eps);
         B::float_add(B::float_mul(normed, as_row::<B>(gamma)), as_row::<B>(beta))
     }
 
-    pub fn layer_norm_backward<B: Backend>(x: FloatTensor<B>, gamma: FloatTensor<B>, grad: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
+    pub fn layer_norm_backward<B: Backend>(
+        x: FloatTensor<B>,
+        gamma: FloatTensor<B>,
+        grad: FloatTensor<B>,
+        eps: f64,
+    ) -> FloatTensor<B> {
         let (normed, std) = normalized::<B>(x, eps);
         let g = B::float_mul(grad, as_row::<B>(gamma));
         let mean_g = B::float_mean_dim(g.clone(), 1);
@@ -196,7 +234,12 @@ pub mod composed {
     }
 
     /// `q kᵀ·scale + alibi + mask`, summed in the plain path's order: `[b, h, queries, keys]`.
-    fn attention_scores<B: Backend>(q: FloatTensor<B>, k: FloatTensor<B>, alibi: FloatTensor<B>, mask: FloatTensor<B>) -> FloatTensor<B> {
+    fn attention_scores<B: Backend>(
+        q: FloatTensor<B>,
+        k: FloatTensor<B>,
+        alibi: FloatTensor<B>,
+        mask: FloatTensor<B>,
+    ) -> FloatTensor<B> {
         let scale = crate::attention::scale(q.shape()[3]);
         let scores = B::float_mul_scalar(B::float_matmul(q, B::float_transpose(k)), scale.into());
         B::float_add(B::float_add(scores, alibi), mask)

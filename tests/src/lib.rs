@@ -42,9 +42,15 @@ impl Golden {
         for (name, view) in st.tensors() {
             let data = view.data();
             let values: Vec<f64> = match view.dtype() {
-                safetensors::Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
-                safetensors::Dtype::I64 => data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
-                safetensors::Dtype::I32 => data.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f64).collect(),
+                safetensors::Dtype::F32 => {
+                    data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap()) as f64).collect()
+                }
+                safetensors::Dtype::I64 => {
+                    data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap()) as f64).collect()
+                }
+                safetensors::Dtype::I32 => {
+                    data.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f64).collect()
+                }
                 other => panic!("{}: unexpected dtype {other:?} for {name}", path.display()),
             };
             tensors.insert(name, (view.shape().to_vec(), values));
@@ -159,7 +165,11 @@ pub struct SpecialIds {
 pub fn special_ids(model: &str) -> SpecialIds {
     let config = ember_core::checkpoint::ModelDir::open(&model_dir(model)).unwrap().config;
     let id = |v: Option<u32>, what: &str| v.unwrap_or_else(|| panic!("fixture {model} has no {what}"));
-    SpecialIds { bos: id(config.bos_token_id, "bos"), eos: id(config.eos_token_id, "eos"), pad: id(config.pad_token_id, "pad") }
+    SpecialIds {
+        bos: id(config.bos_token_id, "bos"),
+        eos: id(config.eos_token_id, "eos"),
+        pad: id(config.pad_token_id, "pad"),
+    }
 }
 
 /// Where ember's forward pass of fixture model `a` first leaves transformers' (beyond
@@ -177,7 +187,8 @@ pub fn first_divergence(model: &BloomForCausalLM, split: &str, device: &Device) 
     let bias = AttentionBias::new(&mask, model.num_heads, ids[0].len(), device);
     let (t, kernels) = (&model.transformer, &model.kernels);
     let diverges = |stage: &str, x: &Tensor<3>| {
-        let diff = max_abs_diff(&x.clone().try_into_vec_as::<f32>().unwrap(), &stages.f32s(&format!("{split}.{stage}")));
+        let diff =
+            max_abs_diff(&x.clone().try_into_vec_as::<f32>().unwrap(), &stages.f32s(&format!("{split}.{stage}")));
         (diff > tolerance::VS_TRANSFORMERS).then(|| (stage.to_owned(), diff))
     };
     let mut x = t.word_embeddings_layernorm.forward(t.word_embeddings.forward(input), kernels);

@@ -7,7 +7,6 @@ use ember_core::checkpoint::ModelDir;
 use ember_core::tokenizer::Tokenizer;
 use ember_tests::copy_of;
 
-
 fn load_error(dir: &Path) -> String {
     let result = ModelDir::open(dir).and_then(|d| d.load_model(&Device::flex()).map(|_| ()));
     result.expect_err("loading should fail").to_string()
@@ -41,7 +40,10 @@ fn tensor_with_the_wrong_shape() {
     let (_tmp, dir) = copy_of("a");
     edit_config(&dir, |c| c["hidden_size"] = 64.into());
     let err = load_error(&dir);
-    assert!(err.contains("model.safetensors") && err.contains("has shape") && err.contains("config.json implies"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("has shape") && err.contains("config.json implies"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -28,10 +28,34 @@ fn generate_json_gives_transformers_greedy_ids() {
     for case in &cases("a") {
         let max_new = case["max_new_tokens"].to_string();
         let out = if let Some(text) = case.get("prompt_text").and_then(|t| t.as_str()) {
-            ember(&["generate", "--model", dir, "--prompt", text, "--greedy", "--json", "--device", "cpu", "--max-new-tokens", &max_new])
+            ember(&[
+                "generate",
+                "--model",
+                dir,
+                "--prompt",
+                text,
+                "--greedy",
+                "--json",
+                "--device",
+                "cpu",
+                "--max-new-tokens",
+                &max_new,
+            ])
         } else {
             let ids: Vec<String> = case["prompt_ids"].as_array().unwrap().iter().map(|v| v.to_string()).collect();
-            ember(&["generate", "--model", dir, "--prompt-ids", &ids.join(","), "--greedy", "--json", "--device", "cpu", "--max-new-tokens", &max_new])
+            ember(&[
+                "generate",
+                "--model",
+                dir,
+                "--prompt-ids",
+                &ids.join(","),
+                "--greedy",
+                "--json",
+                "--device",
+                "cpu",
+                "--max-new-tokens",
+                &max_new,
+            ])
         };
         let json = stdout_json(&out);
         assert_eq!(json["prompt_ids"], case["prompt_ids"], "prompt ids of {case}");
@@ -43,7 +67,19 @@ fn generate_json_gives_transformers_greedy_ids() {
 #[test]
 fn max_length_counts_the_prompt() {
     let dir = model_dir("a");
-    let out = ember(&["generate", "--model", dir.to_str().unwrap(), "--prompt-ids", "10,11,12,13", "--greedy", "--json", "--device", "cpu", "--max-length", "7"]);
+    let out = ember(&[
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt-ids",
+        "10,11,12,13",
+        "--greedy",
+        "--json",
+        "--device",
+        "cpu",
+        "--max-length",
+        "7",
+    ]);
     let json = stdout_json(&out);
     let generated = json["generated_ids"].as_array().unwrap();
     assert!(generated.len() <= 3 && !generated.is_empty(), "{json}");
@@ -53,7 +89,23 @@ fn max_length_counts_the_prompt() {
 fn sampling_is_reproducible_with_a_seed() {
     let dir = model_dir("a");
     let run = |seed: &str| {
-        stdout_json(&ember(&["generate", "--model", dir.to_str().unwrap(), "--prompt", "你好", "--json", "--device", "cpu", "--seed", seed, "--temperature", "1.5", "--max-new-tokens", "12"]))["generated_ids"].clone()
+        stdout_json(&ember(&[
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt",
+            "你好",
+            "--json",
+            "--device",
+            "cpu",
+            "--seed",
+            seed,
+            "--temperature",
+            "1.5",
+            "--max-new-tokens",
+            "12",
+        ]))["generated_ids"]
+            .clone()
     };
     assert_eq!(run("1"), run("1"));
 }
@@ -70,7 +122,16 @@ fn info_reports_the_architecture() {
 fn device_flags_are_checked_with_clear_errors() {
     let model = model_dir("a");
     let generate = |extra: &[&str]| {
-        let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--prompt-ids", "5,6", "--max-new-tokens", "2", "--json"];
+        let mut args = vec![
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt-ids",
+            "5,6",
+            "--max-new-tokens",
+            "2",
+            "--json",
+        ];
         args.extend_from_slice(extra);
         ember(&args)
     };
@@ -105,7 +166,16 @@ fn backend_flag_pins_the_graphics_api() {
     assert!(listing.contains("max storage binding"), "{listing}");
     let model = model_dir("a");
     let run = |device: &[&str]| {
-        let mut args = vec!["generate", "--model", model.to_str().unwrap(), "--prompt-ids", "5,6,7", "--max-new-tokens", "4", "--json"];
+        let mut args = vec![
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--prompt-ids",
+            "5,6,7",
+            "--max-new-tokens",
+            "4",
+            "--json",
+        ];
         args.extend_from_slice(device);
         stdout_json(&ember(&args))["generated_ids"].clone()
     };
@@ -120,10 +190,13 @@ fn gpu_out_of_memory_is_explained() {
         assert!(std::env::var("EMBER_REQUIRE_WGPU").map_or(true, |v| v != "1"), "no wgpu adapter");
         return;
     }
-    let out = ember(&["bench", "train", "--shape", "tiny", "--batch", "512", "--seq", "1024", "--steps", "1", "--warmup", "0", "--device", "gpu"]);
+    let out = ember(&[
+        "bench", "train", "--shape", "tiny", "--batch", "512", "--seq", "1024", "--steps", "1", "--warmup", "0",
+        "--device", "gpu",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "device failures exit with 3: {err}");
-    let line = err.lines().filter(|l| l.starts_with("error:")).last().unwrap_or_else(|| panic!("{err}"));
+    let line = err.lines().rfind(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{err}"));
     assert!(line.contains("could not allocate a buffer of") && line.contains("MiB"), "{line}");
     assert!(line.contains("--per-device-train-batch-size") && line.contains("--dtype f16"), "{line}");
     assert!(!err.contains("panicked"), "{err}");
@@ -137,7 +210,8 @@ fn bad_input_is_one_error_line_not_a_panic() {
     assert!(err.starts_with("error: /nonexistent/model: model directory not found"), "{err}");
     assert!(!err.contains("panicked"));
 
-    let out = ember(&["generate", "--model", model_dir("a").to_str().unwrap(), "--prompt-ids", "999999", "--device", "cpu"]);
+    let out =
+        ember(&["generate", "--model", model_dir("a").to_str().unwrap(), "--prompt-ids", "999999", "--device", "cpu"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("outside the model's vocabulary"));
 }
@@ -147,15 +221,30 @@ fn info_prints_peft_trainable_line_for_flags_and_adapters() {
     let fixtures = ember_tests::fixtures();
     let expected = std::fs::read_to_string(fixtures.join("adapters/regex-embed/trainable.txt")).unwrap();
     let out = ember(&[
-        "info", "--model", model_dir("d").to_str().unwrap(), "--target-modules-regex", r".*\.1.*query_key_value",
-        "--modules-to-save", "word_embeddings", "--lora-r", "8", "--lora-alpha", "16",
+        "info",
+        "--model",
+        model_dir("d").to_str().unwrap(),
+        "--target-modules-regex",
+        r".*\.1.*query_key_value",
+        "--modules-to-save",
+        "word_embeddings",
+        "--lora-r",
+        "8",
+        "--lora-alpha",
+        "16",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("transformer.h.10.self_attention.query_key_value"), "{text}");
     assert_eq!(text.lines().last().unwrap(), expected.trim());
 
-    let out = ember(&["info", "--model", model_dir("a").to_str().unwrap(), "--adapter", fixtures.join("adapters/list").to_str().unwrap()]);
+    let out = ember(&[
+        "info",
+        "--model",
+        model_dir("a").to_str().unwrap(),
+        "--adapter",
+        fixtures.join("adapters/list").to_str().unwrap(),
+    ]);
     let expected = std::fs::read_to_string(fixtures.join("adapters/list/trainable.txt")).unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().last().unwrap(), expected.trim());
 }
@@ -167,11 +256,40 @@ fn merged_model_generates_what_base_plus_adapter_generates() {
     let base = model_dir("d");
     let out_dir = tempfile::tempdir().unwrap();
     let merged = out_dir.path().join("merged");
-    let out = ember(&["merge", "--model", base.to_str().unwrap(), "--adapter", adapter.to_str().unwrap(), "--output", merged.to_str().unwrap(), "--max-shard-size", "100KB"]);
+    let out = ember(&[
+        "merge",
+        "--model",
+        base.to_str().unwrap(),
+        "--adapter",
+        adapter.to_str().unwrap(),
+        "--output",
+        merged.to_str().unwrap(),
+        "--max-shard-size",
+        "100KB",
+    ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(merged.join("model.safetensors.index.json").is_file(), "sharded past --max-shard-size");
 
-    let run = |args: &[&str]| stdout_json(&ember(&[&["generate", "--prompt-ids", "40,41,42,43", "--greedy", "--json", "--device", "cpu", "--max-new-tokens", "12"], args].concat()))["generated_ids"].clone();
+    let run = |args: &[&str]| {
+        stdout_json(&ember(
+            &[
+                &[
+                    "generate",
+                    "--prompt-ids",
+                    "40,41,42,43",
+                    "--greedy",
+                    "--json",
+                    "--device",
+                    "cpu",
+                    "--max-new-tokens",
+                    "12",
+                ],
+                args,
+            ]
+            .concat(),
+        ))["generated_ids"]
+            .clone()
+    };
     let with_adapter = run(&["--model", base.to_str().unwrap(), "--adapter", adapter.to_str().unwrap()]);
     let from_merged = run(&["--model", merged.to_str().unwrap()]);
     let without = run(&["--model", base.to_str().unwrap()]);
@@ -183,21 +301,46 @@ fn merged_model_generates_what_base_plus_adapter_generates() {
 fn eval_json_reports_transformers_loss_and_data_shows_stats() {
     let fixtures = ember_tests::fixtures();
     let cache = tempfile::tempdir().unwrap();
-    let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixtures.join("data/eval.json")).unwrap()).unwrap();
+    let golden: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("data/eval.json")).unwrap()).unwrap();
     let out = Command::new(ember_bin())
         .env("EMBER_CACHE_DIR", cache.path())
-        .args(["eval", "--model", model_dir("a").to_str().unwrap(), "--data", fixtures.join("data/dict").to_str().unwrap(), "--max-length", "32", "--device", "cpu", "--json"])
+        .args([
+            "eval",
+            "--model",
+            model_dir("a").to_str().unwrap(),
+            "--data",
+            fixtures.join("data/dict").to_str().unwrap(),
+            "--max-length",
+            "32",
+            "--device",
+            "cpu",
+            "--json",
+        ])
         .output()
         .unwrap();
     let json = stdout_json(&out);
     let want = golden["32"]["eval_loss"].as_f64().unwrap();
-    assert!((json["eval_loss"].as_f64().unwrap() - want).abs() / want < ember_tests::tolerance::LOSS_VS_TRANSFORMERS, "{json}");
+    assert!(
+        (json["eval_loss"].as_f64().unwrap() - want).abs() / want < ember_tests::tolerance::LOSS_VS_TRANSFORMERS,
+        "{json}"
+    );
     assert_eq!(json["num_tokens"], golden["32"]["num_tokens"]);
     assert_eq!(json["num_examples"], 16);
 
     let out = Command::new(ember_bin())
         .env("EMBER_CACHE_DIR", cache.path())
-        .args(["data", "--model", model_dir("a").to_str().unwrap(), "--data", fixtures.join("data/train.csv").to_str().unwrap(), "--max-length", "32", "--show", "1"])
+        .args([
+            "data",
+            "--model",
+            model_dir("a").to_str().unwrap(),
+            "--data",
+            fixtures.join("data/train.csv").to_str().unwrap(),
+            "--max-length",
+            "32",
+            "--show",
+            "1",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -217,7 +360,12 @@ fn web_serves_the_page_and_explains_a_missing_build() {
 
     let dir = std::env::temp_dir().join(format!("ember-web-test-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("demo")).unwrap();
-    for (name, body) in [("index.html", "<html></html>"), ("ember_web_bg.wasm", "\0asm"), ("worker.js", "//"), ("demo/config.json", "{}")] {
+    for (name, body) in [
+        ("index.html", "<html></html>"),
+        ("ember_web_bg.wasm", "\0asm"),
+        ("worker.js", "//"),
+        ("demo/config.json", "{}"),
+    ] {
         std::fs::write(dir.join(name), body).unwrap();
     }
     let mut server = Command::new(ember_bin())
@@ -247,6 +395,7 @@ fn web_serves_the_page_and_explains_a_missing_build() {
     ];
     let results: Vec<String> = checks.iter().map(|(path, _, _)| get(path)).collect();
     server.kill().unwrap();
+    server.wait().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     for ((path, status, mime), response) in checks.iter().zip(results) {
         let head = response.split("\r\n\r\n").next().unwrap_or_default();

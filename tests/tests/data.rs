@@ -14,7 +14,8 @@ use ember_core::tokenizer::{PaddingSide, Tokenizer};
 use ember_tests::{fixtures, model_dir, special_ids};
 use serde_json::Value;
 
-const FORMATS: [&str; 7] = ["train.json", "train.jsonl", "train.parquet", "train.csv", "saved", "saved-sharded", "dict"];
+const FORMATS: [&str; 7] =
+    ["train.json", "train.jsonl", "train.parquet", "train.csv", "saved", "saved-sharded", "dict"];
 
 fn data(name: &str) -> PathBuf {
     fixtures().join("data").join(name)
@@ -56,7 +57,11 @@ fn every_format_gives_the_recipes_token_ids_masks_and_labels() {
         for format in FORMATS {
             assert_processed(&tokenized(&data(format), &Columns::default(), max_length), max_length, format);
         }
-        assert_processed(&tokenized(&data("train-null-input.jsonl"), &Columns::default(), max_length), max_length, "null input");
+        assert_processed(
+            &tokenized(&data("train-null-input.jsonl"), &Columns::default(), max_length),
+            max_length,
+            "null input",
+        );
         let renamed = Columns::parse("instruction=prompt,input=context,output=answer").unwrap();
         assert_processed(&tokenized(&data("columns.jsonl"), &renamed, max_length), max_length, "renamed columns");
     }
@@ -65,7 +70,8 @@ fn every_format_gives_the_recipes_token_ids_masks_and_labels() {
 #[test]
 fn prompts_follow_python_strip_semantics() {
     let expected = json(&data("processed_256.json"));
-    let examples: Vec<_> = open_examples(&data("train.jsonl"), "train", &Columns::default()).unwrap().map(Result::unwrap).collect();
+    let examples: Vec<_> =
+        open_examples(&data("train.jsonl"), "train", &Columns::default()).unwrap().map(Result::unwrap).collect();
     for (e, golden) in examples.iter().zip(expected.as_array().unwrap()) {
         assert_eq!(Template::HumanAssistant.prompt(&e.instruction, &e.input), golden["prompt_text"].as_str().unwrap());
     }
@@ -102,7 +108,11 @@ fn eval_loss_equals_transformers_for_every_format() {
             let dataset = tokenized(&data(format), &Columns::default(), max_length);
             let r = evaluate(&model, &dataset, 4, special_ids("a").pad, PaddingSide::Left, &device, |_, _| {}).unwrap();
             let want = expected["eval_loss"].as_f64().unwrap();
-            assert!(((r.eval_loss - want) / want).abs() < ember_tests::tolerance::LOSS_VS_TRANSFORMERS, "{format} {max_length}: {} vs {want}", r.eval_loss);
+            assert!(
+                ((r.eval_loss - want) / want).abs() < ember_tests::tolerance::LOSS_VS_TRANSFORMERS,
+                "{format} {max_length}: {} vs {want}",
+                r.eval_loss
+            );
             assert_eq!(r.num_tokens as u64, expected["num_tokens"].as_u64().unwrap(), "{format}");
             assert_eq!(r.num_examples as u64, expected["num_examples"].as_u64().unwrap(), "{format}");
         }
@@ -112,7 +122,18 @@ fn eval_loss_equals_transformers_for_every_format() {
 #[test]
 fn a_second_run_reads_the_cache_and_sees_the_same_data() {
     let cache = tempfile::tempdir().unwrap();
-    let load = || load_or_build(&data("saved-sharded"), "train", &Columns::default(), &tokenizer(), &Template::HumanAssistant, 32, cache.path()).unwrap();
+    let load = || {
+        load_or_build(
+            &data("saved-sharded"),
+            "train",
+            &Columns::default(),
+            &tokenizer(),
+            &Template::HumanAssistant,
+            32,
+            cache.path(),
+        )
+        .unwrap()
+    };
     let first = load();
     let second = load();
     assert!(!first.from_cache && second.from_cache);
@@ -148,7 +169,10 @@ fn bad_input_names_the_file_and_the_place() {
     let columns = Columns::default();
 
     let err = first_error(&data("columns.jsonl"), "train", &columns);
-    assert!(err.contains("columns.jsonl:1") && err.contains("no field \"instruction\"") && err.contains("prompt"), "{err}");
+    assert!(
+        err.contains("columns.jsonl:1") && err.contains("no field \"instruction\"") && err.contains("prompt"),
+        "{err}"
+    );
     let err = first_error(&data("train.parquet"), "train", &Columns::parse("output=answer").unwrap());
     assert!(err.contains("no column \"answer\"") && err.contains("instruction, input, output"), "{err}");
 
@@ -173,5 +197,8 @@ fn bad_input_names_the_file_and_the_place() {
     assert!(err.contains("data-00000-of-00001.arrow") && err.contains("unreadable Arrow"), "{err}");
 
     let err = first_error(&data("dict"), "validation", &columns);
-    assert!(err.contains("dataset_dict.json") && err.contains("no split \"validation\"") && err.contains("train, test"), "{err}");
+    assert!(
+        err.contains("dataset_dict.json") && err.contains("no split \"validation\"") && err.contains("train, test"),
+        "{err}"
+    );
 }

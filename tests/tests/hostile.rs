@@ -28,7 +28,6 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-
 fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     edit(&mut json);
@@ -37,7 +36,8 @@ fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
 
 fn torch_error(bytes: Vec<u8>) -> String {
     let start = Instant::now();
-    let result = TorchFile::from_bytes("pytorch_model.bin", bytes).and_then(|f| f.names().iter().try_for_each(|n| f.read(n).map(|_| ())));
+    let result = TorchFile::from_bytes("pytorch_model.bin", bytes)
+        .and_then(|f| f.names().iter().try_for_each(|n| f.read(n).map(|_| ())));
     assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
     result.expect_err("a hostile pickle must be refused").to_string()
 }
@@ -62,25 +62,53 @@ fn offsets_and_strides_outside_the_storage_are_refused() {
         (1, vec![2, 3], vec![3, 1]),
     ] {
         let err = torch_error(nasty::torch_zip(&nasty::state_dict_pickle(offset, &shape, &stride), &storage));
-        assert!(err.contains("tensor `w`") && err.contains("outside its storage"), "{offset} {shape:?} {stride:?}: {err}");
+        assert!(
+            err.contains("tensor `w`") && err.contains("outside its storage"),
+            "{offset} {shape:?} {stride:?}: {err}"
+        );
     }
     // The same file with a sane view loads: the checks refuse only what is wrong.
-    let ok = TorchFile::from_bytes("pytorch_model.bin", nasty::torch_zip(&nasty::state_dict_pickle(0, &[3, 2], &[1, 3]), &storage)).unwrap();
+    let ok = TorchFile::from_bytes(
+        "pytorch_model.bin",
+        nasty::torch_zip(&nasty::state_dict_pickle(0, &[3, 2], &[1, 3]), &storage),
+    )
+    .unwrap();
     assert_eq!(ok.read("w").unwrap().shape, vec![3, 2]);
 }
 
 #[test]
 fn an_absurd_lora_rank_is_refused_before_anything_is_allocated() {
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::copy(fixtures().join("adapters/list/adapter_model.safetensors"), tmp.path().join("adapter_model.safetensors")).unwrap();
-    std::fs::write(tmp.path().join("adapter_config.json"), r#"{"target_modules": ["query_key_value"], "r": 1000000000000}"#).unwrap();
+    std::fs::copy(
+        fixtures().join("adapters/list/adapter_model.safetensors"),
+        tmp.path().join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("adapter_config.json"),
+        r#"{"target_modules": ["query_key_value"], "r": 1000000000000}"#,
+    )
+    .unwrap();
     let mut model = ModelDir::open(&model_dir("a")).unwrap().load_model(&Device::flex()).unwrap();
     let err = load_adapter(&mut model, tmp.path(), &Device::flex(), false).unwrap_err().to_string();
-    assert!(err.contains("adapter_config.json") && err.contains("r = 1000000000000") && err.contains("transformer.h.0.self_attention.query_key_value"), "{err}");
+    assert!(
+        err.contains("adapter_config.json")
+            && err.contains("r = 1000000000000")
+            && err.contains("transformer.h.0.self_attention.query_key_value"),
+        "{err}"
+    );
 
     let out = ember(&["info", "--model", model_dir("a").to_str().unwrap(), "--adapter", tmp.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    let out = ember(&["info", "--model", model_dir("a").to_str().unwrap(), "--target-modules", "dense", "--lora-r", "100000000000"]);
+    let out = ember(&[
+        "info",
+        "--model",
+        model_dir("a").to_str().unwrap(),
+        "--target-modules",
+        "dense",
+        "--lora-r",
+        "100000000000",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("larger than that layer's smaller side"), "{}", stderr(&out));
 }
@@ -91,7 +119,10 @@ fn a_tokenizer_larger_than_its_model_and_ids_outside_the_vocabulary_are_refused_
     edit_json(&dir.join("config.json"), |c| c["vocab_size"] = 100.into());
     let config = ModelDir::open(&dir).unwrap().config;
     let err = Tokenizer::open(&dir, &config).err().expect("must fail").to_string();
-    assert!(err.contains("tokenizer.json") && err.contains("vocab_size 100") && err.contains("different models"), "{err}");
+    assert!(
+        err.contains("tokenizer.json") && err.contains("vocab_size 100") && err.contains("different models"),
+        "{err}"
+    );
 
     edit_json(&dir.join("config.json"), |c| {
         c["vocab_size"] = 608.into();
@@ -114,11 +145,19 @@ fn a_damaged_cache_is_rebuilt_with_a_notice() {
         Tokenizer::open(&model_dir("a"), &dir.config).unwrap()
     };
     let data = fixtures().join("data/train.jsonl");
-    let load = || load_or_build(&data, "train", &Columns::default(), &tokenizer, &Template::HumanAssistant, 32, cache.path()).unwrap();
+    let load = || {
+        load_or_build(&data, "train", &Columns::default(), &tokenizer, &Template::HumanAssistant, 32, cache.path())
+            .unwrap()
+    };
     let first = load();
     let ids: Vec<Vec<u32>> = (0..first.len()).map(|i| first.get(i).input_ids).collect();
     drop(first);
-    let file = std::fs::read_dir(cache.path()).unwrap().flatten().map(|e| e.path()).find(|p| p.extension().is_some_and(|e| e == "tok")).unwrap();
+    let file = std::fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "tok"))
+        .unwrap();
     let mut bytes = std::fs::read(&file).unwrap();
     let index_at = u64::from_le_bytes(bytes[bytes.len() - 16..bytes.len() - 8].try_into().unwrap()) as usize;
     bytes[index_at..index_at + 8].copy_from_slice(&u64::MAX.to_le_bytes()); // first example's offset
@@ -146,12 +185,26 @@ fn an_unusable_cache_or_output_directory_is_named_before_any_work() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("tokenized-data cache") && stderr(&out).contains("EMBER_CACHE_DIR"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("tokenized-data cache") && stderr(&out).contains("EMBER_CACHE_DIR"),
+        "{}",
+        stderr(&out)
+    );
 
     let train = |output: &Path| {
         Command::new(ember_bin())
             .env("EMBER_CACHE_DIR", tmp.path().join("cache"))
-            .args(["train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--device", "cpu", "--max-steps", "100000"])
+            .args([
+                "train",
+                "--model",
+                model.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+                "--device",
+                "cpu",
+                "--max-steps",
+                "100000",
+            ])
             .arg("--output-dir")
             .arg(output)
             .output()
@@ -170,13 +223,18 @@ fn an_unusable_cache_or_output_directory_is_named_before_any_work() {
         std::fs::create_dir(&locked).unwrap();
         std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o555)).unwrap();
         let out = train(&locked);
-        assert!(stderr(&out).contains("cannot write there") && stderr(&out).contains("--output-dir"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("cannot write there") && stderr(&out).contains("--output-dir"),
+            "{}",
+            stderr(&out)
+        );
     }
 }
 
 #[cfg(unix)]
 fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
+    std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")))
 }
 
 /// Overwrites the first value of tensor `name` in a safetensors file with NaN.
@@ -198,12 +256,30 @@ fn nan_weights_are_refused_by_tensor_name_unless_allowed() {
     let (_tmp, dir) = copy_of("a");
     poison(&dir.join("model.safetensors"), "transformer.h.1.mlp.dense_4h_to_h.weight");
     let dir_str = dir.to_str().unwrap();
-    let out = ember(&["generate", "--model", dir_str, "--prompt-ids", "5,6", "--max-new-tokens", "2", "--device", "cpu"]);
+    let out =
+        ember(&["generate", "--model", dir_str, "--prompt-ids", "5,6", "--max-new-tokens", "2", "--device", "cpu"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("model.safetensors") && err.contains("transformer.h.1.mlp.dense_4h_to_h.weight") && err.contains("NaN"), "{err}");
+    assert!(
+        err.contains("model.safetensors")
+            && err.contains("transformer.h.1.mlp.dense_4h_to_h.weight")
+            && err.contains("NaN"),
+        "{err}"
+    );
     assert!(err.contains("--allow-nonfinite"), "{err}");
-    let out = ember(&["generate", "--model", dir_str, "--prompt-ids", "5,6", "--max-new-tokens", "2", "--device", "cpu", "--allow-nonfinite", "--json"]);
+    let out = ember(&[
+        "generate",
+        "--model",
+        dir_str,
+        "--prompt-ids",
+        "5,6",
+        "--max-new-tokens",
+        "2",
+        "--device",
+        "cpu",
+        "--allow-nonfinite",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
 
     let adapter = tempfile::tempdir().unwrap();
@@ -212,7 +288,17 @@ fn nan_weights_are_refused_by_tensor_name_unless_allowed() {
     }
     let key = "base_model.model.transformer.h.0.self_attention.query_key_value.lora_B.weight";
     poison(&adapter.path().join("adapter_model.safetensors"), key);
-    let out = ember(&["generate", "--model", model_dir("a").to_str().unwrap(), "--adapter", adapter.path().to_str().unwrap(), "--prompt-ids", "5", "--device", "cpu"]);
+    let out = ember(&[
+        "generate",
+        "--model",
+        model_dir("a").to_str().unwrap(),
+        "--adapter",
+        adapter.path().to_str().unwrap(),
+        "--prompt-ids",
+        "5",
+        "--device",
+        "cpu",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains(key) && stderr(&out).contains("NaN"), "{}", stderr(&out));
 }
@@ -229,10 +315,22 @@ fn generation_stops_at_the_models_context() {
     let (_tmp, dir) = copy_of("a");
     edit_json(&dir.join("config.json"), |c| c["seq_length"] = 24.into());
     let dir = dir.to_str().unwrap();
-    let args = ["generate", "--model", dir, "--prompt-ids", "5,6,7,8", "--max-new-tokens", "500", "--device", "cpu", "--greedy"];
+    let args = [
+        "generate",
+        "--model",
+        dir,
+        "--prompt-ids",
+        "5,6,7,8",
+        "--max-new-tokens",
+        "500",
+        "--device",
+        "cpu",
+        "--greedy",
+    ];
     let out = ember(&[&args[..], &["--json"]].concat());
     assert!(out.status.success(), "{}", stderr(&out));
-    let json: serde_json::Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
     assert_eq!(json["generated_ids"].as_array().unwrap().len(), 20, "24 in all, 4 of them the prompt: {json}");
     let out = ember(&args);
     assert!(stderr(&out).contains("generation stops at 24 tokens in all"), "{}", stderr(&out));
@@ -294,7 +392,10 @@ fn web_never_serves_through_a_symlink_out_of_its_folder() {
     assert!(get(&s.address, "/index.html").starts_with("HTTP/1.1 200"));
     for path in ["/secret.txt", "/up/secret.txt", "/../secret.txt"] {
         let response = get(&s.address, path);
-        assert!(response.starts_with("HTTP/1.1 404") && !response.contains("secret\n") && !response.ends_with("secret"), "{path}: {response}");
+        assert!(
+            response.starts_with("HTTP/1.1 404") && !response.contains("secret\n") && !response.ends_with("secret"),
+            "{path}: {response}"
+        );
     }
 }
 
@@ -341,7 +442,11 @@ fn web_drops_half_open_connections_and_streams_large_files() {
     }
     // ... and a large file streams whole to a client.
     let response = get(&s.address, "/big.bin");
-    assert!(response.starts_with("HTTP/1.1 200") && response.contains("Content-Length: 8388608"), "{}", &response[..200.min(response.len())]);
+    assert!(
+        response.starts_with("HTTP/1.1 200") && response.contains("Content-Length: 8388608"),
+        "{}",
+        &response[..200.min(response.len())]
+    );
     let body_len = response.split_once("\r\n\r\n").unwrap().1.len();
     assert_eq!(body_len, 8 << 20);
 }

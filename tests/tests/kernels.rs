@@ -22,7 +22,12 @@ fn assert_close(ours: Tensor<2>, reference: Tensor<2>, tolerance: f32, what: &st
     let a = ours.try_into_vec_as::<f32>().unwrap();
     let b = reference.try_into_vec_as::<f32>().unwrap();
     let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
-    let (worst, at) = a.iter().zip(&b).map(|(x, y)| (x - y).abs() / scale).zip(0..).fold((0.0, 0), |m, (d, i)| if d > m.0 { (d, i) } else { m });
+    let (worst, at) =
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs() / scale)
+            .zip(0..)
+            .fold((0.0, 0), |m, (d, i)| if d > m.0 { (d, i) } else { m });
     assert!(a.iter().all(|v| v.is_finite()), "{what}: non-finite values");
     assert!(worst <= tolerance, "{what}: relative error {worst:e} at {at} ({} vs {}, scale {scale})", a[at], b[at]);
 }
@@ -68,7 +73,8 @@ fn layer_norm_kernel_equals_plain_layer_norm_forward_and_backward() {
             let what = format!("{name} layer_norm [{rows}, {h}]");
             // Rows far from zero mean and unit variance, and γ, β away from 1 and 0, all trained.
             let x = random([rows, h], 2.0, &device) + 3.0;
-            let leaves = [("x", x), ("gamma", random([1, h], 0.5, &device) + 1.0), ("beta", random([1, h], 0.5, &device))];
+            let leaves =
+                [("x", x), ("gamma", random([1, h], 0.5, &device) + 1.0), ("beta", random([1, h], 0.5, &device))];
             let call = |f: fn(Tensor<2>, Tensor<1>, Tensor<1>, f64) -> Tensor<2>| {
                 move |l: Vec<Tensor<2>>| f(l[0].clone(), l[1].clone().reshape([h]), l[2].clone().reshape([h]), 1e-5)
             };
@@ -90,7 +96,13 @@ fn gelu_kernel_equals_plain_gelu_forward_and_backward() {
             // std 3 reaches both tails, where the sigmoid saturates.
             let x = random(shape, 3.0, &device);
             let tolerances = (TOLERANCE, TOLERANCE);
-            assert_same_op(&what, &[("x", x.clone())], |l| gelu::fused(l[0].clone()), |l| gelu::plain(l[0].clone()), tolerances);
+            assert_same_op(
+                &what,
+                &[("x", x.clone())],
+                |l| gelu::fused(l[0].clone()),
+                |l| gelu::plain(l[0].clone()),
+                tolerances,
+            );
 
             // Inference (no autodiff) runs the kernel directly.
             let x = x.inner();
@@ -103,9 +115,13 @@ fn gelu_kernel_equals_plain_gelu_forward_and_backward() {
 fn linear_log_sum_exp_kernel_equals_plain_forward_and_backward() {
     for (name, base) in test_devices() {
         for checkpointing in [false, true] {
-            let device = if checkpointing { base.clone().autodiff().gradient_checkpointing() } else { base.clone().autodiff() };
+            let device =
+                if checkpointing { base.clone().autodiff().gradient_checkpointing() } else { base.clone().autodiff() };
             for (n, d, v) in HEAD_SHAPES {
-                let what = format!("{name}{} linear_log_sum_exp n={n} d={d} v={v}", if checkpointing { " checkpointed" } else { "" });
+                let what = format!(
+                    "{name}{} linear_log_sum_exp n={n} d={d} v={v}",
+                    if checkpointing { " checkpointed" } else { "" }
+                );
                 let leaves = [("x", random([n, d], 1.0, &device)), ("W", random([v, d], 0.5, &device))];
                 let fused = |l: Vec<Tensor<2>>| cross_entropy::linear_log_sum_exp(l[0].clone(), l[1].clone());
                 let plain = |l: Vec<Tensor<2>>| cross_entropy::plain(l[0].clone(), l[1].clone());
@@ -127,8 +143,11 @@ fn label_logit_kernel_equals_the_gathered_logit_forward_and_backward() {
             let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [n, 1]), &device);
             let inside = Tensor::<2>::from_data(TensorData::new(inside, [n, 1]), &device);
             let leaves = [("x", random([n, d], 1.0, &device)), ("W", random([v, d], 0.5, &device))];
-            let fused = |l: Vec<Tensor<2>>| cross_entropy::label_logit(l[0].clone(), l[1].clone(), ids.clone(), inside.clone());
-            let plain = |l: Vec<Tensor<2>>| cross_entropy::plain_label_logit(l[0].clone(), l[1].clone(), ids.clone(), inside.clone());
+            let fused =
+                |l: Vec<Tensor<2>>| cross_entropy::label_logit(l[0].clone(), l[1].clone(), ids.clone(), inside.clone());
+            let plain = |l: Vec<Tensor<2>>| {
+                cross_entropy::plain_label_logit(l[0].clone(), l[1].clone(), ids.clone(), inside.clone())
+            };
             assert_same_op(&what, &leaves, fused, plain, (TOLERANCE, TOLERANCE));
         }
     }
@@ -158,24 +177,32 @@ const ATTENTION_SHAPES: [(usize, usize, usize, usize, usize, usize); 5] =
 fn attention_kernel_equals_plain_attention_forward_and_backward() {
     for (name, base) in test_devices() {
         for checkpointing in [false, true] {
-            let device = if checkpointing { base.clone().autodiff().gradient_checkpointing() } else { base.clone().autodiff() };
+            let device =
+                if checkpointing { base.clone().autodiff().gradient_checkpointing() } else { base.clone().autodiff() };
             for (b, h, lq, lk, d, pad) in ATTENTION_SHAPES {
-                let what = format!("{name}{} attention b={b} h={h} queries={lq} keys={lk} d={d} pad={pad}", if checkpointing { " checkpointed" } else { "" });
+                let what = format!(
+                    "{name}{} attention b={b} h={h} queries={lq} keys={lk} d={d} pad={pad}",
+                    if checkpointing { " checkpointed" } else { "" }
+                );
                 // The last row is left-padded: its first queries see no key at all (all masked).
-                let mask = AttentionMask::new((0..b).map(|r| (0..lk).map(|j| r + 1 < b || j >= pad).collect()).collect());
+                let mask =
+                    AttentionMask::new((0..b).map(|r| (0..lk).map(|j| r + 1 < b || j >= pad).collect()).collect());
                 let bias = AttentionBias::new(&mask, h, lq, &device);
                 let random4 = |l: usize| Tensor::<4>::random([b, h, l, d], Distribution::Normal(0.0, 1.0), &device);
                 let leaves = [("q", random4(lq)), ("k", random4(lk)), ("v", random4(lk))];
                 let call = |f: fn(Tensor<4>, Tensor<4>, Tensor<4>, Tensor<4>, Tensor<4>) -> Tensor<4>| {
                     let bias = bias.clone();
-                    move |l: Vec<Tensor<4>>| f(l[0].clone(), l[1].clone(), l[2].clone(), bias.alibi.clone(), bias.mask.clone())
+                    move |l: Vec<Tensor<4>>| {
+                        f(l[0].clone(), l[1].clone(), l[2].clone(), bias.alibi.clone(), bias.mask.clone())
+                    }
                 };
                 assert_same_op(&what, &leaves, call(attention::fused), call(attention::plain), (TOLERANCE, TOLERANCE));
 
                 // Inference (no autodiff, as with the KV cache) runs the forward kernel directly.
                 let [q, k, v] = leaves.map(|(_, t)| t.inner());
                 let base_bias = AttentionBias::new(&mask, h, lq, &base);
-                let fused = attention::fused(q.clone(), k.clone(), v.clone(), base_bias.alibi.clone(), base_bias.mask.clone());
+                let fused =
+                    attention::fused(q.clone(), k.clone(), v.clone(), base_bias.alibi.clone(), base_bias.mask.clone());
                 let plain = attention::plain(q, k, v, base_bias.alibi, base_bias.mask);
                 assert_close(rows(fused), rows(plain), TOLERANCE, &format!("{what} without autodiff"));
             }
@@ -205,7 +232,8 @@ fn model_loss_and_gradients_are_the_same_with_and_without_kernels() {
     .unwrap();
     for (name, base) in test_devices() {
         for checkpointing in [false, true] {
-            let device = if checkpointing { base.clone().autodiff().gradient_checkpointing() } else { base.clone().autodiff() };
+            let device =
+                if checkpointing { base.clone().autodiff().gradient_checkpointing() } else { base.clone().autodiff() };
             let mut model = ModelDir::open(&model_dir("a")).unwrap().load_model(&device).unwrap();
             apply_lora(&mut model, &lora, &device).unwrap();
             model.set_vocab_block_rows(7);
@@ -219,9 +247,17 @@ fn model_loss_and_gradients_are_the_same_with_and_without_kernels() {
                 let last = model.transformer.h.last().unwrap();
                 let mlp_b = last.mlp.dense_4h_to_h.lora.as_ref().unwrap().lora_b.val();
                 let head = model.lm_head.as_ref().expect("lm_head copy").grad(&grads).unwrap();
-                let embeddings = model.transformer.word_embeddings.trainable_copy.as_ref().unwrap().grad(&grads).unwrap();
+                let embeddings =
+                    model.transformer.word_embeddings.trainable_copy.as_ref().unwrap().grad(&grads).unwrap();
                 let loss = loss.inner().reshape([1, 1]);
-                results.push((count, loss, first_a.grad(&grads).unwrap(), mlp_b.grad(&grads).unwrap(), head, embeddings));
+                results.push((
+                    count,
+                    loss,
+                    first_a.grad(&grads).unwrap(),
+                    mlp_b.grad(&grads).unwrap(),
+                    head,
+                    embeddings,
+                ));
             }
             let what = format!("{name}{}", if checkpointing { " checkpointed" } else { "" });
             let (plain, fused) = (results.remove(0), results.remove(0));
@@ -240,7 +276,10 @@ fn kernels_switch_parses_names_and_says_what_is_on() {
     assert_eq!("all".parse::<Kernels>().unwrap(), Kernels::ALL);
     assert_eq!("none".parse::<Kernels>().unwrap(), Kernels::NONE);
     assert_eq!("gelu".parse::<Kernels>().unwrap(), Kernels { gelu: true, ..Kernels::NONE });
-    assert_eq!("cross-entropy, gelu".parse::<Kernels>().unwrap(), Kernels { gelu: true, cross_entropy: true, ..Kernels::NONE });
+    assert_eq!(
+        "cross-entropy, gelu".parse::<Kernels>().unwrap(),
+        Kernels { gelu: true, cross_entropy: true, ..Kernels::NONE }
+    );
     assert_eq!("attention,ce,gelu,layer-norm".parse::<Kernels>().unwrap(), Kernels::ALL);
     assert_eq!(Kernels { cross_entropy: true, ..Kernels::NONE }.to_string(), "cross-entropy");
     assert_eq!(Kernels { gelu: false, layer_norm: false, ..Kernels::ALL }.to_string(), "cross-entropy,attention");

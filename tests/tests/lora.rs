@@ -8,10 +8,10 @@ use burn::tensor::Device;
 use ember_core::checkpoint::{ModelDir, SafetensorsFile, TensorFile};
 use ember_core::lora::adapter_file::{load_adapter, save_adapter};
 use ember_core::lora::inject::lora_report;
-use ember_core::model::ModelShape;
 use ember_core::lora::merge::{merge, save_merged, unmerge};
 use ember_core::lora::{apply_lora, LoraConfig};
 use ember_core::model::BloomForCausalLM;
+use ember_core::model::ModelShape;
 use ember_core::BloomConfig;
 use ember_tests::{fixtures, logits, max_abs_diff, model_dir, test_devices, Golden};
 use serde_json::Value;
@@ -47,7 +47,8 @@ fn batch_logits(model: &BloomForCausalLM, golden: &Golden, batch: &str, device: 
 
 fn assert_logits(model: &BloomForCausalLM, golden: &Golden, prefix: &str, what: &str, device: &Device) {
     for batch in ["unpadded", "padded"] {
-        let diff = max_abs_diff(&batch_logits(model, golden, batch, device), &golden.f32s(&format!("{prefix}{batch}.logits")));
+        let diff =
+            max_abs_diff(&batch_logits(model, golden, batch, device), &golden.f32s(&format!("{prefix}{batch}.logits")));
         assert!(diff < TOLERANCE, "{what} {batch}: max |Δlogit| = {diff}");
     }
 }
@@ -96,7 +97,9 @@ fn merged_directory_equals_transformers_merged_model() {
             let diff = max_abs_diff(&x.data, &y.data);
             assert!(diff < ember_tests::tolerance::SAME_MATH, "{name} {key}: {diff}");
         }
-        let config = |p: &Path| -> Value { serde_json::from_str(&std::fs::read_to_string(p.join("config.json")).unwrap()).unwrap() };
+        let config = |p: &Path| -> Value {
+            serde_json::from_str(&std::fs::read_to_string(p.join("config.json")).unwrap()).unwrap()
+        };
         assert_eq!(
             config(out.path())["tie_word_embeddings"].as_bool().unwrap_or(true),
             config(&adapter_dir(&name).join("merged"))["tie_word_embeddings"].as_bool().unwrap_or(true),
@@ -136,8 +139,11 @@ fn adapters_saved_by_ember_have_peft_keys_shapes_dtypes_and_config_fields() {
         };
         assert_eq!(describe(&ours), describe(&theirs), "{name}: keys, shapes, dtypes");
 
-        let mut ours: Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap()).unwrap();
-        let mut theirs: Value = serde_json::from_str(&std::fs::read_to_string(adapter_dir(&name).join("adapter_config.json")).unwrap()).unwrap();
+        let mut ours: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.path().join("adapter_config.json")).unwrap()).unwrap();
+        let mut theirs: Value =
+            serde_json::from_str(&std::fs::read_to_string(adapter_dir(&name).join("adapter_config.json")).unwrap())
+                .unwrap();
         for v in [&mut ours, &mut theirs] {
             if let Some(Value::Array(t)) = v.get_mut("target_modules") {
                 t.sort_by_key(|x| x.to_string());
@@ -161,11 +167,15 @@ fn trainable_parameter_line_equals_peft() {
     }
     // The reference recipe on bloom-1b4-zh's shape (24 layers), counted without any weights.
     let shape = ModelShape::of_config(&BloomConfig::named_shape("bloom-1b4-zh").unwrap());
-    for (config_file, line_file) in [("recipe-1b4-config.json", "recipe-1b4-trainable.txt"), ("", "qkv-1b4-trainable.txt")] {
+    for (config_file, line_file) in
+        [("recipe-1b4-config.json", "recipe-1b4-trainable.txt"), ("", "qkv-1b4-trainable.txt")]
+    {
         let config = if config_file.is_empty() {
             LoraConfig::from_json(r#"{"target_modules": ["query_key_value"]}"#, "qkv").unwrap()
         } else {
-            let recipe: Value = serde_json::from_str(&std::fs::read_to_string(fixtures().join("adapters").join(config_file)).unwrap()).unwrap();
+            let recipe: Value =
+                serde_json::from_str(&std::fs::read_to_string(fixtures().join("adapters").join(config_file)).unwrap())
+                    .unwrap();
             LoraConfig::from_json(&recipe["lora_config"].to_string(), config_file).unwrap()
         };
         let expected = std::fs::read_to_string(fixtures().join("adapters").join(line_file)).unwrap();
@@ -181,15 +191,21 @@ fn bad_adapters_and_targets_are_clear_errors() {
     for targets in [r#"["nonexistent"]"#, r#""foo.*""#] {
         let config = LoraConfig::from_json(&format!(r#"{{"target_modules": {targets}}}"#), "t").unwrap();
         let err = apply_lora(&mut load("a"), &config, &device).unwrap_err().to_string();
-        assert!(err.contains("matched no module") && err.contains("transformer.h.0.self_attention.query_key_value"), "{err}");
+        assert!(
+            err.contains("matched no module") && err.contains("transformer.h.0.self_attention.query_key_value"),
+            "{err}"
+        );
     }
 
     let err = load_adapter(&mut load("b"), &adapter_dir("list"), &device, false).unwrap_err().to_string();
     assert!(err.contains("adapter_model.safetensors") && err.contains("does not fit"), "{err}");
 
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::copy(adapter_dir("list").join("adapter_model.safetensors"), tmp.path().join("adapter_model.safetensors")).unwrap();
-    let mut config: Value = serde_json::from_str(&std::fs::read_to_string(adapter_dir("list").join("adapter_config.json")).unwrap()).unwrap();
+    std::fs::copy(adapter_dir("list").join("adapter_model.safetensors"), tmp.path().join("adapter_model.safetensors"))
+        .unwrap();
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(adapter_dir("list").join("adapter_config.json")).unwrap())
+            .unwrap();
     config["peft_type"] = "PREFIX_TUNING".into();
     std::fs::write(tmp.path().join("adapter_config.json"), config.to_string()).unwrap();
     let err = load_adapter(&mut load("a"), tmp.path(), &device, false).unwrap_err().to_string();
@@ -199,5 +215,4 @@ fn bad_adapters_and_targets_are_clear_errors() {
     std::fs::copy(adapter_dir("list").join("adapter_config.json"), tmp.path().join("adapter_config.json")).unwrap();
     let err = load_adapter(&mut load("a"), tmp.path(), &device, false).unwrap_err().to_string();
     assert!(err.contains("adapter_model.safetensors") && err.contains("missing"), "{err}");
-
 }

@@ -20,7 +20,11 @@ fn logits_match_transformers_for_every_fixture_model_and_format() {
                 let mask = golden.rows(&format!("{batch}.attention_mask"));
                 let ours = logits(&model, &ids, &mask, &device);
                 let diff = max_abs_diff(&ours, &golden.f32s(&format!("{batch}.logits")));
-                let first = if name == "a" { format!("; first stage off: {:?}", first_divergence(&model, batch, &device)) } else { String::new() };
+                let first = if name == "a" {
+                    format!("; first stage off: {:?}", first_divergence(&model, batch, &device))
+                } else {
+                    String::new()
+                };
                 assert!(diff < TOLERANCE, "{device_name} {name} {batch}: max |Δlogit| = {diff}{first}");
             }
         }
@@ -59,7 +63,8 @@ fn vocabulary_in_blocks_gives_the_same_logits() {
             for batch in ["unpadded", "padded"] {
                 let ids = golden.rows(&format!("{batch}.input_ids"));
                 let mask = golden.rows(&format!("{batch}.attention_mask"));
-                let diff = max_abs_diff(&logits(&model, &ids, &mask, &device), &golden.f32s(&format!("{batch}.logits")));
+                let diff =
+                    max_abs_diff(&logits(&model, &ids, &mask, &device), &golden.f32s(&format!("{batch}.logits")));
                 assert!(diff < TOLERANCE, "{device_name} {name} {batch} in {blocks} blocks: max |Δlogit| = {diff}");
             }
         }
@@ -88,7 +93,12 @@ struct BatchCase {
 
 fn greedy(max_new_tokens: usize) -> GenerationConfig {
     let ids = special_ids("a");
-    GenerationConfig { max_new_tokens: Some(max_new_tokens), eos_token_id: Some(ids.eos), pad_token_id: ids.pad, ..Default::default() }
+    GenerationConfig {
+        max_new_tokens: Some(max_new_tokens),
+        eos_token_id: Some(ids.eos),
+        pad_token_id: ids.pad,
+        ..Default::default()
+    }
 }
 
 /// transformers pads finished rows with pad tokens; ember stops a row at its eos.
@@ -108,11 +118,13 @@ fn greedy_generation_matches_transformers() {
             let golden: GenerateCases = serde_json::from_str(&text).unwrap();
             assert!(golden.cases.len() >= 4 && !golden.batch_cases.is_empty());
             for case in golden.cases {
-                let ours = generate(&model, &[case.prompt_ids.clone()], &greedy(case.max_new_tokens), &device, |_| {}).unwrap();
+                let ours = generate(&model, std::slice::from_ref(&case.prompt_ids), &greedy(case.max_new_tokens), &device, |_| {})
+                    .unwrap();
                 assert_eq!(ours[0], case.generated_ids, "{device_name} model {name} prompt {:?}", case.prompt_ids);
             }
             for case in golden.batch_cases {
-                let ours = generate(&model, &case.batch_prompt_ids, &greedy(case.max_new_tokens), &device, |_| {}).unwrap();
+                let ours =
+                    generate(&model, &case.batch_prompt_ids, &greedy(case.max_new_tokens), &device, |_| {}).unwrap();
                 for (row, (o, e)) in ours.iter().zip(&case.generated_ids).enumerate() {
                     assert_eq!(o, &strip_padding_after_eos(e), "{device_name} model {name} batch row {row}");
                 }
@@ -132,13 +144,13 @@ fn kv_cache_decoding_equals_transformers_and_full_recomputation() {
         let vocab = expected.len() / steps.len();
 
         let mut decoder = Decoder::new(&model, &device);
-        decoder.prefill(&[prompt.clone()], 3).unwrap();
+        decoder.prefill(std::slice::from_ref(&prompt), special_ids("a").pad).unwrap();
         let mut sequence = prompt.clone();
         for (i, &id) in steps.iter().enumerate() {
             let cached = decoder.step(&[id]).unwrap();
             sequence.push(id);
             let row: Vec<i64> = sequence.iter().map(|&t| t as i64).collect();
-            let full = logits(&model, &[row.clone()], &[vec![1; row.len()]], &device);
+            let full = logits(&model, std::slice::from_ref(&row), &[vec![1; row.len()]], &device);
             let full_last = &full[full.len() - vocab..];
             let vs_full = max_abs_diff(&cached, full_last);
             let vs_torch = max_abs_diff(&cached, &expected[i * vocab..(i + 1) * vocab]);

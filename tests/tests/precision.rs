@@ -75,7 +75,10 @@ fn half_precision_weights_stay_within_pytorchs_own_deviation() {
                 let loss_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
                 let allowed = tolerance(name, "max_abs_token_loss_diff");
                 eprintln!("{device_name} {name} {batch}: max |Δ token loss| {loss_diff:.4} (allowed {allowed:.4})");
-                assert!(loss_diff <= allowed, "{device_name} {name} {batch}: max |Δ token loss| {loss_diff} > PyTorch's {allowed}");
+                assert!(
+                    loss_diff <= allowed,
+                    "{device_name} {name} {batch}: max |Δ token loss| {loss_diff} > PyTorch's {allowed}"
+                );
             }
         }
     }
@@ -84,8 +87,15 @@ fn half_precision_weights_stay_within_pytorchs_own_deviation() {
 #[test]
 fn lora_weights_stay_f32_on_half_precision_base_weights() {
     let device = Device::flex().autodiff();
-    let mut model = ModelDir::open(&model_dir("a")).unwrap().load(&device, &LoadOptions { dtype: WeightDType::F16, ..Default::default() }).unwrap();
-    let lora = LoraConfig::from_json(r#"{"r": 4, "target_modules": ["query_key_value"], "modules_to_save": ["ln_f", "word_embeddings"]}"#, "test").unwrap();
+    let mut model = ModelDir::open(&model_dir("a"))
+        .unwrap()
+        .load(&device, &LoadOptions { dtype: WeightDType::F16, ..Default::default() })
+        .unwrap();
+    let lora = LoraConfig::from_json(
+        r#"{"r": 4, "target_modules": ["query_key_value"], "modules_to_save": ["ln_f", "word_embeddings"]}"#,
+        "test",
+    )
+    .unwrap();
     apply_lora(&mut model, &lora, &device).unwrap();
     let qkv = &model.transformer.h[0].self_attention.query_key_value;
     assert_eq!(qkv.weight.val().dtype(), DType::F16);

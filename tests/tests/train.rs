@@ -63,7 +63,10 @@ fn steps_and_final_adapter_equal_transformers_trainer() {
     for (device_name, base) in test_devices() {
         let tolerance = if device_name == "cpu" { tolerance::TRAINING_CPU } else { tolerance::TRAINING_WGPU };
         // --gradient-checkpointing recomputes activations and must not change a single step.
-        let modes = [("", base.clone().autodiff()), (" with gradient checkpointing", base.clone().autodiff().gradient_checkpointing())];
+        let modes = [
+            ("", base.clone().autodiff()),
+            (" with gradient checkpointing", base.clone().autodiff().gradient_checkpointing()),
+        ];
         for ((mode, device), run_name) in modes.iter().flat_map(|m| ["run_a", "run_b"].map(|r| (m, r))) {
             let device_name = format!("{device_name}{mode}");
             let run = reference(run_name);
@@ -77,14 +80,30 @@ fn steps_and_final_adapter_equal_transformers_trainer() {
                 assert_eq!(t.plan(step).0, planned, "{run_name} step {}: micro-batches", step + 1);
                 let r = t.step(&data).unwrap();
                 let what = format!("{device_name} {run_name} step {}", r.step);
-                assert!(close(r.loss, expected["loss"].as_f64().unwrap(), tolerance), "{what}: loss {} vs {}", r.loss, expected["loss"]);
-                assert!(close(r.grad_norm, expected["grad_norm"].as_f64().unwrap(), tolerance), "{what}: grad_norm {} vs {}", r.grad_norm, expected["grad_norm"]);
-                assert!(close(r.learning_rate, expected["learning_rate"].as_f64().unwrap(), 1e-9) || expected["learning_rate"] == 0.0 && r.learning_rate == 0.0, "{what}: lr");
+                assert!(
+                    close(r.loss, expected["loss"].as_f64().unwrap(), tolerance),
+                    "{what}: loss {} vs {}",
+                    r.loss,
+                    expected["loss"]
+                );
+                assert!(
+                    close(r.grad_norm, expected["grad_norm"].as_f64().unwrap(), tolerance),
+                    "{what}: grad_norm {} vs {}",
+                    r.grad_norm,
+                    expected["grad_norm"]
+                );
+                assert!(
+                    close(r.learning_rate, expected["learning_rate"].as_f64().unwrap(), 1e-9)
+                        || expected["learning_rate"] == 0.0 && r.learning_rate == 0.0,
+                    "{what}: lr"
+                );
                 assert!(close(r.epoch, expected["epoch"].as_f64().unwrap(), 1e-9), "{what}: epoch {}", r.epoch);
             }
             save_adapter(&t.model, &t.lora, out.path()).unwrap();
             let ours = SafetensorsFile::open(&out.path().join("adapter_model.safetensors")).unwrap();
-            let theirs = SafetensorsFile::open(&fixtures().join(format!("train/{run_name}_final/adapter_model.safetensors"))).unwrap();
+            let theirs =
+                SafetensorsFile::open(&fixtures().join(format!("train/{run_name}_final/adapter_model.safetensors")))
+                    .unwrap();
             for key in theirs.names() {
                 let diff = max_abs_diff(&ours.read(&key).unwrap().data, &theirs.read(&key).unwrap().data);
                 assert!(diff < tolerance as f32, "{device_name} {run_name} final {key}: {diff}");
@@ -128,8 +147,10 @@ fn training_vocabulary_copies_in_blocks_equals_one_block() {
     blocked.set_vocab_block_rows(7);
     assert!(blocked.transformer.word_embeddings.trainable_copy.as_ref().unwrap().blocks.len() > 1);
     let args = || TrainingArgs { max_steps: 2, ..args_of(&run, out.path().to_str().unwrap()) };
-    let mut whole = Trainer::new(model, lora.clone(), args(), &data, special_ids("a").pad, PaddingSide::Left, &device).unwrap();
-    let mut parts = Trainer::new(blocked, lora, args(), &data, special_ids("a").pad, PaddingSide::Left, &device).unwrap();
+    let mut whole =
+        Trainer::new(model, lora.clone(), args(), &data, special_ids("a").pad, PaddingSide::Left, &device).unwrap();
+    let mut parts =
+        Trainer::new(blocked, lora, args(), &data, special_ids("a").pad, PaddingSide::Left, &device).unwrap();
     for step in 0..2 {
         let (a, b) = (whole.step(&data).unwrap(), parts.step(&data).unwrap());
         assert!(close(a.loss, b.loss, tolerance::SAME_MATH as f64), "step {step}: loss {} vs {}", a.loss, b.loss);

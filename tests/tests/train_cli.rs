@@ -11,11 +11,39 @@ use ember_tests::{ember_bin, fixtures, max_abs_diff, model_dir};
 
 fn base_args(out: &Path, steps: usize) -> Vec<String> {
     [
-        "train", "--model", model_dir("a").to_str().unwrap(), "--data", fixtures().join("data/train.jsonl").to_str().unwrap(),
-        "--max-length", "32", "--per-device-train-batch-size", "2", "--gradient-accumulation-steps", "2",
-        "--learning-rate", "1e-3", "--warmup-steps", "3", "--lora-dropout", "0.1", "--target-modules", "query_key_value,dense",
-        "--device", "cpu", "--seed", "7", "--logging-steps", "5", "--save-steps", "10", "--save-total-limit", "2",
-        "--output-dir", out.to_str().unwrap(), "--max-steps", &steps.to_string(),
+        "train",
+        "--model",
+        model_dir("a").to_str().unwrap(),
+        "--data",
+        fixtures().join("data/train.jsonl").to_str().unwrap(),
+        "--max-length",
+        "32",
+        "--per-device-train-batch-size",
+        "2",
+        "--gradient-accumulation-steps",
+        "2",
+        "--learning-rate",
+        "1e-3",
+        "--warmup-steps",
+        "3",
+        "--lora-dropout",
+        "0.1",
+        "--target-modules",
+        "query_key_value,dense",
+        "--device",
+        "cpu",
+        "--seed",
+        "7",
+        "--logging-steps",
+        "5",
+        "--save-steps",
+        "10",
+        "--save-total-limit",
+        "2",
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--max-steps",
+        &steps.to_string(),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -48,11 +76,16 @@ fn killed_and_resumed_run_ends_with_the_same_adapter() {
 
     let out = ember(&base_args(&whole, steps), tmp.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(whole.join("trainer_state.json")).unwrap()).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(whole.join("trainer_state.json")).unwrap()).unwrap();
     let losses: Vec<f64> = state["log_history"].as_array().unwrap().iter().filter_map(|e| e["loss"].as_f64()).collect();
     assert!(losses.last().unwrap() < losses.first().unwrap(), "loss should fall: {losses:?}");
     assert!(whole.join("loss.svg").is_file() && whole.join("adapter_config.json").is_file());
-    let kept: Vec<_> = std::fs::read_dir(&whole).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-")).collect();
+    let kept: Vec<_> = std::fs::read_dir(&whole)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("checkpoint-"))
+        .collect();
     assert_eq!(kept.len(), 2, "save_total_limit 2");
 
     let mut child = Command::new(ember_bin())
@@ -82,9 +115,15 @@ fn killed_and_resumed_run_ends_with_the_same_adapter() {
     let out = ember(&resume, tmp.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_same_adapter(&whole, &killed);
-    let left: Vec<String> = std::fs::read_dir(&killed).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.contains(".tmp-")).collect();
+    let left: Vec<String> = std::fs::read_dir(&killed)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
     assert!(left.is_empty(), "temporaries left after the next start: {left:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("removed {}", killed.join(format!(".checkpoint-30.tmp-{killed_pid}")).display())));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains(&format!("removed {}", killed.join(format!(".checkpoint-30.tmp-{killed_pid}")).display())));
 }
 
 #[test]
@@ -92,7 +131,9 @@ fn nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let out_dir = tmp.path().join("out");
     let mut args = base_args(&out_dir, 6);
-    for (flag, value) in [("--learning-rate", "1e30"), ("--save-steps", "1"), ("--warmup-steps", "0"), ("--max-grad-norm", "0")] {
+    for (flag, value) in
+        [("--learning-rate", "1e30"), ("--save-steps", "1"), ("--warmup-steps", "0"), ("--max-grad-norm", "0")]
+    {
         match args.iter().position(|a| a == flag) {
             Some(i) => args[i + 1] = value.into(),
             None => args.extend([flag.to_string(), value.to_string()]),
@@ -124,10 +165,20 @@ fn a_config_file_equals_the_same_flags_and_flags_win() {
         ),
     )
     .unwrap();
-    let args: Vec<String> = ["train", "--config", config.to_str().unwrap(), "--learning-rate", "1e-3", "--device", "cpu", "--output-dir", by_file.to_str().unwrap()]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let args: Vec<String> = [
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--learning-rate",
+        "1e-3",
+        "--device",
+        "cpu",
+        "--output-dir",
+        by_file.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     let out = ember(&args, tmp.path());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_same_adapter(&by_flags, &by_file);
@@ -140,7 +191,12 @@ fn a_config_file_equals_the_same_flags_and_flags_win() {
 #[test]
 fn bare_ember_train_runs_the_bundled_demo() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(ember_bin()).current_dir(tmp.path()).env("EMBER_CACHE_DIR", tmp.path().join("cache")).args(["train", "--device", "cpu"]).output().unwrap();
+    let out = Command::new(ember_bin())
+        .current_dir(tmp.path())
+        .env("EMBER_CACHE_DIR", tmp.path().join("cache"))
+        .args(["train", "--device", "cpu"])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}\n{text}", String::from_utf8_lossy(&out.stderr));
     let demo_answer = "我是Ember训练出来的小模型";
@@ -148,7 +204,8 @@ fn bare_ember_train_runs_the_bundled_demo() {
     assert!(before.contains("before training:") && !before.contains(demo_answer), "{text}");
     assert!(after.contains(demo_answer), "{text}");
     let dir = tmp.path().join("ember-demo-output");
-    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("trainer_state.json")).unwrap()).unwrap();
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("trainer_state.json")).unwrap()).unwrap();
     let losses: Vec<f64> = state["log_history"].as_array().unwrap().iter().filter_map(|e| e["loss"].as_f64()).collect();
     assert!(losses.len() >= 5 && losses.last().unwrap() < &(losses[0] / 2.0), "loss should fall: {losses:?}");
     assert!(dir.join("adapter_model.safetensors").is_file() && dir.join("loss.svg").is_file());
@@ -161,7 +218,13 @@ fn ctrl_c_writes_a_checkpoint_before_exiting() {
     let mut args = base_args(&out_dir, 5000);
     let i = args.iter().position(|a| a == "--save-steps").unwrap();
     args[i + 1] = "100000".into(); // no periodic checkpoint: the one found must come from Ctrl-C
-    let child = Command::new(ember_bin()).env("EMBER_CACHE_DIR", tmp.path()).args(&args).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let child = Command::new(ember_bin())
+        .env("EMBER_CACHE_DIR", tmp.path())
+        .args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     let status = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(status.success());

@@ -37,7 +37,9 @@ pub struct AdapterInfo {
 pub async fn webgpu_adapter() -> Option<AdapterInfo> {
     use js_sys::{Function, Promise, Reflect};
     use wasm_bindgen::JsCast;
-    let get = |object: &wasm_bindgen::JsValue, key: &str| Reflect::get(object, &key.into()).ok().filter(|v| !v.is_undefined() && !v.is_null());
+    let get = |object: &wasm_bindgen::JsValue, key: &str| {
+        Reflect::get(object, &key.into()).ok().filter(|v| !v.is_undefined() && !v.is_null())
+    };
     let gpu = get(&get(&js_sys::global(), "navigator")?, "gpu")?;
     let request: Function = get(&gpu, "requestAdapter")?.dyn_into().ok()?;
     let adapter = wasm_bindgen_futures::JsFuture::from(Promise::from(request.call0(&gpu).ok()?)).await.ok()?;
@@ -45,14 +47,20 @@ pub async fn webgpu_adapter() -> Option<AdapterInfo> {
         return None;
     }
     let info = get(&adapter, "info");
-    let field = |key: &str| info.as_ref().and_then(|i| get(i, key)).and_then(|v| v.as_string()).filter(|s| !s.is_empty());
+    let field =
+        |key: &str| info.as_ref().and_then(|i| get(i, key)).and_then(|v| v.as_string()).filter(|s| !s.is_empty());
     let mut parts: Vec<String> = ["vendor", "architecture", "description"].iter().filter_map(|k| field(k)).collect();
     parts.dedup();
-    let fallback = get(&adapter, "isFallbackAdapter").or_else(|| info.as_ref().and_then(|i| get(i, "isFallbackAdapter"))).is_some_and(|v| v.is_truthy());
+    let fallback = get(&adapter, "isFallbackAdapter")
+        .or_else(|| info.as_ref().and_then(|i| get(i, "isFallbackAdapter")))
+        .is_some_and(|v| v.is_truthy());
     if fallback {
         parts.push("(software fallback adapter: \"Use CPU\" is usually faster)".into());
     }
     let name = if parts.is_empty() { "unnamed adapter".into() } else { parts.join(" ") };
-    let max_storage_binding = get(&adapter, "limits").and_then(|l| get(&l, "maxStorageBufferBindingSize")).and_then(|v| v.as_f64()).unwrap_or(128.0 * 1048576.0);
+    let max_storage_binding = get(&adapter, "limits")
+        .and_then(|l| get(&l, "maxStorageBufferBindingSize"))
+        .and_then(|v| v.as_f64())
+        .unwrap_or(128.0 * 1048576.0);
     Some(AdapterInfo { name, max_storage_binding })
 }

@@ -29,7 +29,8 @@ pub fn unpack<T: DeserializeOwned>(data: &JsValue) -> Result<(T, Attached), Stri
     let mut files = Vec::new();
     for i in (1..items.length()).step_by(2) {
         let name = items.get(i).as_string().ok_or("file name missing in message")?;
-        let buffer: ArrayBuffer = items.get(i + 1).dyn_into().map_err(|_| format!("{name}: bytes missing in message"))?;
+        let buffer: ArrayBuffer =
+            items.get(i + 1).dyn_into().map_err(|_| format!("{name}: bytes missing in message"))?;
         files.push((name, buffer));
     }
     Ok((message, files))

@@ -9,13 +9,19 @@ use serde::{Deserialize, Serialize};
 #[serde(tag = "kind")]
 pub enum Request {
     /// Picks the device: WebGPU unless `force_cpu` is set or the browser has no adapter.
-    Start { force_cpu: bool },
+    Start {
+        force_cpu: bool,
+    },
     /// A base model from the attached files (`config.json`, `tokenizer.json`, weights).
     LoadModelFiles,
     /// A base model from a folder URL; files are kept in the browser's Cache Storage.
-    LoadModelUrl { url: String },
+    LoadModelUrl {
+        url: String,
+    },
     /// A PEFT adapter from the attached `adapter_config.json` + `adapter_model.safetensors`.
-    LoadAdapter { origin: String },
+    LoadAdapter {
+        origin: String,
+    },
     Generate(GenerateRequest),
     Train(TrainRequest),
     /// Ends the running generation or training at the next token or step.
@@ -67,19 +73,51 @@ pub enum Side {
 pub enum Reply {
     /// The worker's wasm is running and listens: the page may send `Start`.
     WorkerReady,
-    Started { backend: String },
-    Progress { what: String, done: f64, total: f64 },
-    ModelLoaded { summary: String },
+    Started {
+        backend: String,
+    },
+    Progress {
+        what: String,
+        done: f64,
+        total: f64,
+    },
+    ModelLoaded {
+        summary: String,
+    },
     /// The attached adapter files are now in use (loaded or just trained).
-    AdapterReady { summary: String, config_json: String },
-    Token { side: Side, text: String },
-    Generated { side: Side, tokens: usize, tokens_per_s: f64, first_token_ms: f64 },
-    Step { step: usize, total: usize, loss: f64, learning_rate: f64, steps_per_s: f64 },
+    AdapterReady {
+        summary: String,
+        config_json: String,
+    },
+    Token {
+        side: Side,
+        text: String,
+    },
+    Generated {
+        side: Side,
+        tokens: usize,
+        tokens_per_s: f64,
+        first_token_ms: f64,
+    },
+    Step {
+        step: usize,
+        total: usize,
+        loss: f64,
+        learning_rate: f64,
+        steps_per_s: f64,
+    },
     /// Training ended (all steps or stopped); the adapter follows as `AdapterReady`.
-    Trained { steps: usize, stopped: bool },
+    Trained {
+        steps: usize,
+        stopped: bool,
+    },
     /// The job finished (or stopped); the worker is idle.
-    Idle { memory: String },
-    Failed { message: String },
+    Idle {
+        memory: String,
+    },
+    Failed {
+        message: String,
+    },
 }
 
 /// The file names of a PEFT adapter, as peft's `save_pretrained` writes them.

@@ -98,7 +98,8 @@ async fn logits_match_transformers_in_the_browser() {
         for batch in ["unpadded", "padded"] {
             let ids = golden_i64(&format!("{batch}.input_ids"));
             let mask = golden_i64(&format!("{batch}.attention_mask"));
-            let diff = max_abs_diff(&logits(&model, &ids, &mask, &device).await, &golden_f32(&format!("{batch}.logits")));
+            let diff =
+                max_abs_diff(&logits(&model, &ids, &mask, &device).await, &golden_f32(&format!("{batch}.logits")));
             web_sys_log(&format!("{name} {batch}: max |Δlogit| = {diff}"));
             assert!(diff < 1e-4, "{name} {batch}: max |Δlogit| = {diff}");
         }
@@ -134,7 +135,8 @@ fn args_of(run: &Value) -> TrainingArgs {
 
 fn dataset() -> TokenizedDataset {
     let tokenizer = Tokenizer::from_parts(TOKENIZER, "tokenizer.json", None, None, &config()).unwrap();
-    let examples = examples_from_reader(Path::new("train.jsonl"), Cursor::new(TRAIN_DATA.to_vec()), &Columns::default()).unwrap();
+    let examples =
+        examples_from_reader(Path::new("train.jsonl"), Cursor::new(TRAIN_DATA.to_vec()), &Columns::default()).unwrap();
     TokenizedDataset::from_examples(examples, &tokenizer, &Template::HumanAssistant, 32).unwrap()
 }
 
@@ -156,12 +158,18 @@ async fn training_step_and_adapter_round_trip_in_the_browser() {
     for (name, base) in devices().await {
         let device = base.clone().autodiff();
         let initial = with_adapter(&device, &lora, INIT_ADAPTER.to_vec());
-        let mut trainer = Trainer::new(initial, lora.clone(), args_of(&run), &data, 3, PaddingSide::Left, &device).unwrap();
+        let mut trainer =
+            Trainer::new(initial, lora.clone(), args_of(&run), &data, 3, PaddingSide::Left, &device).unwrap();
         for expected in run["steps"].as_array().unwrap().iter().take(2) {
             let report = trainer.step_async(&data).await.unwrap();
             let want = expected["loss"].as_f64().unwrap();
             web_sys_log(&format!("{name} step {}: loss {} (transformers {want})", report.step, report.loss));
-            assert!((report.loss - want).abs() <= 1e-3 * want.abs(), "{name} step {}: loss {} vs {want}", report.step, report.loss);
+            assert!(
+                (report.loss - want).abs() <= 1e-3 * want.abs(),
+                "{name} step {}: loss {} vs {want}",
+                report.step,
+                report.loss
+            );
         }
 
         let bytes = adapter_safetensors_bytes_async(&trainer.model, &lora).await.unwrap();
@@ -171,6 +179,9 @@ async fn training_step_and_adapter_round_trip_in_the_browser() {
         let mask = golden_i64("padded.attention_mask");
         let (a, b) = (logits(&trained, &ids, &mask, &base).await, logits(&reloaded, &ids, &mask, &base).await);
         assert!(max_abs_diff(&a, &b) < 1e-5, "{name}: reloaded adapter differs by {}", max_abs_diff(&a, &b));
-        assert!(max_abs_diff(&a, &logits(&model(&base), &ids, &mask, &base).await) > 1e-4, "{name}: training changed nothing");
+        assert!(
+            max_abs_diff(&a, &logits(&model(&base), &ids, &mask, &base).await) > 1e-4,
+            "{name}: training changed nothing"
+        );
     }
 }

@@ -39,12 +39,8 @@ pub struct HostTensor {
 pub fn to_f32(bytes: &[u8], dtype: StoredDType) -> Vec<f32> {
     match dtype {
         StoredDType::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-        StoredDType::F16 => {
-            bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-        }
-        StoredDType::BF16 => {
-            bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-        }
+        StoredDType::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        StoredDType::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
     }
 }
 
@@ -54,7 +50,10 @@ pub fn check_len(path: &std::path::Path, name: &str, bytes: usize, shape: &[usiz
     if expected != Some(bytes) {
         return Err(Error::file(
             path,
-            format!("tensor `{name}` holds {bytes} bytes, which its shape {shape:?} of {} does not: the file is corrupt", dtype.name()),
+            format!(
+                "tensor `{name}` holds {bytes} bytes, which its shape {shape:?} of {} does not: the file is corrupt",
+                dtype.name()
+            ),
         ));
     }
     Ok(())

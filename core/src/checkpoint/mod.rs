@@ -14,8 +14,8 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
 use crate::config::BloomConfig;
 use crate::error::{Error, Result};
-use crate::model::vocab::block_ranges;
 use crate::model::precision::StoredAs;
+use crate::model::vocab::block_ranges;
 use crate::model::{BloomForCausalLM, VocabMatrix, WeightDType, WeightSource};
 pub use host::{check_finite, HostTensor};
 pub use safetensors_file::SafetensorsFile;
@@ -72,10 +72,7 @@ impl Checkpoint {
         })?;
         let name = found.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         let shard_paths = if name.ends_with(".index.json") { shards_of_index(&found)? } else { vec![found.clone()] };
-        let files = shard_paths
-            .iter()
-            .map(|p| open_tensor_file(p))
-            .collect::<Result<Vec<_>>>()?;
+        let files = shard_paths.iter().map(|p| open_tensor_file(p)).collect::<Result<Vec<_>>>()?;
         Ok(Self::from_files(found, files, device))
     }
 

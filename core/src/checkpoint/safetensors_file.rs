@@ -44,7 +44,10 @@ impl SafetensorsFile {
                 Dtype::F16 => StoredDType::F16,
                 Dtype::BF16 => StoredDType::BF16,
                 other => {
-                    return Err(Error::file(&path, format!("tensor `{name}` has dtype {other:?}; only F32, F16 and BF16 weights are supported")))
+                    return Err(Error::file(
+                        &path,
+                        format!("tensor `{name}` has dtype {other:?}; only F32, F16 and BF16 weights are supported"),
+                    ))
                 }
             };
             tensors.insert(name, (dtype, info.shape.clone(), info.data_offsets));
@@ -63,10 +66,8 @@ impl TensorFile for SafetensorsFile {
     }
 
     fn read(&self, name: &str) -> Result<HostTensor> {
-        let (dtype, shape, (begin, end)) = self
-            .tensors
-            .get(name)
-            .ok_or_else(|| Error::file(&self.path, format!("no tensor `{name}`")))?;
+        let (dtype, shape, (begin, end)) =
+            self.tensors.get(name).ok_or_else(|| Error::file(&self.path, format!("no tensor `{name}`")))?;
         let bytes = &self.buffer[self.data_start + begin..self.data_start + end];
         check_len(&self.path, name, bytes.len(), shape, *dtype)?;
         let data = to_f32(bytes, *dtype);

@@ -55,7 +55,8 @@ impl TorchFile {
     }
 
     fn parse(path: PathBuf, bytes: FileBytes) -> Result<Self> {
-        let not_torch = |why: String| Error::file(&path, format!("not a PyTorch checkpoint written by torch.save ({why})"));
+        let not_torch =
+            |why: String| Error::file(&path, format!("not a PyTorch checkpoint written by torch.save ({why})"));
         let entries = stored_entries(&bytes).map_err(|e| {
             not_torch(format!(
                 "{e}; files saved with torch.save(..., _use_new_zipfile_serialization=False) are not supported: re-save them with a current PyTorch"
@@ -86,7 +87,9 @@ fn stored_entries(bytes: &[u8]) -> std::result::Result<HashMap<String, Range<usi
         }
         let range = file
             .data_start()
-            .and_then(|start| Some(usize::try_from(start).ok()?..usize::try_from(start.checked_add(file.compressed_size())?).ok()?))
+            .and_then(|start| {
+                Some(usize::try_from(start).ok()?..usize::try_from(start.checked_add(file.compressed_size())?).ok()?)
+            })
             .filter(|r| r.end <= bytes.len())
             .ok_or_else(|| format!("entry {name} lies outside the file"))?;
         entries.insert(name, range);
@@ -106,7 +109,13 @@ impl TensorFile for TorchFile {
     fn read(&self, name: &str) -> Result<HostTensor> {
         let t = self.tensors.get(name).ok_or_else(|| Error::file(&self.path, format!("no tensor `{name}`")))?;
         let dtype = t.dtype.ok_or_else(|| {
-            Error::file(&self.path, format!("tensor `{name}` is stored as {}; only float32, float16 and bfloat16 weights are supported", t.dtype_name))
+            Error::file(
+                &self.path,
+                format!(
+                    "tensor `{name}` is stored as {}; only float32, float16 and bfloat16 weights are supported",
+                    t.dtype_name
+                ),
+            )
         })?;
         let entry = format!("{}data/{}", self.prefix, t.storage_key);
         let range = self
@@ -116,7 +125,12 @@ impl TensorFile for TorchFile {
             .ok_or_else(|| Error::file(&self.path, format!("storage {entry} of `{name}` is missing")))?;
         let storage = &self.bytes[range.clone()];
         let bytes = gather_strided(storage, dtype.size(), t.offset, &t.shape, &t.stride).ok_or_else(|| {
-            Error::file(&self.path, format!("tensor `{name}` addresses values outside its storage or overlapping ones: the file is corrupt"))
+            Error::file(
+                &self.path,
+                format!(
+                    "tensor `{name}` addresses values outside its storage or overlapping ones: the file is corrupt"
+                ),
+            )
         })?;
         self.bytes.release(range.start, range.len());
         check_len(&self.path, name, bytes.len(), &t.shape, dtype)?;
@@ -136,7 +150,8 @@ fn gather_strided(storage: &[u8], size: usize, offset: usize, shape: &[usize], s
         return Some(Vec::new());
     }
     // Non-overlapping: ordered by stride, each dimension steps over all of the smaller ones.
-    let mut dims: Vec<(usize, usize)> = shape.iter().copied().zip(stride.iter().copied()).filter(|&(n, _)| n > 1).collect();
+    let mut dims: Vec<(usize, usize)> =
+        shape.iter().copied().zip(stride.iter().copied()).filter(|&(n, _)| n > 1).collect();
     dims.sort_by_key(|&(_, s)| s);
     let mut span = 1usize;
     for &(n, s) in &dims {
@@ -150,7 +165,11 @@ fn gather_strided(storage: &[u8], size: usize, offset: usize, shape: &[usize], s
     if end > storage.len() {
         return None;
     }
-    let contiguous = shape.iter().zip(stride).rev().try_fold(1usize, |expected, (&n, &s)| (n == 1 || s == expected).then(|| expected * n));
+    let contiguous = shape
+        .iter()
+        .zip(stride)
+        .rev()
+        .try_fold(1usize, |expected, (&n, &s)| (n == 1 || s == expected).then(|| expected * n));
     if contiguous.is_some() {
         return Some(storage[offset * size..(offset + numel) * size].to_vec());
     }
@@ -211,7 +230,14 @@ type Parse<T> = std::result::Result<T, String>;
 
 /// Runs the restricted pickle machine over `data.pkl` and returns its name → tensor map.
 fn state_dict(pickle: &[u8]) -> Parse<HashMap<String, TensorRef>> {
-    let mut machine = Unpickler { data: pickle, pos: 0, arena: Vec::new(), stack: Vec::new(), marks: Vec::new(), memo: HashMap::new() };
+    let mut machine = Unpickler {
+        data: pickle,
+        pos: 0,
+        arena: Vec::new(),
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: HashMap::new(),
+    };
     let root = machine.run()?;
     let Value::Dict(items) = &machine.arena[root] else {
         return Err(format!("the pickle holds {}, not a state dict (a dict of tensors)", machine.arena[root].kind()));
@@ -222,7 +248,9 @@ fn state_dict(pickle: &[u8]) -> Parse<HashMap<String, TensorRef>> {
             (Value::Str(name), Value::Tensor(t)) => {
                 tensors.insert(name.clone(), t.clone());
             }
-            (Value::Str(name), other) => return Err(format!("entry `{name}` of the state dict is {}, not a tensor", other.kind())),
+            (Value::Str(name), other) => {
+                return Err(format!("entry `{name}` of the state dict is {}, not a tensor", other.kind()))
+            }
             _ => return Err("the state dict has a key that is not a string".into()),
         }
     }
@@ -496,8 +524,12 @@ fn reduce(arena: &mut Vec<Value>, callable: Id, args: Id) -> Parse<Id> {
     let value = match (module.as_str(), name.as_str()) {
         ("collections", "OrderedDict") => Value::Dict(Vec::new()),
         ("torch._utils", "_rebuild_tensor_v2") | ("torch._utils", "_rebuild_tensor") => {
-            let (Some(Value::Storage { key, dtype_name }), Some(Value::Int(offset)), Some(Value::Tuple(size)), Some(Value::Tuple(stride))) =
-                (arg(0), arg(1), arg(2), arg(3))
+            let (
+                Some(Value::Storage { key, dtype_name }),
+                Some(Value::Int(offset)),
+                Some(Value::Tuple(size)),
+                Some(Value::Tuple(stride)),
+            ) = (arg(0), arg(1), arg(2), arg(3))
             else {
                 return Err("malformed _rebuild_tensor_v2 arguments".into());
             };
@@ -525,8 +557,12 @@ fn reduce(arena: &mut Vec<Value>, callable: Id, args: Id) -> Parse<Id> {
                 stride,
             })
         }
-        ("torch._utils", "_rebuild_parameter") => return args.first().copied().ok_or_else(|| "empty _rebuild_parameter".into()),
-        _ => return Err(format!("the pickle calls {module}.{name}, which a state dict never needs; refusing to run it")),
+        ("torch._utils", "_rebuild_parameter") => {
+            return args.first().copied().ok_or_else(|| "empty _rebuild_parameter".into())
+        }
+        _ => {
+            return Err(format!("the pickle calls {module}.{name}, which a state dict never needs; refusing to run it"))
+        }
     };
     arena.push(value);
     Ok(arena.len() - 1)

@@ -61,7 +61,12 @@ const CHUNK: usize = 4096;
 
 impl TokenizedDataset {
     /// Encodes a stream of examples in memory.
-    pub fn from_examples(examples: Examples, tokenizer: &Tokenizer, template: &Template, max_length: usize) -> Result<Self> {
+    pub fn from_examples(
+        examples: Examples,
+        tokenizer: &Tokenizer,
+        template: &Template,
+        max_length: usize,
+    ) -> Result<Self> {
         let mut encoded = Vec::new();
         encode_stream(examples, tokenizer, template, max_length, |e| {
             encoded.push(e);
@@ -75,7 +80,12 @@ impl TokenizedDataset {
         let mut entries = Vec::new();
         let mut tokens = Vec::new();
         for e in examples {
-            entries.push(Entry { offset: tokens.len() as u64, len: e.len() as u32, prompt_len: e.prompt_len as u32, truncated: e.truncated });
+            entries.push(Entry {
+                offset: tokens.len() as u64,
+                len: e.len() as u32,
+                prompt_len: e.prompt_len as u32,
+                truncated: e.truncated,
+            });
             tokens.extend_from_slice(&e.input_ids);
         }
         TokenizedDataset { entries, tokens: Tokens::Memory(tokens), from_cache: false, notice: None }
@@ -204,7 +214,13 @@ mod cache {
 
     /// A key over everything the tokenized result depends on: the data files' bytes, the
     /// tokenizer, the template, the columns and `max_length`.
-    pub fn cache_key(files: &[PathBuf], tokenizer: &Tokenizer, template: &Template, columns: &Columns, max_length: usize) -> Result<String> {
+    pub fn cache_key(
+        files: &[PathBuf],
+        tokenizer: &Tokenizer,
+        template: &Template,
+        columns: &Columns,
+        max_length: usize,
+    ) -> Result<String> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (MAGIC, tokenizer.fingerprint(), template, columns, max_length).hash(&mut h);
         for file in files {
@@ -245,26 +261,39 @@ mod cache {
             match open(&cached, tokenizer.id_bound()) {
                 Ok(dataset) => return Ok(dataset),
                 Err(Damage::Io(e)) => return Err(unusable("read", e)),
-                Err(Damage::Corrupt(why)) => notice = Some(format!("{}: damaged tokenized cache ({why}); tokenized the data again", cached.display())),
+                Err(Damage::Corrupt(why)) => {
+                    notice =
+                        Some(format!("{}: damaged tokenized cache ({why}); tokenized the data again", cached.display()))
+                }
             }
         }
         std::fs::create_dir_all(cache_dir).map_err(|e| unusable("create", e))?;
         crate::io::remove_stale_temporaries(cache_dir);
-        crate::io::write_atomic_with(&cached, |tmp| write(tmp, open_examples(path, split, columns)?, tokenizer, template, max_length))
-            .map_err(|e| match e {
-                Error::Io { source, action: "write", .. } => unusable("write", source),
-                other => other,
-            })?;
+        crate::io::write_atomic_with(&cached, |tmp| {
+            write(tmp, open_examples(path, split, columns)?, tokenizer, template, max_length)
+        })
+        .map_err(|e| match e {
+            Error::Io { source, action: "write", .. } => unusable("write", source),
+            other => other,
+        })?;
         let mut dataset = open(&cached, tokenizer.id_bound()).map_err(|e| match e {
             Damage::Io(e) => unusable("read", e),
-            Damage::Corrupt(why) => Error::file(&cached, format!("the tokenized cache just written is unreadable ({why})")),
+            Damage::Corrupt(why) => {
+                Error::file(&cached, format!("the tokenized cache just written is unreadable ({why})"))
+            }
         })?;
         dataset.from_cache = false;
         dataset.notice = notice;
         Ok(dataset)
     }
 
-    fn write(path: &Path, examples: Examples, tokenizer: &Tokenizer, template: &Template, max_length: usize) -> Result<()> {
+    fn write(
+        path: &Path,
+        examples: Examples,
+        tokenizer: &Tokenizer,
+        template: &Template,
+        max_length: usize,
+    ) -> Result<()> {
         let file = std::fs::File::create(path).map_err(|e| Error::io_write(path, e))?;
         let mut out = std::io::BufWriter::new(file);
         let mut index = Vec::new();
@@ -331,7 +360,11 @@ mod cache {
             }
             entries.push(entry);
         }
-        if let Some(bad) = bytes[..index_at].chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).find(|&id| id as usize >= id_bound) {
+        if let Some(bad) = bytes[..index_at]
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .find(|&id| id as usize >= id_bound)
+        {
             return Err(format!("token id {bad} is outside the tokenizer's vocabulary"));
         }
         Ok(entries)

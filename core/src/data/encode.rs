@@ -44,7 +44,12 @@ impl Encoded {
 /// `process_func` of the reference recipe. Only as much of a long text is tokenized as the
 /// `max_length` tokens kept need ([`Tokenizer::encode_prefix`]), so one huge example costs
 /// memory in proportion to `max_length`, not to its size.
-pub fn encode_example(tokenizer: &Tokenizer, template: &Template, example: &Example, max_length: usize) -> Result<Encoded> {
+pub fn encode_example(
+    tokenizer: &Tokenizer,
+    template: &Template,
+    example: &Example,
+    max_length: usize,
+) -> Result<Encoded> {
     // One token more than is kept, so that a cut shows as `truncated`.
     let wanted = max_length.saturating_add(1);
     let mut input_ids = tokenizer.encode_prefix(&template.prompt(&example.instruction, &example.input), wanted)?;

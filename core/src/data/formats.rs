@@ -40,14 +40,18 @@ impl Columns {
     pub fn parse(spec: &str) -> Result<Self> {
         let mut columns = Columns::default();
         for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (role, name) = part
-                .split_once('=')
-                .ok_or_else(|| Error::invalid(format!("`columns`: \"{part}\" is not ROLE=COLUMN (e.g. instruction=prompt)")))?;
+            let (role, name) = part.split_once('=').ok_or_else(|| {
+                Error::invalid(format!("`columns`: \"{part}\" is not ROLE=COLUMN (e.g. instruction=prompt)"))
+            })?;
             let slot = match role.trim() {
                 "instruction" => &mut columns.instruction,
                 "input" => &mut columns.input,
                 "output" => &mut columns.output,
-                other => return Err(Error::invalid(format!("`columns`: unknown role \"{other}\" (instruction, input, output)"))),
+                other => {
+                    return Err(Error::invalid(format!(
+                        "`columns`: unknown role \"{other}\" (instruction, input, output)"
+                    )))
+                }
             };
             *slot = name.trim().to_owned();
         }
@@ -75,7 +79,10 @@ pub fn data_files(path: &Path, split: &str) -> Result<Vec<PathBuf>> {
             .map(|s| s.iter().filter_map(Value::as_str).map(str::to_owned).collect::<Vec<_>>())
             .unwrap_or_default();
         if !splits.iter().any(|s| s == split) {
-            return Err(Error::file(&dict, format!("no split \"{split}\" (splits: {}); choose one with `split`", splits.join(", "))));
+            return Err(Error::file(
+                &dict,
+                format!("no split \"{split}\" (splits: {}); choose one with `split`", splits.join(", ")),
+            ));
         }
         return data_files(&path.join(split), split);
     }
@@ -110,7 +117,8 @@ pub fn open_examples(path: &Path, split: &str, columns: &Columns) -> Result<Exam
     let mut streams = Vec::new();
     for file in files {
         let reader = std::fs::File::open(&file).map_err(|e| Error::io(&file, e))?;
-        let binary = file.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet") || e.eq_ignore_ascii_case("arrow"));
+        let binary =
+            file.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet") || e.eq_ignore_ascii_case("arrow"));
         streams.push(if binary {
             // SAFETY: read only; a concurrent writer could change what is read (as for any
             // reader), which the checks on the bytes then see as a damaged file.
@@ -136,7 +144,11 @@ fn stop_at_first_error(examples: impl Iterator<Item = Result<Example>> + Send + 
 }
 
 /// Streams examples from one file's bytes; the format comes from `origin`'s extension.
-pub fn examples_from_reader(origin: &Path, reader: impl BufRead + Send + 'static, columns: &Columns) -> Result<Examples> {
+pub fn examples_from_reader(
+    origin: &Path,
+    reader: impl BufRead + Send + 'static,
+    columns: &Columns,
+) -> Result<Examples> {
     Ok(stop_at_first_error(format_examples(origin, reader, columns)?))
 }
 
@@ -147,8 +159,17 @@ fn format_examples(origin: &Path, mut reader: impl BufRead + Send + 'static, col
     match ext.as_str() {
         "jsonl" => Ok(json_lines(origin, reader, columns)),
         "json" => {
-            let first = reader.fill_buf().map_err(|e| Error::io(&origin, e))?.iter().find(|b| !b.is_ascii_whitespace()).copied();
-            if first == Some(b'[') { json_array(origin, reader, columns) } else { Ok(json_lines(origin, reader, columns)) }
+            let first = reader
+                .fill_buf()
+                .map_err(|e| Error::io(&origin, e))?
+                .iter()
+                .find(|b| !b.is_ascii_whitespace())
+                .copied();
+            if first == Some(b'[') {
+                json_array(origin, reader, columns)
+            } else {
+                Ok(json_lines(origin, reader, columns))
+            }
         }
         "csv" => csv_rows(origin, reader, columns),
         "parquet" | "arrow" => {
@@ -156,11 +177,21 @@ fn format_examples(origin: &Path, mut reader: impl BufRead + Send + 'static, col
             reader.read_to_end(&mut bytes).map_err(|e| Error::io(&origin, e))?;
             binary_examples(origin, bytes::Bytes::from(bytes), columns)
         }
-        other => Err(Error::file(&origin, format!("unknown dataset format \".{other}\": use .json, .jsonl, .parquet, .csv or a save_to_disk directory"))),
+        other => Err(Error::file(
+            &origin,
+            format!(
+                "unknown dataset format \".{other}\": use .json, .jsonl, .parquet, .csv or a save_to_disk directory"
+            ),
+        )),
     }
 }
 
-fn field(record: &serde_json::Map<String, Value>, name: &str, optional: bool, place: &dyn Fn() -> String) -> Result<String> {
+fn field(
+    record: &serde_json::Map<String, Value>,
+    name: &str,
+    optional: bool,
+    place: &dyn Fn() -> String,
+) -> Result<String> {
     match record.get(name) {
         Some(Value::String(s)) => Ok(s.clone()),
         None | Some(Value::Null) if optional => Ok(String::new()),
@@ -206,16 +237,24 @@ fn json_lines(origin: PathBuf, reader: impl BufRead + Send + 'static, columns: C
 }
 
 fn json_array(origin: PathBuf, reader: impl Read, columns: Columns) -> Result<Examples> {
-    let values: Vec<Value> =
-        serde_json::from_reader(reader).map_err(|e| Error::file(&origin, format!("not a valid JSON array of examples: {e}")))?;
-    Ok(Box::new(values.into_iter().enumerate().map(move |(i, v)| {
-        example_from_json(v, &columns, &|| format!("{}: example {}", origin.display(), i))
-    })))
+    let values: Vec<Value> = serde_json::from_reader(reader)
+        .map_err(|e| Error::file(&origin, format!("not a valid JSON array of examples: {e}")))?;
+    Ok(Box::new(
+        values
+            .into_iter()
+            .enumerate()
+            .map(move |(i, v)| example_from_json(v, &columns, &|| format!("{}: example {}", origin.display(), i))),
+    ))
 }
 
 fn csv_rows(origin: PathBuf, reader: impl Read + Send + 'static, columns: Columns) -> Result<Examples> {
     let mut csv = csv::Reader::from_reader(reader);
-    let headers: Vec<String> = csv.headers().map_err(|e| Error::file(&origin, format!("not valid CSV: {e}")))?.iter().map(str::to_owned).collect();
+    let headers: Vec<String> = csv
+        .headers()
+        .map_err(|e| Error::file(&origin, format!("not valid CSV: {e}")))?
+        .iter()
+        .map(str::to_owned)
+        .collect();
     let index = |name: &str, optional: bool| -> Result<Option<usize>> {
         match headers.iter().position(|h| h == name) {
             Some(i) => Ok(Some(i)),
@@ -223,7 +262,8 @@ fn csv_rows(origin: PathBuf, reader: impl Read + Send + 'static, columns: Column
             None => Err(missing_column(&origin, name, &headers)),
         }
     };
-    let (ins, inp, out) = (index(&columns.instruction, false)?, index(&columns.input, true)?, index(&columns.output, false)?);
+    let (ins, inp, out) =
+        (index(&columns.instruction, false)?, index(&columns.input, true)?, index(&columns.output, false)?);
     Ok(Box::new(csv.into_records().enumerate().map(move |(i, record)| {
         let record = record.map_err(|e| Error::file(&origin, format!("row {}: {e}", i + 2)))?;
         let get = |c: Option<usize>| c.and_then(|c| record.get(c)).unwrap_or_default().to_owned();
@@ -232,7 +272,13 @@ fn csv_rows(origin: PathBuf, reader: impl Read + Send + 'static, columns: Column
 }
 
 fn missing_column(origin: &Path, name: &str, present: &[String]) -> Error {
-    Error::file(origin, format!("no column \"{name}\" (columns: {}); map yours with `columns` instruction=NAME,...", present.join(", ")))
+    Error::file(
+        origin,
+        format!(
+            "no column \"{name}\" (columns: {}); map yours with `columns` instruction=NAME,...",
+            present.join(", ")
+        ),
+    )
 }
 
 /// The examples of one Arrow record batch.
@@ -243,9 +289,9 @@ fn batch_examples(origin: &Path, batch: &RecordBatch, columns: &Columns) -> Resu
         let Some(index) = present.iter().position(|p| p == name) else {
             return if optional { Ok(None) } else { Err(missing_column(origin, name, &present)) };
         };
-        strings(batch.column(index).as_ref())
-            .map(Some)
-            .ok_or_else(|| Error::file(origin, format!("column \"{name}\" holds {}, not strings", batch.column(index).data_type())))
+        strings(batch.column(index).as_ref()).map(Some).ok_or_else(|| {
+            Error::file(origin, format!("column \"{name}\" holds {}, not strings", batch.column(index).data_type()))
+        })
     };
     let instruction = column(&columns.instruction, false)?.unwrap_or_default();
     let input = column(&columns.input, true)?;
@@ -254,7 +300,11 @@ fn batch_examples(origin: &Path, batch: &RecordBatch, columns: &Columns) -> Resu
         .into_iter()
         .zip(output)
         .enumerate()
-        .map(|(i, (instruction, output))| Example { instruction, input: input.as_ref().map_or_else(String::new, |c| c[i].clone()), output })
+        .map(|(i, (instruction, output))| Example {
+            instruction,
+            input: input.as_ref().map_or_else(String::new, |c| c[i].clone()),
+            output,
+        })
         .collect())
 }
 
@@ -289,21 +339,28 @@ fn batches_to_examples(
 /// The examples of a Parquet or Arrow file held in memory (or mapped), by its extension.
 fn binary_examples(origin: PathBuf, bytes: bytes::Bytes, columns: Columns) -> Result<Examples> {
     let is_parquet = origin.extension().is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
-    if is_parquet { parquet_batches(origin, bytes, columns) } else { arrow_stream(origin, bytes, columns) }
+    if is_parquet {
+        parquet_batches(origin, bytes, columns)
+    } else {
+        arrow_stream(origin, bytes, columns)
+    }
 }
 
 /// A `datasets` Arrow file: an Arrow IPC stream. Its messages are checked to claim no more bytes
 /// than the file has before arrow reads them (it allocates what a message claims), and arrow's
 /// panics on damaged buffers become errors.
 fn arrow_stream(origin: PathBuf, bytes: bytes::Bytes, columns: Columns) -> Result<Examples> {
-    let unreadable = |e: String| Error::file(&origin, format!("unreadable Arrow file (expected the IPC stream format datasets writes): {e}"));
+    let unreadable = |e: String| {
+        Error::file(&origin, format!("unreadable Arrow file (expected the IPC stream format datasets writes): {e}"))
+    };
     check_ipc_messages(&bytes).map_err(unreadable)?;
     let reader = std::io::Cursor::new(bytes);
     let mut stream = catch_panic(AssertUnwindSafe(|| arrow_ipc::reader::StreamReader::try_new(reader, None)))
         .map_err(unreadable)?
         .map_err(|e| unreadable(e.to_string()))?;
     let batches = std::iter::from_fn(move || {
-        catch_panic(AssertUnwindSafe(|| stream.next())).unwrap_or_else(|panic| Some(Err(arrow_schema::ArrowError::ExternalError(panic.into()))))
+        catch_panic(AssertUnwindSafe(|| stream.next()))
+            .unwrap_or_else(|panic| Some(Err(arrow_schema::ArrowError::ExternalError(panic.into()))))
     });
     Ok(batches_to_examples(origin, batches, columns))
 }
@@ -322,10 +379,16 @@ fn check_ipc_messages(bytes: &[u8]) -> std::result::Result<(), String> {
         if len == 0 {
             return Ok(()); // end of stream
         }
-        let end = pos.checked_add(len as usize).filter(|&e| e <= bytes.len()).ok_or("a message runs past the end of the file")?;
+        let end = pos
+            .checked_add(len as usize)
+            .filter(|&e| e <= bytes.len())
+            .ok_or("a message runs past the end of the file")?;
         let message = arrow_ipc::root_as_message(&bytes[pos..end]).map_err(|e| format!("a damaged message ({e})"))?;
         let body = usize::try_from(message.bodyLength()).map_err(|_| "a message with a negative body length")?;
-        pos = end.checked_add(body).filter(|&e| e <= bytes.len()).ok_or("a message claims a body past the end of the file")?;
+        pos = end
+            .checked_add(body)
+            .filter(|&e| e <= bytes.len())
+            .ok_or("a message claims a body past the end of the file")?;
     }
     Ok(())
 }

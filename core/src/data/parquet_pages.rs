@@ -31,16 +31,23 @@ pub fn check(bytes: &[u8], metadata: &ParquetMetaData) -> Result<(), String> {
             let mut pos = start;
             while pos < end {
                 let mut reader = Compact { bytes: &bytes[pos as usize..end as usize], pos: 0 };
-                let page = reader.page_sizes().map_err(|e| format!("row group {g}, column {c}: bad page header ({e})"))?;
+                let page =
+                    reader.page_sizes().map_err(|e| format!("row group {g}, column {c}: bad page header ({e})"))?;
                 let (uncompressed, compressed) = (page.uncompressed, page.compressed);
-                if compressed < 0 || uncompressed < 0 || uncompressed > compressed.saturating_mul(MAX_EXPANSION).saturating_add(SLACK) {
+                if compressed < 0
+                    || uncompressed < 0
+                    || uncompressed > compressed.saturating_mul(MAX_EXPANSION).saturating_add(SLACK)
+                {
                     return Err(format!(
                         "row group {g}, column {c}: a page claims {uncompressed} bytes from {compressed} compressed ones"
                     ));
                 }
                 // A dictionary value takes at least one bit (booleans) and mostly four bytes or more.
-                if page.dictionary_values.is_some_and(|n| n < 0 || n > uncompressed.saturating_mul(8).saturating_add(8)) {
-                    return Err(format!("row group {g}, column {c}: a dictionary page claims more values than its bytes hold"));
+                if page.dictionary_values.is_some_and(|n| n < 0 || n > uncompressed.saturating_mul(8).saturating_add(8))
+                {
+                    return Err(format!(
+                        "row group {g}, column {c}: a dictionary page claims more values than its bytes hold"
+                    ));
                 }
                 pos = pos.saturating_add(reader.pos as i64).saturating_add(compressed);
             }
@@ -70,10 +77,10 @@ impl Compact<'_> {
         let mut sizes = PageSizes::default();
         let (mut uncompressed, mut compressed) = (None, None);
         self.fields(|reader, field, kind| match (field, kind) {
-            (2, 5) => Ok(uncompressed = Some(reader.zigzag()?)),
-            (3, 5) => Ok(compressed = Some(reader.zigzag()?)),
+            (2, 5) => reader.zigzag().map(|v| uncompressed = Some(v)),
+            (3, 5) => reader.zigzag().map(|v| compressed = Some(v)),
             (7, 12) => reader.fields(|reader, field, kind| match (field, kind) {
-                (1, 5) => Ok(sizes.dictionary_values = Some(reader.zigzag()?)),
+                (1, 5) => reader.zigzag().map(|v| sizes.dictionary_values = Some(v)),
                 _ => reader.skip(kind, 1),
             }),
             _ => reader.skip(kind, 0),
@@ -123,14 +130,22 @@ impl Compact<'_> {
     }
 
     fn advance(&mut self, n: u64) -> Result<(), String> {
-        let end = usize::try_from(n).ok().and_then(|n| self.pos.checked_add(n)).filter(|&e| e <= self.bytes.len()).ok_or("ends early")?;
+        let end = usize::try_from(n)
+            .ok()
+            .and_then(|n| self.pos.checked_add(n))
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or("ends early")?;
         self.pos = end;
         Ok(())
     }
 
     /// Skips one element of a list, set or map, where booleans take a byte each.
     fn skip_element(&mut self, kind: u8, depth: usize) -> Result<(), String> {
-        if kind == 1 || kind == 2 { self.advance(1) } else { self.skip(kind, depth) }
+        if kind == 1 || kind == 2 {
+            self.advance(1)
+        } else {
+            self.skip(kind, depth)
+        }
     }
 
     /// Skips one value of compact type `kind`.
@@ -139,10 +154,10 @@ impl Compact<'_> {
             return Err("nested too deep".into());
         }
         match kind {
-            1 | 2 => Ok(()),                     // a boolean field lives in its header
-            3 => self.advance(1),                // byte
-            4..=6 => self.varint().map(|_| ()),  // i16, i32, i64
-            7 => self.advance(8),                // double
+            1 | 2 => Ok(()),                    // a boolean field lives in its header
+            3 => self.advance(1),               // byte
+            4..=6 => self.varint().map(|_| ()), // i16, i32, i64
+            7 => self.advance(8),               // double
             8 => {
                 let n = self.varint()?;
                 self.advance(n)

@@ -24,7 +24,8 @@ pub const LEGACY_WEIGHTS_FILE: &str = "adapter_model.bin";
 /// The `adapter_config.json` peft 0.21 writes for `config`: every field peft writes, with
 /// peft's defaults for those ember does not model, keys sorted as peft sorts them.
 pub fn config_json(config: &LoraConfig) -> String {
-    let mut out: Map<String, Value> = serde_json::from_str(include_str!("peft_adapter_config.json")).expect("valid template");
+    let mut out: Map<String, Value> =
+        serde_json::from_str(include_str!("peft_adapter_config.json")).expect("valid template");
     if let Value::Object(ours) = serde_json::to_value(config).expect("config serialises") {
         out.extend(ours);
     }
@@ -113,7 +114,11 @@ pub fn save_adapter(model: &BloomForCausalLM, config: &LoraConfig, dir: &std::pa
 
 /// Writes `tensors` as a safetensors file, atomically (temporary file + rename).
 #[cfg(not(target_arch = "wasm32"))]
-pub fn write_safetensors(path: &std::path::Path, tensors: &[(String, LazyTensor)], metadata: Option<HashMap<String, String>>) -> Result<()> {
+pub fn write_safetensors(
+    path: &std::path::Path,
+    tensors: &[(String, LazyTensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
     crate::io::write_atomic_with(path, |tmp| {
         safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k.clone(), t)), metadata, tmp)
             .map_err(|e| Error::file(path, format!("cannot write: {e}")))
@@ -167,7 +172,10 @@ pub fn read_adapter_config(dir: &std::path::Path) -> Result<LoraConfig> {
     }
     let config_path = dir.join(CONFIG_FILE);
     if !config_path.is_file() {
-        return Err(Error::file(&config_path, "missing: an adapter directory needs adapter_config.json (as peft's save_pretrained writes)"));
+        return Err(Error::file(
+            &config_path,
+            "missing: an adapter directory needs adapter_config.json (as peft's save_pretrained writes)",
+        ));
     }
     let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
     LoraConfig::from_json(&text, &config_path.display().to_string())
@@ -191,10 +199,9 @@ pub fn load_adapter(
     } else {
         return Err(Error::file(dir.join(WEIGHTS_FILE), "missing: the adapter's weights are not there"));
     };
-    let report = load_adapter_tensors(model, &config, file.as_ref(), device, allow_nonfinite)
-        .map_err(|e| match e {
-            Error::Invalid(m) => Error::file(&config_path, m),
-            other => other,
-        })?;
+    let report = load_adapter_tensors(model, &config, file.as_ref(), device, allow_nonfinite).map_err(|e| match e {
+        Error::Invalid(m) => Error::file(&config_path, m),
+        other => other,
+    })?;
     Ok((config, report))
 }

@@ -128,7 +128,11 @@ fn default_init() -> InitLoraWeights {
 
 /// Writes whole numbers as JSON integers, as Python writes `lora_alpha=16`.
 fn number<S: serde::Serializer>(x: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
-    if x.fract() == 0.0 && x.abs() < 1e15 { s.serialize_i64(*x as i64) } else { s.serialize_f64(*x) }
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        s.serialize_i64(*x as i64)
+    } else {
+        s.serialize_f64(*x)
+    }
 }
 
 /// Fields of peft's config whose non-default values ask for something ember does not do.
@@ -165,10 +169,15 @@ impl LoraConfig {
     /// Checks the values ember can honour; the message says which field is wrong.
     pub fn validate(&self) -> std::result::Result<(), String> {
         if self.peft_type != "LORA" {
-            return Err(format!("peft_type is \"{}\"; ember loads LoRA adapters (peft_type \"LORA\") only", self.peft_type));
+            return Err(format!(
+                "peft_type is \"{}\"; ember loads LoRA adapters (peft_type \"LORA\") only",
+                self.peft_type
+            ));
         }
         if let Some(task) = self.task_type.as_deref().filter(|t| *t != "CAUSAL_LM") {
-            return Err(format!("task_type is \"{task}\"; ember runs causal language models (task_type \"CAUSAL_LM\")"));
+            return Err(format!(
+                "task_type is \"{task}\"; ember runs causal language models (task_type \"CAUSAL_LM\")"
+            ));
         }
         if self.r == 0 {
             return Err("r must be at least 1".into());
@@ -203,7 +212,9 @@ impl LoraConfig {
             match self.other.get(field) {
                 None | Some(Value::Null) | Some(Value::Bool(false)) => {}
                 Some(Value::Array(a)) if a.is_empty() => {}
-                Some(v) => return Err(format!("{field} = {v}: {what} is not supported by ember; remove it or use plain LoRA")),
+                Some(v) => {
+                    return Err(format!("{field} = {v}: {what} is not supported by ember; remove it or use plain LoRA"))
+                }
             }
         }
         if self.target_modules.is_none() {
@@ -248,9 +259,10 @@ impl LoraConfig {
 
     /// peft never puts LoRA on a module (or inside one) that `modules_to_save` copies.
     fn is_saved_module_or_inside(&self, name: &str) -> bool {
-        self.modules_to_save.iter().flatten().any(|m| {
-            Regex::new(&format!(r"^(?:|.*\.){m}(?:$|\..*)$")).is_ok_and(|re| re.is_match(name))
-        })
+        self.modules_to_save
+            .iter()
+            .flatten()
+            .any(|m| Regex::new(&format!(r"^(?:|.*\.){m}(?:$|\..*)$")).is_ok_and(|re| re.is_match(name)))
     }
 
     /// `layers_to_transform` / `layers_pattern`: the layer index is the first number after a
@@ -347,9 +359,8 @@ mod tests {
     #[test]
     fn the_recipe_regex_selects_layers_1_and_10_to_19() {
         let c = config(r#"{"target_modules": ".*\\.1.*query_key_value"}"#);
-        let selected: Vec<usize> = (0..24)
-            .filter(|i| c.targets(&format!("transformer.h.{i}.self_attention.query_key_value")))
-            .collect();
+        let selected: Vec<usize> =
+            (0..24).filter(|i| c.targets(&format!("transformer.h.{i}.self_attention.query_key_value"))).collect();
         assert_eq!(selected, vec![1, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19]);
         assert!(!c.targets("transformer.h.1.self_attention.dense"));
     }
@@ -364,7 +375,9 @@ mod tests {
 
     #[test]
     fn patterns_override_rank_and_alpha() {
-        let c = config(r#"{"target_modules": ["dense"], "r": 4, "lora_alpha": 8, "rank_pattern": {"h\\.1\\.self_attention\\.dense": 2}}"#);
+        let c = config(
+            r#"{"target_modules": ["dense"], "r": 4, "lora_alpha": 8, "rank_pattern": {"h\\.1\\.self_attention\\.dense": 2}}"#,
+        );
         assert_eq!(c.rank_and_scale("transformer.h.1.self_attention.dense"), (2, 4.0));
         assert_eq!(c.rank_and_scale("transformer.h.0.self_attention.dense"), (4, 2.0));
         let rs = config(r#"{"target_modules": ["dense"], "r": 4, "lora_alpha": 8, "use_rslora": true}"#);
@@ -373,9 +386,13 @@ mod tests {
 
     #[test]
     fn unsupported_and_foreign_configs_are_refused() {
-        let dora = LoraConfig::from_json(r#"{"target_modules": ["dense"], "use_dora": true}"#, "a.json").unwrap_err().to_string();
+        let dora = LoraConfig::from_json(r#"{"target_modules": ["dense"], "use_dora": true}"#, "a.json")
+            .unwrap_err()
+            .to_string();
         assert!(dora.contains("a.json") && dora.contains("DoRA"), "{dora}");
-        let ia3 = LoraConfig::from_json(r#"{"peft_type": "IA3", "target_modules": ["dense"]}"#, "a.json").unwrap_err().to_string();
+        let ia3 = LoraConfig::from_json(r#"{"peft_type": "IA3", "target_modules": ["dense"]}"#, "a.json")
+            .unwrap_err()
+            .to_string();
         assert!(ia3.contains("peft_type is \"IA3\""), "{ia3}");
     }
 

@@ -59,7 +59,8 @@ pub fn select_modules(config: &LoraConfig, modules: &[NamedModule]) -> Result<Se
     config.validate().map_err(Error::invalid)?;
     let targeted: Vec<NamedModule> = modules.iter().filter(|m| config.targets(&m.name)).cloned().collect();
     // The first block's adaptable layers, to show what the names look like.
-    let first_block: Vec<&str> = modules.iter().filter(|m| adaptable(m) && m.name.contains(".0.")).map(|m| m.name.as_str()).collect();
+    let first_block: Vec<&str> =
+        modules.iter().filter(|m| adaptable(m) && m.name.contains(".0.")).map(|m| m.name.as_str()).collect();
     if targeted.is_empty() {
         return Err(Error::invalid(format!(
             "target_modules {} matched no module of the model; its Linear layers are named like {}",
@@ -83,7 +84,9 @@ pub fn select_modules(config: &LoraConfig, modules: &[NamedModule]) -> Result<Se
             m.name
         )));
     }
-    if let Some(missing) = config.modules_to_save.iter().flatten().find(|entry| !saved.iter().any(|m| m.name.ends_with(entry.as_str()))) {
+    if let Some(missing) =
+        config.modules_to_save.iter().flatten().find(|entry| !saved.iter().any(|m| m.name.ends_with(entry.as_str())))
+    {
         return Err(Error::invalid(format!(
             "modules_to_save entry \"{missing}\" matches no module (e.g. word_embeddings, ln_f, lm_head, dense)"
         )));
@@ -144,7 +147,8 @@ pub fn apply_lora(model: &mut BloomForCausalLM, config: &LoraConfig, device: &De
                 if adapted {
                     let (r, scale) = config.rank_and_scale(&module.name);
                     let (in_f, out_f) = (linear.in_features(), linear.out_features());
-                    linear.lora = Some(LoraAdapter::new(in_f, out_f, r, scale, config.lora_dropout, config.init(), device));
+                    linear.lora =
+                        Some(LoraAdapter::new(in_f, out_f, r, scale, config.lora_dropout, config.init(), device));
                 }
                 if saved {
                     linear.weight = trainable(linear.weight.val());
@@ -161,7 +165,9 @@ pub fn apply_lora(model: &mut BloomForCausalLM, config: &LoraConfig, device: &De
                     norm.bias = trainable(norm.bias.val());
                 }
             }
-            LayerMut::Embedding(embedding) if saved => embedding.trainable_copy = Some(embedding.weight.trainable_copy()),
+            LayerMut::Embedding(embedding) if saved => {
+                embedding.trainable_copy = Some(embedding.weight.trainable_copy())
+            }
             LayerMut::Head(head) if saved => *head = head_copy.next(),
             LayerMut::Embedding(_) | LayerMut::Head(_) => {}
         }

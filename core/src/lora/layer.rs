@@ -34,7 +34,15 @@ pub struct LoraAdapter {
 }
 
 impl LoraAdapter {
-    pub fn new(in_features: usize, out_features: usize, r: usize, scale: f64, dropout: f64, init: LoraInit, device: &Device) -> Self {
+    pub fn new(
+        in_features: usize,
+        out_features: usize,
+        r: usize,
+        scale: f64,
+        dropout: f64,
+        init: LoraInit,
+        device: &Device,
+    ) -> Self {
         let uniform = |fan_in: usize, shape: [usize; 2]| {
             let bound = 1.0 / (fan_in as f64).sqrt();
             Tensor::random(shape, Distribution::Uniform(-bound, bound), device)
@@ -78,5 +86,9 @@ impl LoraAdapter {
 
 /// peft's scaling: `alpha / r`, or `alpha / √r` with rsLoRA.
 pub fn lora_scale(alpha: f64, r: usize, use_rslora: bool) -> f64 {
-    if use_rslora { alpha / (r as f64).sqrt() } else { alpha / r as f64 }
+    if use_rslora {
+        alpha / (r as f64).sqrt()
+    } else {
+        alpha / r as f64
+    }
 }

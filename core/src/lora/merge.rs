@@ -4,9 +4,9 @@
 use burn::module::Param;
 use burn::tensor::Tensor;
 
-use super::adapter_file::{to_host, LazyTensor};
 #[cfg(not(target_arch = "wasm32"))]
 use super::adapter_file::write_safetensors;
+use super::adapter_file::{to_host, LazyTensor};
 use crate::error::Result;
 use crate::model::precision::widened;
 use crate::model::{BloomForCausalLM, Layer, LayerMut, ModuleTree, VocabMatrix};
@@ -48,7 +48,8 @@ pub fn merged_tensors(model: &BloomForCausalLM) -> Result<Vec<(String, LazyTenso
     merge(&mut merged);
     let untied = merged_head_is_untied(&merged);
     let mut out = Vec::new();
-    let lazy = |name: String, t: Tensor<1>, shape: Vec<usize>| (name, LazyTensor::new(shape, move || to_host(t.clone())));
+    let lazy =
+        |name: String, t: Tensor<1>, shape: Vec<usize>| (name, LazyTensor::new(shape, move || to_host(t.clone())));
     let flat = |t: Tensor<2>| {
         let dims = t.dims();
         (t.reshape([dims[0] * dims[1]]), dims.to_vec())
@@ -86,12 +87,20 @@ fn vocab_tensor(name: String, matrix: &VocabMatrix) -> (String, LazyTensor) {
 /// the tokenizer files copied from `base_dir`, weights in `model.safetensors`, or in shards of
 /// at most `max_shard_bytes` with a `model.safetensors.index.json` as transformers writes them.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn save_merged(model: &BloomForCausalLM, base_dir: &std::path::Path, out_dir: &std::path::Path, max_shard_bytes: u64) -> Result<()> {
+pub fn save_merged(
+    model: &BloomForCausalLM,
+    base_dir: &std::path::Path,
+    out_dir: &std::path::Path,
+    max_shard_bytes: u64,
+) -> Result<()> {
     use crate::error::Error;
     use std::collections::HashMap;
 
     if base_dir.canonicalize().ok() == out_dir.canonicalize().ok() {
-        return Err(Error::file(out_dir, "the output directory is the base model's own; choose another so the original stays intact"));
+        return Err(Error::file(
+            out_dir,
+            "the output directory is the base model's own; choose another so the original stays intact",
+        ));
     }
     std::fs::create_dir_all(out_dir).map_err(|e| Error::io_write(out_dir, e))?;
     let config_path = base_dir.join("config.json");
@@ -141,5 +150,8 @@ pub fn save_merged(model: &BloomForCausalLM, base_dir: &std::path::Path, out_dir
         }
     }
     let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
-    crate::io::write_atomic(&out_dir.join("model.safetensors.index.json"), serde_json::to_string_pretty(&index).expect("json").as_bytes())
+    crate::io::write_atomic(
+        &out_dir.join("model.safetensors.index.json"),
+        serde_json::to_string_pretty(&index).expect("json").as_bytes(),
+    )
 }

@@ -21,7 +21,10 @@ pub enum Slot {
     LmHead,
     LinearWeight(String),
     /// `wrapped`: the layer carries LoRA, so peft calls its bias `base_layer.bias`.
-    LinearBias { name: String, wrapped: bool },
+    LinearBias {
+        name: String,
+        wrapped: bool,
+    },
     NormWeight(String),
     NormBias(String),
 }
@@ -66,7 +69,10 @@ impl Slot {
         let linear = |n: &str| model.linear(n).expect("linear");
         let norm = |n: &str| model.layer_norm(n).expect("layer norm");
         let adapter = |n: &str| linear(n).lora.as_ref().expect("LoRA layer exists");
-        let flatten = |g: Tensor<2>| { let [a, b] = g.dims(); g.reshape([a * b]) };
+        let flatten = |g: Tensor<2>| {
+            let [a, b] = g.dims();
+            g.reshape([a * b])
+        };
         let flat2 = |t: Tensor<2>| t.grad(grads).map(flatten);
         match self {
             Slot::LoraA(n) => flat2(adapter(n).lora_a.val()),
@@ -114,13 +120,19 @@ impl Slot {
         let value = match old.gradient_checkpointing_strategy() {
             Some(strategy) => {
                 let value = value.autodiff().with_gradient_checkpointing_strategy(strategy);
-                if old.is_require_grad() { value.require_grad() } else { value }
+                if old.is_require_grad() {
+                    value.require_grad()
+                } else {
+                    value
+                }
             }
             None => value,
         };
         let as2 = |v: Tensor<1>| -> Tensor<2> { v.reshape([shape[0], shape[1]]) };
-        let set2 = |p: &mut Param<Tensor<2>>, v: Tensor<2>| *p = Param::from_tensor(v).set_require_grad(p.is_require_grad());
-        let set1 = |p: &mut Param<Tensor<1>>, v: Tensor<1>| *p = Param::from_tensor(v).set_require_grad(p.is_require_grad());
+        let set2 =
+            |p: &mut Param<Tensor<2>>, v: Tensor<2>| *p = Param::from_tensor(v).set_require_grad(p.is_require_grad());
+        let set1 =
+            |p: &mut Param<Tensor<1>>, v: Tensor<1>| *p = Param::from_tensor(v).set_require_grad(p.is_require_grad());
         match self {
             Slot::LoraA(n) => set2(&mut lora(model, n).lora_a, as2(value)),
             Slot::LoraB(n) => set2(&mut lora(model, n).lora_b, as2(value)),
@@ -129,7 +141,9 @@ impl Slot {
             }
             Slot::LmHead => model.lm_head.as_mut().expect("lm_head copy exists").set(as2(value)),
             Slot::LinearWeight(n) => set2(&mut model.linear_mut(n).expect("linear").weight, as2(value)),
-            Slot::LinearBias { name, .. } => set1(model.linear_mut(name).expect("linear").bias.as_mut().expect("bias"), value),
+            Slot::LinearBias { name, .. } => {
+                set1(model.linear_mut(name).expect("linear").bias.as_mut().expect("bias"), value)
+            }
             Slot::NormWeight(n) => set1(&mut model.layer_norm_mut(n).expect("norm").weight, value),
             Slot::NormBias(n) => set1(&mut model.layer_norm_mut(n).expect("norm").bias, value),
         }
@@ -154,7 +168,9 @@ pub fn adapter_slots(config: &LoraConfig, model: &BloomForCausalLM) -> Result<Ve
         match m.kind {
             ModuleKind::Embedding { .. } => slots.push(Slot::EmbeddingCopy(name)),
             ModuleKind::Linear { .. } if name == "lm_head" => slots.push(Slot::LmHead),
-            ModuleKind::Linear { .. } => slots.extend([Slot::LinearWeight(name.clone()), Slot::LinearBias { name, wrapped: false }]),
+            ModuleKind::Linear { .. } => {
+                slots.extend([Slot::LinearWeight(name.clone()), Slot::LinearBias { name, wrapped: false }])
+            }
             ModuleKind::LayerNorm { .. } => slots.extend([Slot::NormWeight(name.clone()), Slot::NormBias(name)]),
             ModuleKind::Container | ModuleKind::Stateless => {}
         }

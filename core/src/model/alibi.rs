@@ -93,9 +93,7 @@ impl AttentionBias {
             }
             for i in 0..queries {
                 additive.extend(
-                    row.iter()
-                        .enumerate()
-                        .map(|(j, &attended)| if attended && j <= past + i { 0.0 } else { f32::MIN }),
+                    row.iter().enumerate().map(|(j, &attended)| if attended && j <= past + i { 0.0 } else { f32::MIN }),
                 );
             }
         }
@@ -112,7 +110,11 @@ fn positions_from_mask(row: &[bool]) -> Vec<i64> {
     row.iter()
         .map(|&m| {
             count += m as i64;
-            if m { count - 1 } else { 0 }
+            if m {
+                count - 1
+            } else {
+                0
+            }
         })
         .collect()
 }

@@ -53,9 +53,8 @@ impl BloomAttention {
         let (heads, head_dim) = (self.num_heads, hidden / self.num_heads);
 
         let fused = self.query_key_value.forward(x).reshape([batch, queries, heads, 3, head_dim]);
-        let part = |i: usize| {
-            fused.clone().slice_dim(3, i..i + 1).reshape([batch, queries, heads, head_dim]).swap_dims(1, 2)
-        };
+        let part =
+            |i: usize| fused.clone().slice_dim(3, i..i + 1).reshape([batch, queries, heads, head_dim]).swap_dims(1, 2);
         let (query, mut key, mut value) = (part(0), part(1), part(2));
         if let Some(cache) = cache {
             (key, value) = cache.append(key, value);
@@ -109,7 +108,13 @@ impl BloomBlock {
         })
     }
 
-    pub fn forward(&self, x: Tensor<3>, bias: &AttentionBias, kernels: &Kernels, cache: Option<&mut LayerCache>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        bias: &AttentionBias,
+        kernels: &Kernels,
+        cache: Option<&mut LayerCache>,
+    ) -> Tensor<3> {
         let normed = self.input_layernorm.forward(x.clone(), kernels);
         let residual = if self.apply_residual_connection_post_layernorm { normed.clone() } else { x };
         let attended = self.self_attention.forward(normed, residual, bias, kernels, cache);
@@ -135,8 +140,14 @@ impl BloomModel {
         let word_embeddings = Embedding::load(&mut s.pp("word_embeddings"), config.vocab_size, h)?;
         let word_embeddings_layernorm = LayerNorm::load(&mut s.pp("word_embeddings_layernorm"), h, eps)?;
         let mut blocks = s.pp("h");
-        let h_blocks = (0..config.n_layer).map(|i| BloomBlock::load(&mut blocks.pp(i), config)).collect::<Result<_>>()?;
-        Ok(BloomModel { word_embeddings, word_embeddings_layernorm, h: h_blocks, ln_f: LayerNorm::load(&mut s.pp("ln_f"), h, eps)? })
+        let h_blocks =
+            (0..config.n_layer).map(|i| BloomBlock::load(&mut blocks.pp(i), config)).collect::<Result<_>>()?;
+        Ok(BloomModel {
+            word_embeddings,
+            word_embeddings_layernorm,
+            h: h_blocks,
+            ln_f: LayerNorm::load(&mut s.pp("ln_f"), h, eps)?,
+        })
     }
 
     pub fn forward(
@@ -204,7 +215,12 @@ impl BloomForCausalLM {
     }
 
     /// Final hidden states `[batch, positions, hidden]` (before the language-model head).
-    pub fn hidden_states(&self, input_ids: Tensor<2, Int>, mask: &AttentionMask, cache: Option<&mut KvCache>) -> Tensor<3> {
+    pub fn hidden_states(
+        &self,
+        input_ids: Tensor<2, Int>,
+        mask: &AttentionMask,
+        cache: Option<&mut KvCache>,
+    ) -> Tensor<3> {
         let [batch, queries] = input_ids.dims();
         assert_eq!(batch, mask.batch(), "attention mask has {} rows for a batch of {batch}", mask.batch());
         let bias = AttentionBias::new(mask, self.num_heads, queries, &input_ids.device());
@@ -261,7 +277,12 @@ pub struct ModelShape {
 
 impl ModelShape {
     pub fn of_config(config: &BloomConfig) -> Self {
-        ModelShape { vocab: config.vocab_size, hidden: config.hidden_size, layers: config.n_layer, tied: config.tie_word_embeddings }
+        ModelShape {
+            vocab: config.vocab_size,
+            hidden: config.hidden_size,
+            layers: config.n_layer,
+            tied: config.tie_word_embeddings,
+        }
     }
 
     pub fn of_model(model: &BloomForCausalLM) -> Self {
@@ -297,7 +318,8 @@ impl ModelShape {
             ]);
         }
         modules.push(("transformer.ln_f".to_owned(), norm));
-        modules.push(("lm_head".to_owned(), ModuleKind::Linear { out_features: self.vocab, in_features: h, bias: false }));
+        modules
+            .push(("lm_head".to_owned(), ModuleKind::Linear { out_features: self.vocab, in_features: h, bias: false }));
         modules.into_iter().map(|(name, kind)| NamedModule { name, kind }).collect()
     }
 

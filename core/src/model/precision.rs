@@ -31,7 +31,11 @@ impl WeightDType {
     }
 
     pub fn bytes(self) -> usize {
-        if self == WeightDType::F32 { 4 } else { 2 }
+        if self == WeightDType::F32 {
+            4
+        } else {
+            2
+        }
     }
 }
 
@@ -59,7 +63,11 @@ impl std::fmt::Display for WeightDType {
 
 /// `tensor` as f32, for arithmetic with f32 activations (a no-op for f32 weights).
 pub fn widened<const D: usize>(tensor: Tensor<D>) -> Tensor<D> {
-    if tensor.dtype() == DType::F32 { tensor } else { tensor.cast(FloatDType::F32) }
+    if tensor.dtype() == DType::F32 {
+        tensor
+    } else {
+        tensor.cast(FloatDType::F32)
+    }
 }
 
 /// A weight source whose tensors are stored as `dtype`, converted one tensor at a time so an

@@ -116,7 +116,7 @@ impl TrainingArgs {
                                     are finite and >= 0; warmup_ratio in [0, 1]; adam_beta1/2 in [0, 1); adam_epsilon > 0)"));
             }
         }
-        if self.max_steps <= 0 && !(self.num_train_epochs > 0.0) {
+        if self.max_steps <= 0 && self.num_train_epochs <= 0.0 {
             return bad("set `num_train_epochs` > 0 or `max_steps` > 0".into());
         }
         Ok(())
@@ -137,7 +137,11 @@ impl TrainingArgs {
     }
 
     pub fn warmup(&self, total_steps: usize) -> usize {
-        if self.warmup_steps > 0 { self.warmup_steps } else { (self.warmup_ratio * total_steps as f64).ceil() as usize }
+        if self.warmup_steps > 0 {
+            self.warmup_steps
+        } else {
+            (self.warmup_ratio * total_steps as f64).ceil() as usize
+        }
     }
 
     /// The learning rate of the `step`-th update (0-based), as transformers' schedulers give it.
@@ -148,7 +152,9 @@ impl TrainingArgs {
         } else {
             let progress = (step - warmup.min(step)) as f64 / (total_steps.saturating_sub(warmup)).max(1) as f64;
             match self.lr_scheduler_type {
-                SchedulerType::Linear => ((total_steps as f64 - step as f64) / (total_steps.saturating_sub(warmup)).max(1) as f64).max(0.0),
+                SchedulerType::Linear => {
+                    ((total_steps as f64 - step as f64) / (total_steps.saturating_sub(warmup)).max(1) as f64).max(0.0)
+                }
                 SchedulerType::Cosine => (0.5 * (1.0 + (std::f64::consts::PI * progress).cos())).max(0.0),
                 SchedulerType::Constant | SchedulerType::ConstantWithWarmup => 1.0,
             }
@@ -166,16 +172,27 @@ mod tests {
         let args = TrainingArgs { learning_rate: 1e-3, warmup_steps: 2, ..Default::default() };
         let lrs: Vec<f64> = (0..5).map(|s| args.learning_rate_at(s, 5)).collect();
         assert_eq!(lrs, vec![0.0, 0.0005, 0.001, 0.001 * 2.0 / 3.0, 0.001 / 3.0]);
-        let cosine = TrainingArgs { lr_scheduler_type: SchedulerType::Cosine, learning_rate: 1.0, ..Default::default() };
+        let cosine =
+            TrainingArgs { lr_scheduler_type: SchedulerType::Cosine, learning_rate: 1.0, ..Default::default() };
         assert!((cosine.learning_rate_at(5, 10) - 0.5).abs() < 1e-12);
-        let warm = TrainingArgs { lr_scheduler_type: SchedulerType::ConstantWithWarmup, learning_rate: 1.0, warmup_steps: 4, ..Default::default() };
+        let warm = TrainingArgs {
+            lr_scheduler_type: SchedulerType::ConstantWithWarmup,
+            learning_rate: 1.0,
+            warmup_steps: 4,
+            ..Default::default()
+        };
         assert_eq!(warm.learning_rate_at(1, 10), 0.25);
         assert_eq!(warm.learning_rate_at(7, 10), 1.0);
     }
 
     #[test]
     fn step_counts_follow_transformers() {
-        let args = TrainingArgs { per_device_train_batch_size: 1, gradient_accumulation_steps: 4, num_train_epochs: 1.0, ..Default::default() };
+        let args = TrainingArgs {
+            per_device_train_batch_size: 1,
+            gradient_accumulation_steps: 4,
+            num_train_epochs: 1.0,
+            ..Default::default()
+        };
         assert_eq!(args.steps_per_epoch(15), 4);
         assert_eq!(args.total_steps(15), 4);
         assert_eq!(TrainingArgs { max_steps: 5, ..args }.total_steps(15), 5);

@@ -129,7 +129,8 @@ pub fn resolve_checkpoint(spec: &str, output_dir: &Path) -> Result<PathBuf> {
 pub fn resume(trainer: &mut Trainer, dir: &Path) -> Result<()> {
     let state_path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
-    let state: Value = serde_json::from_str(&text).map_err(|e| Error::file(&state_path, format!("not valid JSON: {e}")))?;
+    let state: Value =
+        serde_json::from_str(&text).map_err(|e| Error::file(&state_path, format!("not valid JSON: {e}")))?;
     let step = state["global_step"].as_u64().ok_or_else(|| Error::file(&state_path, "no global_step"))? as usize;
     let adapter = SafetensorsFile::open(&dir.join(crate::lora::adapter_file::WEIGHTS_FILE))?;
     let optimizer = SafetensorsFile::open(&dir.join(OPTIMIZER_FILE))?;
@@ -144,7 +145,8 @@ pub fn resume(trainer: &mut Trainer, dir: &Path) -> Result<()> {
         slot.write(&mut trainer.model, read(&adapter, &key)?);
         let names = optimizer.names();
         if names.contains(&format!("exp_avg.{key}")) {
-            trainer.optimizer.moments[i] = Some((read(&optimizer, &format!("exp_avg.{key}"))?, read(&optimizer, &format!("exp_avg_sq.{key}"))?));
+            trainer.optimizer.moments[i] =
+                Some((read(&optimizer, &format!("exp_avg.{key}"))?, read(&optimizer, &format!("exp_avg_sq.{key}"))?));
         }
     }
     trainer.optimizer.step = state["ember"]["adam_step"].as_u64().unwrap_or(step as u64);

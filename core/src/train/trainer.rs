@@ -45,7 +45,10 @@ pub enum Event<'a> {
     Eval(&'a EvalResult),
     /// A checkpoint is due: every `save_steps`, and when the run stops early. The caller writes
     /// it (`ember train`: [`super::checkpoint::save_checkpoint`]) or has nowhere to (the page).
-    Checkpoint { trainer: &'a Trainer, epoch: f64 },
+    Checkpoint {
+        trainer: &'a Trainer,
+        epoch: f64,
+    },
 }
 
 /// What the caller answers to an event.
@@ -100,11 +103,18 @@ impl Trainer {
         let slots = adapter_slots(&lora, &model)?;
         let indices = train.trainable_indices();
         if indices.is_empty() {
-            return Err(Error::invalid("no training example has a label token left after truncation; raise `max_length`"));
+            return Err(Error::invalid(
+                "no training example has a label token left after truncation; raise `max_length`",
+            ));
         }
         let total_steps = args.total_steps(indices.len());
         let optimizer = AdamW::new(
-            AdamWConfig { beta1: args.adam_beta1, beta2: args.adam_beta2, eps: args.adam_epsilon, weight_decay: args.weight_decay },
+            AdamWConfig {
+                beta1: args.adam_beta1,
+                beta2: args.adam_beta2,
+                eps: args.adam_epsilon,
+                weight_decay: args.weight_decay,
+            },
             slots.len(),
         );
         Ok(Trainer {
@@ -192,7 +202,8 @@ impl Trainer {
         } else {
             (scalar(Tensor::cat(squares, 0).sum(), "training").await? as f64).sqrt()
         };
-        let clip = if self.args.max_grad_norm > 0.0 { (self.args.max_grad_norm / (grad_norm + 1e-6)).min(1.0) } else { 1.0 };
+        let clip =
+            if self.args.max_grad_norm > 0.0 { (self.args.max_grad_norm / (grad_norm + 1e-6)).min(1.0) } else { 1.0 };
         let learning_rate = self.args.learning_rate_at(k, self.total_steps);
 
         self.optimizer.begin_step();
@@ -207,7 +218,16 @@ impl Trainer {
         self.global_step += 1;
         self.step_losses.push((self.global_step, loss));
         self.losses_since_log.push(loss);
-        Ok(StepReport { step: self.global_step, total_steps: self.total_steps, epoch, loss, grad_norm, learning_rate, tokens, label_tokens })
+        Ok(StepReport {
+            step: self.global_step,
+            total_steps: self.total_steps,
+            epoch,
+            loss,
+            grad_norm,
+            learning_rate,
+            tokens,
+            label_tokens,
+        })
     }
 
     /// A training log entry over the steps since the last one (loss averaged, as transformers does).
@@ -225,18 +245,37 @@ impl Trainer {
     pub async fn evaluate_async(&self, eval: &TokenizedDataset) -> Result<EvalResult> {
         let model = self.model.clone().valid_model();
         let device = self.device.clone().without_autodiff();
-        evaluate_async(&model, eval, self.args.per_device_eval_batch_size, self.pad_id, self.padding_side, &device, |_, _| {}).await
+        evaluate_async(
+            &model,
+            eval,
+            self.args.per_device_eval_batch_size,
+            self.pad_id,
+            self.padding_side,
+            &device,
+            |_, _| {},
+        )
+        .await
     }
 
     /// [`Self::run_async`] on platforms that can wait for the device.
-    pub fn run(&mut self, train: &TokenizedDataset, eval: Option<&TokenizedDataset>, sink: &mut impl Sink) -> Result<bool> {
+    pub fn run(
+        &mut self,
+        train: &TokenizedDataset,
+        eval: Option<&TokenizedDataset>,
+        sink: &mut impl Sink,
+    ) -> Result<bool> {
         blocking(self.run_async(train, eval, sink))
     }
 
     /// Runs to the last step, telling `sink` about each step, log entry, evaluation and due
     /// checkpoint. When the sink answers a step with [`Flow::Stop`], a checkpoint is requested
     /// and the run ends early (`Ok(false)`).
-    pub async fn run_async(&mut self, train: &TokenizedDataset, eval: Option<&TokenizedDataset>, sink: &mut impl Sink) -> Result<bool> {
+    pub async fn run_async(
+        &mut self,
+        train: &TokenizedDataset,
+        eval: Option<&TokenizedDataset>,
+        sink: &mut impl Sink,
+    ) -> Result<bool> {
         let start = sink.seconds();
         let first = self.global_step;
         while self.global_step < self.total_steps {
@@ -252,7 +291,8 @@ impl Trainer {
                 if (self.args.eval_steps > 0 && report.step % self.args.eval_steps == 0) || last {
                     let result = self.evaluate_async(eval).await?;
                     sink.event(Event::Eval(&result)).await?;
-                    self.log_history.push(json!({ "eval_loss": result.eval_loss, "epoch": report.epoch, "step": report.step }));
+                    self.log_history
+                        .push(json!({ "eval_loss": result.eval_loss, "epoch": report.epoch, "step": report.step }));
                 }
             }
             let stop = flow == Flow::Stop && !last;

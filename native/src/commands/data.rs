@@ -31,13 +31,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let e = dataset.get(i);
         let prompt = tokenizer.decode(&e.input_ids[..e.prompt_len], false)?;
         let response = tokenizer.decode(&e.input_ids[e.prompt_len..], false)?;
-        println!("── example {i} ({} tokens{}) ── [masked prompt] then trained response:", e.len(), if e.truncated { ", truncated" } else { "" });
+        println!(
+            "── example {i} ({} tokens{}) ── [masked prompt] then trained response:",
+            e.len(),
+            if e.truncated { ", truncated" } else { "" }
+        );
         println!("[{prompt}]{response}\n");
     }
     let s = dataset.stats();
     let p: Vec<String> = s.length_percentiles.iter().map(|(p, l)| format!("p{p} {l}")).collect();
     println!("examples:            {}", with_commas(s.examples as u64));
-    println!("tokens:              {} ({} label tokens)", with_commas(s.tokens as u64), with_commas(s.label_tokens as u64));
+    println!(
+        "tokens:              {} ({} label tokens)",
+        with_commas(s.tokens as u64),
+        with_commas(s.label_tokens as u64)
+    );
     println!("lengths:             {}", p.join(", "));
     println!("truncated at {}:    {}", args.data.max_length, with_commas(s.truncated as u64));
     println!("without label token: {} (skipped in training)", with_commas(s.without_labels as u64));

@@ -33,7 +33,8 @@ impl DataArgs {
         let template = Template::parse(&self.template).map_err(anyhow::Error::msg)?;
         let columns = Columns::parse(&self.columns)?;
         anyhow::ensure!(self.max_length >= 2, "--max-length must be at least 2");
-        let dataset = load_or_build(&self.data, &self.split, &columns, tokenizer, &template, self.max_length, &cache_dir())?;
+        let dataset =
+            load_or_build(&self.data, &self.split, &columns, tokenizer, &template, self.max_length, &cache_dir())?;
         if let Some(notice) = &dataset.notice {
             eprintln!("note: {notice}");
         }

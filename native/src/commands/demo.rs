@@ -29,7 +29,11 @@ fn unpack() -> anyhow::Result<PathBuf> {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     FILES.hash(&mut h);
-    let dir = super::data_args::cache_dir().parent().map(PathBuf::from).unwrap_or_default().join(format!("demo-{:016x}", h.finish()));
+    let dir = super::data_args::cache_dir()
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_default()
+        .join(format!("demo-{:016x}", h.finish()));
     for (name, bytes) in FILES {
         let path = dir.join(name);
         if !path.is_file() {
@@ -55,7 +59,13 @@ pub fn settings(flags: &Args) -> anyhow::Result<(Settings, Option<String>)> {
 }
 
 /// Prints the model's greedy answer to `question` (in the recipe's template).
-pub fn show_answer(label: &str, model: &BloomForCausalLM, tokenizer: &Tokenizer, question: &str, device: &Device) -> anyhow::Result<()> {
+pub fn show_answer(
+    label: &str,
+    model: &BloomForCausalLM,
+    tokenizer: &Tokenizer,
+    question: &str,
+    device: &Device,
+) -> anyhow::Result<()> {
     let model = model.clone().valid_model();
     let prompt = tokenizer.encode(&human_assistant(question))?;
     let config = GenerationConfig {

@@ -30,11 +30,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let loaded = load(&args.model, args.adapter.as_deref(), &args.placement, false)?;
     let dataset = args.data.load(&loaded.tokenizer)?;
     let pad = loaded.dir.config.pad_token_id.unwrap_or(0);
-    let result = evaluate(&loaded.model, &dataset, args.batch_size, pad, loaded.tokenizer.padding_side, &loaded.device, |done, total| {
-        eprint!("\revaluating {done}/{total}");
-    })?;
+    let result = evaluate(
+        &loaded.model,
+        &dataset,
+        args.batch_size,
+        pad,
+        loaded.tokenizer.padding_side,
+        &loaded.device,
+        |done, total| {
+            eprint!("\revaluating {done}/{total}");
+        },
+    )?;
     eprintln!();
-    println!("eval_loss  {:.6}\nperplexity {:.4}\nlabel tokens {}\nexamples   {}", result.eval_loss, result.perplexity, result.num_tokens, result.num_examples);
+    println!(
+        "eval_loss  {:.6}\nperplexity {:.4}\nlabel tokens {}\nexamples   {}",
+        result.eval_loss, result.perplexity, result.num_tokens, result.num_examples
+    );
     if args.json {
         println!(
             "{}",

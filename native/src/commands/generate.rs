@@ -87,7 +87,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let generation = GenerationConfig {
         max_new_tokens: args.max_new_tokens.or(if args.max_length.is_none() { Some(128) } else { None }),
         max_length: args.max_length,
-        sampling: (!args.greedy).then_some(Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed }),
+        sampling: (!args.greedy).then_some(Sampling {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            seed: args.seed,
+        }),
         repetition_penalty: args.repetition_penalty,
         eos_token_id: tokenizer.eos_id(config),
         pad_token_id: tokenizer.pad_id(config),
@@ -95,7 +100,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     if generation.stops_at_context(prompt_ids.len()) && !args.json {
         let (limit, from_config) = config.context_limit();
-        let whose = if from_config { "its config.json's seq_length" } else { "BLOOM's training length; config.json names no limit" };
+        let whose = if from_config {
+            "its config.json's seq_length"
+        } else {
+            "BLOOM's training length; config.json names no limit"
+        };
         eprintln!("note: generation stops at {limit} tokens in all, the model's context ({whose})");
     }
 

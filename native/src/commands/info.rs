@@ -29,8 +29,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let c = &dir.config;
     let weights = WEIGHT_FILES.iter().find(|f| args.model.join(f).is_file()).copied().unwrap_or("(none found)");
     println!("model:      {}", args.model.display());
-    println!("type:       BloomForCausalLM ({} layers, {} heads of {}, hidden {}, vocab {})", c.n_layer, c.n_head, c.head_dim(), c.hidden_size, c.vocab_size);
-    println!("layer norm: eps {}, residual from {}", c.layer_norm_epsilon, if c.apply_residual_connection_post_layernorm { "after layer norm" } else { "before layer norm" });
+    println!(
+        "type:       BloomForCausalLM ({} layers, {} heads of {}, hidden {}, vocab {})",
+        c.n_layer,
+        c.n_head,
+        c.head_dim(),
+        c.hidden_size,
+        c.vocab_size
+    );
+    println!(
+        "layer norm: eps {}, residual from {}",
+        c.layer_norm_epsilon,
+        if c.apply_residual_connection_post_layernorm { "after layer norm" } else { "before layer norm" }
+    );
     println!("weights:    {weights}{}", c.torch_dtype.as_deref().map(|d| format!(" ({d})")).unwrap_or_default());
     println!("parameters: {}", thousands(ModelShape::of_config(c).base_params()));
 

@@ -52,5 +52,9 @@ impl LoraArgs {
 /// infinity or NaN, and no setting means one).
 pub fn finite(text: &str) -> Result<f64, String> {
     let value: f64 = text.parse().map_err(|e| format!("{e}"))?;
-    if value.is_finite() { Ok(value) } else { Err("must be a finite number".into()) }
+    if value.is_finite() {
+        Ok(value)
+    } else {
+        Err("must be a finite number".into())
+    }
 }

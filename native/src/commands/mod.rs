@@ -50,4 +50,3 @@ pub fn load(model: &Path, adapter: Option<&Path>, placement: &Placement, quiet: 
     }
     Ok(Loaded { dir, model, tokenizer, device: selected.device })
 }
-

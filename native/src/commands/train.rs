@@ -13,8 +13,8 @@ use ember_core::checkpoint::ModelDir;
 use ember_core::data::dataset::{check_not_empty, load_or_build};
 use ember_core::data::TokenizedDataset;
 use ember_core::lora::adapter_file::{load_adapter, read_adapter_config};
-use ember_core::lora::inject::lora_report;
 use ember_core::lora::apply_lora;
+use ember_core::lora::inject::lora_report;
 use ember_core::model::ModelShape;
 use ember_core::tokenizer::Tokenizer;
 use ember_core::train::checkpoint::{resolve_checkpoint, resume, save_checkpoint, save_final};
@@ -51,7 +51,8 @@ fn preflight(settings: &Settings, trainable: u64) -> anyhow::Result<()> {
 
 fn dataset(settings: &Settings, path: &Path, tokenizer: &Tokenizer) -> anyhow::Result<TokenizedDataset> {
     let (template, columns) = (settings.template()?, settings.columns()?);
-    let dataset = load_or_build(path, &settings.split, &columns, tokenizer, &template, settings.max_length, &cache_dir())?;
+    let dataset =
+        load_or_build(path, &settings.split, &columns, tokenizer, &template, settings.max_length, &cache_dir())?;
     if let Some(notice) = &dataset.notice {
         eprintln!("note: {notice}");
     }
@@ -60,7 +61,8 @@ fn dataset(settings: &Settings, path: &Path, tokenizer: &Tokenizer) -> anyhow::R
 }
 
 pub fn train(settings: Settings, demo_question: Option<&str>) -> anyhow::Result<()> {
-    let model_path = settings.model.clone().context("--model is required (or run `ember train` with no arguments for the demo)")?;
+    let model_path =
+        settings.model.clone().context("--model is required (or run `ember train` with no arguments for the demo)")?;
     let data_path = settings.data.clone().context("--data is required")?;
     settings.training.validate()?;
     let dir = ModelDir::open(&model_path)?;
@@ -72,7 +74,12 @@ pub fn train(settings: Settings, demo_question: Option<&str>) -> anyhow::Result<
     let planned = lora_report(&lora, ModelShape::of_config(&dir.config)).context("the LoRA settings")?;
     preflight(&settings, planned.trainable_params)?;
     let device_args = DeviceArgs { device: settings.device, backend: settings.backend };
-    let placement = Placement { device: device_args, dtype: settings.dtype, kernels: settings.kernels, allow_nonfinite: settings.allow_nonfinite };
+    let placement = Placement {
+        device: device_args,
+        dtype: settings.dtype,
+        kernels: settings.kernels,
+        allow_nonfinite: settings.allow_nonfinite,
+    };
     let selected = placement.select()?;
     eprintln!("device: {}", selected.description);
 
@@ -104,7 +111,8 @@ pub fn train(settings: Settings, demo_question: Option<&str>) -> anyhow::Result<
     }
 
     let pad = tokenizer.pad_id(&dir.config);
-    let mut trainer = Trainer::new(model, lora, settings.training.clone(), &train_data, pad, tokenizer.padding_side, &device)?;
+    let mut trainer =
+        Trainer::new(model, lora, settings.training.clone(), &train_data, pad, tokenizer.padding_side, &device)?;
     if let Some(spec) = &settings.resume_from_checkpoint {
         let checkpoint = resolve_checkpoint(spec, Path::new(&settings.training.output_dir))?;
         resume(&mut trainer, &checkpoint)?;
@@ -138,7 +146,10 @@ pub fn train(settings: Settings, demo_question: Option<&str>) -> anyhow::Result<
         terminal.tokens as f64 / seconds
     );
     match terminal.peak_pool_mb {
-        Some(gpu) => println!("peak memory: {gpu:.0} MiB on the device (allocator reserve), {:.0} MiB process RSS", peak_rss_mb()),
+        Some(gpu) => println!(
+            "peak memory: {gpu:.0} MiB on the device (allocator reserve), {:.0} MiB process RSS",
+            peak_rss_mb()
+        ),
         None => println!("peak memory: {:.0} MiB (process RSS)", peak_rss_mb()),
     }
     println!("{}", report.trainable_line());
@@ -172,15 +183,29 @@ impl Terminal {
         }
         let bar = ProgressBar::new(trainer.total_steps as u64).with_position(trainer.global_step as u64);
         bar.set_style(
-            ProgressStyle::with_template("{bar:30.cyan/blue} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}")
-                .expect("valid template"),
+            ProgressStyle::with_template(
+                "{bar:30.cyan/blue} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .expect("valid template"),
         );
-        Terminal { bar, start: Instant::now(), stop, device: device.clone(), tokens: 0, last_epoch: 0.0, peak_pool_mb: None }
+        Terminal {
+            bar,
+            start: Instant::now(),
+            stop,
+            device: device.clone(),
+            tokens: 0,
+            last_epoch: 0.0,
+            peak_pool_mb: None,
+        }
     }
 
     /// indicatif draws nothing when stderr is not a terminal; log lines must still appear.
     fn say(&self, line: String) {
-        if self.bar.is_hidden() { println!("{line}") } else { self.bar.println(line) }
+        if self.bar.is_hidden() {
+            println!("{line}")
+        } else {
+            self.bar.println(line)
+        }
     }
 }
 
@@ -194,14 +219,20 @@ impl Sink for Terminal {
                     self.peak_pool_mb = Some(self.peak_pool_mb.map_or(mb, |p| p.max(mb)));
                 }
                 let rate = self.tokens as f64 / self.start.elapsed().as_secs_f64();
-                self.bar.set_message(format!("epoch {:.2} loss {:.4} lr {:.2e} {:.0} tok/s", r.epoch, r.loss, r.learning_rate, rate));
+                self.bar.set_message(format!(
+                    "epoch {:.2} loss {:.4} lr {:.2e} {:.0} tok/s",
+                    r.epoch, r.loss, r.learning_rate, rate
+                ));
                 self.bar.set_position(r.step as u64);
                 if self.stop.load(Ordering::SeqCst) {
                     return Ok(Flow::Stop);
                 }
             }
             Event::Log(entry) => self.say(format!("{entry}")),
-            Event::Eval(e) => self.say(format!("eval: loss {:.4}, perplexity {:.2} ({} tokens)", e.eval_loss, e.perplexity, e.num_tokens)),
+            Event::Eval(e) => self.say(format!(
+                "eval: loss {:.4}, perplexity {:.2} ({} tokens)",
+                e.eval_loss, e.perplexity, e.num_tokens
+            )),
             Event::Checkpoint { trainer, epoch } => {
                 let path = save_checkpoint(trainer, epoch)?;
                 self.say(format!("checkpoint: {}", path.display()));

@@ -198,14 +198,19 @@ impl Settings {
             let value: Value = if path.extension().is_some_and(|e| e == "json") {
                 serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?
             } else {
-                let table: toml::Table = toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
+                let table: toml::Table =
+                    toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
                 serde_json::to_value(table)?
             };
             let known = serde_json::to_value(Settings::default())?;
             for (key, v) in value.as_object().context("the config file must hold a table of settings")? {
                 anyhow::ensure!(known.get(key).is_some(), "{}: unknown setting \"{key}\"", path.display());
                 // JSON has no infinity or NaN: TOML's `inf` and `nan` arrive as null.
-                anyhow::ensure!(!v.is_null() || known[key].is_null(), "{}: {key} must be a finite number", path.display());
+                anyhow::ensure!(
+                    !v.is_null() || known[key].is_null(),
+                    "{}: {key} must be a finite number",
+                    path.display()
+                );
                 merged[key] = v.clone();
             }
         }
@@ -224,9 +229,10 @@ impl Settings {
     pub fn lora(&self) -> anyhow::Result<LoraSettings> {
         let target_modules = match (&self.target_modules_regex, &self.target_modules) {
             (Some(re), _) => Some(TargetModules::Regex(re.clone())),
-            (None, Some(value)) => {
-                Some(serde_json::from_value(value.clone()).context("target_modules must be a list of names or a regex string")?)
-            }
+            (None, Some(value)) => Some(
+                serde_json::from_value(value.clone())
+                    .context("target_modules must be a list of names or a regex string")?,
+            ),
             (None, None) => None,
         };
         Ok(LoraSettings {

@@ -42,7 +42,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let root = args.dir.canonicalize().with_context(|| format!("{}: cannot resolve", args.dir.display()))?;
-    let listener = TcpListener::bind(("127.0.0.1", args.port)).with_context(|| format!("cannot listen on 127.0.0.1:{}", args.port))?;
+    let listener = TcpListener::bind(("127.0.0.1", args.port))
+        .with_context(|| format!("cannot listen on 127.0.0.1:{}", args.port))?;
     let address = listener.local_addr()?;
     println!("Ember's page: http://{address}/ (serving {}; Ctrl-C stops)", args.dir.display());
     let timeout = Duration::from_secs(args.timeout.max(1));
@@ -51,7 +52,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             active.fetch_sub(1, Ordering::SeqCst);
             let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
-            let _ = respond(&mut stream, "503 Service Unavailable", "text/plain; charset=utf-8", Body::Bytes(b"busy, try again\n"), false);
+            let _ = respond(
+                &mut stream,
+                "503 Service Unavailable",
+                "text/plain; charset=utf-8",
+                Body::Bytes(b"busy, try again\n"),
+                false,
+            );
             continue;
         }
         let (root, active) = (root.clone(), active.clone());
@@ -88,7 +95,13 @@ fn serve(mut stream: TcpStream, root: &Path, timeout: Duration) -> std::io::Resu
             Head::Request(r) => r,
             Head::Closed => return Ok(()),
             Head::TooLarge => {
-                return respond(&mut stream, "431 Request Header Fields Too Large", "text/plain; charset=utf-8", Body::Bytes(b"request head too large\n"), false);
+                return respond(
+                    &mut stream,
+                    "431 Request Header Fields Too Large",
+                    "text/plain; charset=utf-8",
+                    Body::Bytes(b"request head too large\n"),
+                    false,
+                );
             }
         };
         let head_only = request.method == "HEAD";
@@ -98,8 +111,20 @@ fn serve(mut stream: TcpStream, root: &Path, timeout: Duration) -> std::io::Resu
                 let len = file.metadata()?.len();
                 respond(&mut stream, "200 OK", mime_type(&path), Body::File(file, len), head_only)?;
             }
-            ("GET" | "HEAD", None) => respond(&mut stream, "404 Not Found", "text/plain; charset=utf-8", Body::Bytes(b"not found\n"), head_only)?,
-            _ => respond(&mut stream, "405 Method Not Allowed", "text/plain; charset=utf-8", Body::Bytes(b"only GET\n"), false)?,
+            ("GET" | "HEAD", None) => respond(
+                &mut stream,
+                "404 Not Found",
+                "text/plain; charset=utf-8",
+                Body::Bytes(b"not found\n"),
+                head_only,
+            )?,
+            _ => respond(
+                &mut stream,
+                "405 Method Not Allowed",
+                "text/plain; charset=utf-8",
+                Body::Bytes(b"only GET\n"),
+                false,
+            )?,
         }
         if !request.keep_alive {
             return Ok(());

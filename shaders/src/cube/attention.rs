@@ -88,7 +88,8 @@ fn forward_kernel(
         if at.valid {
             for jj in 0..tile_len(lk - t0, tile) {
                 let j = t0 + jj;
-                let s = biased_score(&qr, &ks, jj * dim, dim, scale, bias[at.alibi_at + j], bias[at.mask_at + i * lk + j]);
+                let s =
+                    biased_score(&qr, &ks, jj * dim, dim, scale, bias[at.alibi_at + j], bias[at.mask_at + i * lk + j]);
                 // One of `c`, `p` is exp(0) = 1: no branch, the same sums as one.
                 let grown = f32::max(m, s);
                 let c = f32::exp(m - grown);
@@ -158,7 +159,8 @@ fn query_grads_kernel(
         if at.valid {
             for jj in 0..tile_len(lk - t0, tile) {
                 let j = t0 + jj;
-                let s = biased_score(&qr, &ks, jj * dim, dim, scale, bias[at.alibi_at + j], bias[at.mask_at + i * lk + j]);
+                let s =
+                    biased_score(&qr, &ks, jj * dim, dim, scale, bias[at.alibi_at + j], bias[at.mask_at + i * lk + j]);
                 let p = f32::exp(s - m) / l;
                 let ds = p * (score(&gr, &vs, jj * dim, dim, 1.0) - delta);
                 #[unroll]
@@ -276,7 +278,15 @@ fn tile_len(left: usize, #[comptime] tile: usize) -> usize {
 /// A score as the plain path computes it, `(q·k)·scale + alibi + mask`, in that order: the
 /// three kernels must recompute the same bits.
 #[cube]
-fn biased_score(own: &Array<f32>, tile: &Shared<[f32]>, at: usize, #[comptime] dim: usize, scale: f32, alibi: f32, mask: f32) -> f32 {
+fn biased_score(
+    own: &Array<f32>,
+    tile: &Shared<[f32]>,
+    at: usize,
+    #[comptime] dim: usize,
+    scale: f32,
+    alibi: f32,
+    mask: f32,
+) -> f32 {
     score(own, tile, at, dim, scale) + alibi + mask
 }
 
@@ -294,7 +304,14 @@ fn score(own: &Array<f32>, tile: &Shared<[f32]>, at: usize, #[comptime] dim: usi
 /// Copies rows `first..first + min(left, rows)` of a `[·, width]` tensor into `tile`, the
 /// cube's units taking every `ROWS`-th float.
 #[cube]
-fn load_tile(src: &[f32], tile: &mut Shared<[f32]>, first: usize, left: usize, #[comptime] width: usize, #[comptime] rows: usize) {
+fn load_tile(
+    src: &[f32],
+    tile: &mut Shared<[f32]>,
+    first: usize,
+    left: usize,
+    #[comptime] width: usize,
+    #[comptime] rows: usize,
+) {
     let mut idx = UNIT_POS as usize;
     while idx < rows * width {
         if idx / width < left {
@@ -310,7 +327,13 @@ fn tile_rows(dim: usize) -> usize {
 }
 
 /// `[b, h, lq, lk, d]`, if the kernels cover these inputs.
-fn covered(q: &CubeTensor, k: &CubeTensor, v: &CubeTensor, alibi: &CubeTensor, mask: &CubeTensor) -> Option<[usize; 5]> {
+fn covered(
+    q: &CubeTensor,
+    k: &CubeTensor,
+    v: &CubeTensor,
+    alibi: &CubeTensor,
+    mask: &CubeTensor,
+) -> Option<[usize; 5]> {
     if !all_f32(&[q, k, v, alibi, mask]) {
         return None;
     }
@@ -352,7 +375,13 @@ fn cubes(rows: usize, bh: usize) -> CubeCount {
     CubeCount::Static(rows.div_ceil(ROWS) as u32, bh as u32, 1)
 }
 
-pub fn forward(q: FloatTensor<Cube>, k: FloatTensor<Cube>, v: FloatTensor<Cube>, alibi: FloatTensor<Cube>, mask: FloatTensor<Cube>) -> (CubeTensor, CubeTensor) {
+pub fn forward(
+    q: FloatTensor<Cube>,
+    k: FloatTensor<Cube>,
+    v: FloatTensor<Cube>,
+    alibi: FloatTensor<Cube>,
+    mask: FloatTensor<Cube>,
+) -> (CubeTensor, CubeTensor) {
     let Some([b, h, lq, lk, d]) = covered(&q, &k, &v, &alibi, &mask) else {
         return composed::attention_forward::<Cube>(q, k, v, alibi, mask);
     };
@@ -396,7 +425,8 @@ pub fn backward(
     stats: FloatTensor<Cube>,
     grad: FloatTensor<Cube>,
 ) -> (CubeTensor, CubeTensor, CubeTensor) {
-    let fits = covered(&q, &k, &v, &alibi, &mask).filter(|_| all_f32(&[&out, &stats, &grad]) && grad.shape() == q.shape());
+    let fits =
+        covered(&q, &k, &v, &alibi, &mask).filter(|_| all_f32(&[&out, &stats, &grad]) && grad.shape() == q.shape());
     let Some([b, h, lq, lk, d]) = fits else {
         return composed::attention_backward::<Cube>(q, k, v, alibi, mask, out, stats, grad);
     };

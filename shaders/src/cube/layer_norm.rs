@@ -30,7 +30,15 @@ fn cube_sum(value: f32, scratch: &mut Shared<[f32]>, #[comptime] units: u32) -> 
 
 /// A row's mean and `√(var + eps)`, as the plain path computes them (two passes).
 #[cube]
-fn row_statistics(x: &[f32], base: usize, cols: usize, inv_cols: f32, eps: f32, scratch: &mut Shared<[f32]>, #[comptime] units: u32) -> (f32, f32) {
+fn row_statistics(
+    x: &[f32],
+    base: usize,
+    cols: usize,
+    inv_cols: f32,
+    eps: f32,
+    scratch: &mut Shared<[f32]>,
+    #[comptime] units: u32,
+) -> (f32, f32) {
     let unit = UNIT_POS as usize;
     let mut s = 0.0f32.runtime();
     let mut j = unit;
@@ -52,7 +60,17 @@ fn row_statistics(x: &[f32], base: usize, cols: usize, inv_cols: f32, eps: f32, 
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn layer_norm_kernel(x: &[f32], gamma: &[f32], beta: &[f32], out: &mut [f32], rows: usize, cols: usize, inv_cols: f32, eps: f32, #[comptime] units: u32) {
+fn layer_norm_kernel(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    out: &mut [f32],
+    rows: usize,
+    cols: usize,
+    inv_cols: f32,
+    eps: f32,
+    #[comptime] units: u32,
+) {
     let mut scratch = Shared::<[f32]>::new_slice(units as usize);
     let unit = UNIT_POS as usize;
     let mut row = CUBE_POS;
@@ -70,7 +88,17 @@ fn layer_norm_kernel(x: &[f32], gamma: &[f32], beta: &[f32], out: &mut [f32], ro
 
 #[cube(launch_unchecked)]
 #[allow(clippy::too_many_arguments)]
-fn layer_norm_backward_kernel(x: &[f32], gamma: &[f32], grad: &[f32], dx: &mut [f32], rows: usize, cols: usize, inv_cols: f32, eps: f32, #[comptime] units: u32) {
+fn layer_norm_backward_kernel(
+    x: &[f32],
+    gamma: &[f32],
+    grad: &[f32],
+    dx: &mut [f32],
+    rows: usize,
+    cols: usize,
+    inv_cols: f32,
+    eps: f32,
+    #[comptime] units: u32,
+) {
     let mut scratch = Shared::<[f32]>::new_slice(units as usize);
     let unit = UNIT_POS as usize;
     let mut row = CUBE_POS;
@@ -99,10 +127,16 @@ fn layer_norm_backward_kernel(x: &[f32], gamma: &[f32], grad: &[f32], dx: &mut [
 }
 
 /// `[rows, cols]` of `x` if the kernels cover it (f32, 2-D, `γ` and the third input as wide).
-fn covered(x: &FloatTensor<Cube>, gamma: &FloatTensor<Cube>, other: &FloatTensor<Cube>, other_is_row: bool) -> Option<[usize; 2]> {
+fn covered(
+    x: &FloatTensor<Cube>,
+    gamma: &FloatTensor<Cube>,
+    other: &FloatTensor<Cube>,
+    other_is_row: bool,
+) -> Option<[usize; 2]> {
     let (xs, gs) = (x.shape(), gamma.shape());
     let other_fits = if other_is_row { other.shape() == gs } else { other.shape() == xs };
-    (all_f32(&[x, gamma, other]) && xs.num_dims() == 2 && gs.num_dims() == 1 && xs[1] == gs[0] && other_fits).then(|| [xs[0], xs[1]])
+    (all_f32(&[x, gamma, other]) && xs.num_dims() == 2 && gs.num_dims() == 1 && xs[1] == gs[0] && other_fits)
+        .then(|| [xs[0], xs[1]])
 }
 
 fn launch_geometry(rows: usize) -> (CubeCount, CubeDim) {
@@ -136,7 +170,12 @@ pub fn forward(x: FloatTensor<Cube>, gamma: FloatTensor<Cube>, beta: FloatTensor
     out
 }
 
-pub fn backward(x: FloatTensor<Cube>, gamma: FloatTensor<Cube>, grad: FloatTensor<Cube>, eps: f64) -> FloatTensor<Cube> {
+pub fn backward(
+    x: FloatTensor<Cube>,
+    gamma: FloatTensor<Cube>,
+    grad: FloatTensor<Cube>,
+    eps: f64,
+) -> FloatTensor<Cube> {
     let Some([rows, cols]) = covered(&x, &gamma, &grad, false) else {
         return composed::layer_norm_backward::<Cube>(x, gamma, grad, eps);
     };

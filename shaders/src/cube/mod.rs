@@ -9,8 +9,8 @@ use burn::backend::{Cube, DType, TensorMetadata};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
-use cubecl::prelude::*;
 use cubecl::calculate_cube_count_elemwise;
+use cubecl::prelude::*;
 
 mod attention;
 mod layer_norm;
@@ -126,7 +126,15 @@ impl FusedOps for Cube {
         let out = empty_like(&x, x.shape());
         let (count, dim) = elementwise(&x);
         // SAFETY: both buffers hold `out.len()` f32 and every access is bounds-checked.
-        unsafe { gelu_kernel::launch_unchecked(&x.client.clone(), count, dim, x.into_buffer_arg(), out.clone().into_buffer_arg()) };
+        unsafe {
+            gelu_kernel::launch_unchecked(
+                &x.client.clone(),
+                count,
+                dim,
+                x.into_buffer_arg(),
+                out.clone().into_buffer_arg(),
+            )
+        };
         out
     }
 
@@ -139,7 +147,14 @@ impl FusedOps for Cube {
         let (count, dim) = elementwise(&x);
         // SAFETY: as in `gelu`; `grad` has `x`'s shape.
         unsafe {
-            gelu_backward_kernel::launch_unchecked(&x.client.clone(), count, dim, x.into_buffer_arg(), grad.into_buffer_arg(), out.clone().into_buffer_arg())
+            gelu_backward_kernel::launch_unchecked(
+                &x.client.clone(),
+                count,
+                dim,
+                x.into_buffer_arg(),
+                grad.into_buffer_arg(),
+                out.clone().into_buffer_arg(),
+            )
         };
         out
     }
@@ -194,11 +209,21 @@ impl FusedOps for Cube {
         out
     }
 
-    fn row_layer_norm(x: FloatTensor<Self>, gamma: FloatTensor<Self>, beta: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+    fn row_layer_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
         layer_norm::forward(x, gamma, beta, eps)
     }
 
-    fn row_layer_norm_backward(x: FloatTensor<Self>, gamma: FloatTensor<Self>, grad: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+    fn row_layer_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        eps: f64,
+    ) -> FloatTensor<Self> {
         layer_norm::backward(x, gamma, grad, eps)
     }
 

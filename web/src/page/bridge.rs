@@ -28,11 +28,12 @@ pub fn spawn(state: State) {
     let generation = GENERATION.with(|g| g.get() + 1);
     GENERATION.set(generation);
     let current = move || GENERATION.get() == generation;
-    let on_message = Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| match unpack::<Reply>(&event.data()) {
-        Ok((reply, files)) if current() => apply(state, reply, files),
-        Ok(_) => {}
-        Err(message) => state.fail(message),
-    });
+    let on_message =
+        Closure::<dyn FnMut(MessageEvent)>::new(move |event: MessageEvent| match unpack::<Reply>(&event.data()) {
+            Ok((reply, files)) if current() => apply(state, reply, files),
+            Ok(_) => {}
+            Err(message) => state.fail(message),
+        });
     worker.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
     on_message.forget();
     // A panic first posts its message (Reply::Failed), then surfaces here as "unreachable":
@@ -110,12 +111,16 @@ fn apply(state: State, reply: Reply, files: Attached) {
         Reply::Token { side, text } => output(state, side).update(|o| o.push_str(&text)),
         Reply::Generated { side, tokens, tokens_per_s, first_token_ms } => {
             let stats = if side == Side::Base { state.stats_base } else { state.stats_adapter };
-            stats.set(format!("{tokens} tokens · {tokens_per_s:.1} tokens/s · first token after {first_token_ms:.0} ms"));
+            stats.set(format!(
+                "{tokens} tokens · {tokens_per_s:.1} tokens/s · first token after {first_token_ms:.0} ms"
+            ));
         }
         Reply::Step { step, total, loss, learning_rate, steps_per_s } => {
             state.losses.update(|l| l.push((step, loss)));
             state.progress.set(Some((format!("training: step {step} of {total}"), step as f64, total as f64)));
-            state.train_status.set(format!("step {step}/{total} · loss {loss:.4} · lr {learning_rate:.2e} · {steps_per_s:.2} steps/s"));
+            state.train_status.set(format!(
+                "step {step}/{total} · loss {loss:.4} · lr {learning_rate:.2e} · {steps_per_s:.2} steps/s"
+            ));
         }
         Reply::Trained { steps, stopped } => {
             let how = if stopped { "stopped" } else { "done" };
@@ -137,7 +142,11 @@ fn apply(state: State, reply: Reply, files: Attached) {
 }
 
 pub fn output(state: State, side: Side) -> RwSignal<String> {
-    if side == Side::Base { state.output_base } else { state.output_adapter }
+    if side == Side::Base {
+        state.output_base
+    } else {
+        state.output_adapter
+    }
 }
 
 /// The page's adapter (trained, loaded, or kept from the last session) goes into a freshly loaded

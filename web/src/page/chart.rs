@@ -28,7 +28,10 @@ pub fn polyline_points(losses: &[(usize, f64)]) -> String {
 #[component]
 pub fn LossChart(losses: RwSignal<Vec<(usize, f64)>>) -> impl IntoView {
     let bound = move |pick_high: bool| {
-        losses.with(|l| l.iter().map(|&(_, x)| x).reduce(if pick_high { f64::max } else { f64::min })).map(|x| format!("{x:.3}")).unwrap_or_default()
+        losses
+            .with(|l| l.iter().map(|&(_, x)| x).reduce(if pick_high { f64::max } else { f64::min }))
+            .map(|x| format!("{x:.3}"))
+            .unwrap_or_default()
     };
     view! {
         <svg id="loss-chart" class="chart" viewBox=format!("0 0 {WIDTH} {HEIGHT}") data-points=move || losses.with(Vec::len).to_string()>

@@ -53,7 +53,9 @@ fn save(state: State, name: &str, bytes: &[u8], mime: &str) {
         link.click();
         // The download has started from the URL; the blob can go once the click is handled.
         let revoke = wasm_bindgen::closure::Closure::once_into_js(move || Url::revoke_object_url(&url));
-        web_sys::window().ok_or("no window")?.set_timeout_with_callback_and_timeout_and_arguments_0(revoke.unchecked_ref(), 10_000)?;
+        web_sys::window()
+            .ok_or("no window")?
+            .set_timeout_with_callback_and_timeout_and_arguments_0(revoke.unchecked_ref(), 10_000)?;
         Ok::<_, wasm_bindgen::JsValue>(())
     })();
     if let Err(e) = result {

@@ -37,8 +37,15 @@ pub fn FineTunePanel(state: State) -> impl IntoView {
     let use_demo = move |_| {
         state.examples.set(DEMO_EXAMPLES.to_string());
         storage::save_examples(DEMO_EXAMPLES);
-        for (signal, key) in [(r, "lora_r"), (alpha, "lora_alpha"), (targets, "target_modules"), (saved, "modules_to_save"),
-            (lr, "learning_rate"), (batch, "per_device_train_batch_size"), (max_length, "max_length")] {
+        for (signal, key) in [
+            (r, "lora_r"),
+            (alpha, "lora_alpha"),
+            (targets, "target_modules"),
+            (saved, "modules_to_save"),
+            (lr, "learning_rate"),
+            (batch, "per_device_train_batch_size"),
+            (max_length, "max_length"),
+        ] {
             signal.set(recipe(key));
         }
         let examples = DEMO_EXAMPLES.lines().filter(|l| !l.trim().is_empty()).count();
@@ -49,7 +56,9 @@ pub fn FineTunePanel(state: State) -> impl IntoView {
     let validation = Memo::new(move |_| {
         let text = state.examples.get();
         if text.trim().is_empty() {
-            return Err("Paste examples as JSON lines or a JSON array, upload a file, or use the demo examples.".to_string());
+            return Err(
+                "Paste examples as JSON lines or a JSON array, upload a file, or use the demo examples.".to_string()
+            );
         }
         crate::examples::parse(&text).map(|e| e.len()).map_err(|e| e.to_string())
     });
@@ -76,7 +85,14 @@ pub fn FineTunePanel(state: State) -> impl IntoView {
         Err(message) => state.fail(message),
     };
     let upload = move |ev: leptos::ev::Event| {
-        let Some(file) = ev.target().and_then(|t| t.dyn_into::<HtmlInputElement>().ok()).and_then(|i| i.files()).and_then(|f| f.get(0)) else { return };
+        let Some(file) = ev
+            .target()
+            .and_then(|t| t.dyn_into::<HtmlInputElement>().ok())
+            .and_then(|i| i.files())
+            .and_then(|f| f.get(0))
+        else {
+            return;
+        };
         spawn_local(async move {
             match JsFuture::from(file.text()).await.map(|t| t.as_string().unwrap_or_default()) {
                 Ok(text) => {

@@ -15,7 +15,8 @@ pub fn LoadPanel(state: State) -> impl IntoView {
     let url = RwSignal::new(String::new());
     let dragging = RwSignal::new(false);
     let model_files = move |list: Option<FileList>| read_and_send(state, list, |_| Request::LoadModelFiles);
-    let adapter_files = move |list: Option<FileList>| read_and_send(state, list, |origin| Request::LoadAdapter { origin });
+    let adapter_files =
+        move |list: Option<FileList>| read_and_send(state, list, |origin| Request::LoadAdapter { origin });
     view! {
         <section class="panel load">
             <h2>"1 · Load a model"</h2>
@@ -98,8 +99,16 @@ fn read_and_send(state: State, list: Option<FileList>, make: impl FnOnce(String)
         return;
     }
     // A picked folder's files carry it in their relative path: name the adapter after it.
-    let relative = js_sys::Reflect::get(&files[0], &"webkitRelativePath".into()).ok().and_then(|v| v.as_string()).unwrap_or_default();
-    let origin = relative.split('/').next().filter(|s| !s.is_empty() && relative.contains('/')).unwrap_or("uploaded adapter").to_string();
+    let relative = js_sys::Reflect::get(&files[0], &"webkitRelativePath".into())
+        .ok()
+        .and_then(|v| v.as_string())
+        .unwrap_or_default();
+    let origin = relative
+        .split('/')
+        .next()
+        .filter(|s| !s.is_empty() && relative.contains('/'))
+        .unwrap_or("uploaded adapter")
+        .to_string();
     let total: f64 = files.iter().map(|f| f.size()).sum();
     state.progress.set(Some((format!("reading {} files", files.len()), 0.0, total)));
     spawn_local(async move {

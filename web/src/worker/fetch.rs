@@ -22,12 +22,22 @@ pub async fn model_files(url: &str) -> Result<ModelFiles> {
     let folder = if url.ends_with('/') { url.to_string() } else { format!("{url}/") };
     let cache = open_cache().await;
     let mut files = HashMap::new();
-    for (name, required) in [("config.json", true), ("tokenizer.json", true), ("tokenizer_config.json", false), ("special_tokens_map.json", false)] {
+    for (name, required) in [
+        ("config.json", true),
+        ("tokenizer.json", true),
+        ("tokenizer_config.json", false),
+        ("special_tokens_map.json", false),
+    ] {
         match fetch_cached(cache.as_ref(), &format!("{folder}{name}")).await? {
             Some(bytes) => {
                 files.insert(name.to_string(), Arc::new(bytes));
             }
-            None if required => return Err(Error::file(format!("{folder}{name}"), "not found (HTTP 404): is this the URL of a model folder?")),
+            None if required => {
+                return Err(Error::file(
+                    format!("{folder}{name}"),
+                    "not found (HTTP 404): is this the URL of a model folder?",
+                ))
+            }
             None => {}
         }
     }
@@ -65,7 +75,10 @@ async fn fetch_cached(cache: Option<&Cache>, url: &str) -> Result<Option<Vec<u8>
         return Ok(None);
     }
     if !response.ok() {
-        return Err(Error::file(url, format!("cannot download: HTTP {} {}", response.status(), response.status_text())));
+        return Err(Error::file(
+            url,
+            format!("cannot download: HTTP {} {}", response.status(), response.status_text()),
+        ));
     }
     if let Some(cache) = cache {
         if let Ok(copy) = response.clone() {
@@ -79,7 +92,8 @@ async fn fetch_cached(cache: Option<&Cache>, url: &str) -> Result<Option<Vec<u8>
 /// Reads a response body chunk by chunk, posting progress.
 async fn read_body(response: Response, url: &str, doing: &str) -> Result<Vec<u8>> {
     let failed = |e: JsValue| Error::file(url, format!("cannot read: {}", js_error(&e)));
-    let total: f64 = response.headers().get("content-length").ok().flatten().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    let total: f64 =
+        response.headers().get("content-length").ok().flatten().and_then(|s| s.parse().ok()).unwrap_or(0.0);
     let name = url.rsplit('/').next().unwrap_or(url);
     let Some(body) = response.body() else { return Ok(Vec::new()) };
     let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
@@ -95,7 +109,10 @@ async fn read_body(response: Response, url: &str, doing: &str) -> Result<Vec<u8>
         // A message per percent, not per chunk (a large file arrives in tens of thousands).
         if bytes.len() as f64 >= reported + total / 100.0 {
             reported = bytes.len() as f64;
-            post(&Reply::Progress { what: format!("{doing} {name}"), done: reported, total: total.max(reported) }, Vec::new());
+            post(
+                &Reply::Progress { what: format!("{doing} {name}"), done: reported, total: total.max(reported) },
+                Vec::new(),
+            );
         }
     }
     Ok(bytes)

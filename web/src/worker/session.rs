@@ -57,7 +57,14 @@ impl Session {
             }
         }
         let why = if force_cpu { "chosen" } else { "no WebGPU adapter in this browser" };
-        Session { device: backend::cpu(), backend: format!("CPU (WebAssembly) — {why}"), gpu: false, max_binding: None, base: None, adapted: None }
+        Session {
+            device: backend::cpu(),
+            backend: format!("CPU (WebAssembly) — {why}"),
+            gpu: false,
+            max_binding: None,
+            base: None,
+            adapted: None,
+        }
     }
 
     pub async fn handle(&mut self, request: Request, files: Attached) -> Result<()> {
@@ -73,13 +80,19 @@ impl Session {
 
     pub fn memory_line(&self) -> String {
         match &self.base {
-            Some(base) => format!(", model weights {:.1} MiB on the {}", base.params as f64 * 4.0 / 1048576.0, if self.gpu { "GPU" } else { "CPU" }),
+            Some(base) => format!(
+                ", model weights {:.1} MiB on the {}",
+                base.params as f64 * 4.0 / 1048576.0,
+                if self.gpu { "GPU" } else { "CPU" }
+            ),
             None => String::new(),
         }
     }
 
     fn base(&self) -> Result<&Base> {
-        self.base.as_ref().ok_or_else(|| Error::invalid("no model loaded: load the demo model, a model folder or a URL first"))
+        self.base
+            .as_ref()
+            .ok_or_else(|| Error::invalid("no model loaded: load the demo model, a model folder or a URL first"))
     }
 
     fn load_base(&mut self, files: ModelFiles) -> Result<()> {
@@ -94,7 +107,14 @@ impl Session {
         let weights = files.weights()?;
         self.check_fits(&config, weights.1.len())?;
         let params = ModelShape::of_config(&config).base_params();
-        post(&Reply::Progress { what: format!("uploading {} to the {}", weights.0, self.backend), done: 0.0, total: 1.0 }, Vec::new());
+        post(
+            &Reply::Progress {
+                what: format!("uploading {} to the {}", weights.0, self.backend),
+                done: 0.0,
+                total: 1.0,
+            },
+            Vec::new(),
+        );
         self.base = None;
         self.adapted = None;
         let model = model_from(&config, &weights, &self.device)?;
@@ -130,7 +150,9 @@ impl Session {
             .modules()
             .iter()
             .filter_map(|m| match m.kind {
-                ModuleKind::Linear { out_features, in_features, .. } if m.name != "lm_head" => Some(4.0 * out_features as f64 * in_features as f64),
+                ModuleKind::Linear { out_features, in_features, .. } if m.name != "lm_head" => {
+                    Some(4.0 * out_features as f64 * in_features as f64)
+                }
                 _ => None,
             })
             .fold(0.0, f64::max);
@@ -152,8 +174,12 @@ impl Session {
         let mut model = base.model.clone();
         let report = load_adapter_tensors(&mut model, &config, &file, &self.device, false)?;
         self.adapted = Some(model);
-        let summary = format!("{origin}: LoRA r={}, alpha={}; {}", config.r, config.lora_alpha, report.trainable_line());
-        let files = vec![(ADAPTER_CONFIG.to_string(), buffer(config.to_json().as_bytes())), (ADAPTER_WEIGHTS.to_string(), buffer(weights))];
+        let summary =
+            format!("{origin}: LoRA r={}, alpha={}; {}", config.r, config.lora_alpha, report.trainable_line());
+        let files = vec![
+            (ADAPTER_CONFIG.to_string(), buffer(config.to_json().as_bytes())),
+            (ADAPTER_WEIGHTS.to_string(), buffer(weights)),
+        ];
         post(&Reply::AdapterReady { summary, config_json: config.to_json() }, files);
         Ok(())
     }
@@ -161,7 +187,9 @@ impl Session {
     async fn generate(&self, request: &GenerateRequest) -> Result<()> {
         let base = self.base()?;
         let adapted = match (request.with_adapter, &self.adapted) {
-            (true, None) => return Err(Error::invalid("no adapter yet: load one or fine-tune first (or untick \"with adapter\")")),
+            (true, None) => {
+                return Err(Error::invalid("no adapter yet: load one or fine-tune first (or untick \"with adapter\")"))
+            }
             (true, Some(model)) => Some(model),
             (false, _) => None,
         };
@@ -191,7 +219,14 @@ impl Session {
     }
 
     /// Generates from one model, posting text as tokens complete it.
-    async fn stream(&self, side: Side, model: &BloomForCausalLM, tokenizer: &Tokenizer, prompt: &[u32], config: &GenerationConfig) -> Result<()> {
+    async fn stream(
+        &self,
+        side: Side,
+        model: &BloomForCausalLM,
+        tokenizer: &Tokenizer,
+        prompt: &[u32],
+        config: &GenerationConfig,
+    ) -> Result<()> {
         let start = now_ms();
         let mut first_token_ms = None;
         let mut count = 0usize;
@@ -225,7 +260,12 @@ impl Session {
     async fn train(&mut self, request: &TrainRequest) -> Result<()> {
         let base = self.base()?;
         let examples = crate::examples::parse(&request.examples)?;
-        let data = TokenizedDataset::from_examples(Box::new(examples.into_iter().map(Ok)), &base.tokenizer, &Template::HumanAssistant, request.max_length)?;
+        let data = TokenizedDataset::from_examples(
+            Box::new(examples.into_iter().map(Ok)),
+            &base.tokenizer,
+            &Template::HumanAssistant,
+            request.max_length,
+        )?;
         let lora = lora_config(request)?;
         let device = self.device.clone().autodiff();
         let mut model = model_from(&base.config, &base.weights, &device)?;
@@ -247,9 +287,17 @@ impl Session {
         post(&Reply::Trained { steps, stopped: steps < trainer.total_steps }, Vec::new());
         let weights = adapter_safetensors_bytes_async(&trainer.model, &lora).await?;
         self.adapted = Some(trainer.model.valid_model());
-        let summary = format!("fine-tuned here: {steps} steps, LoRA r={}, alpha={}; {}", lora.r, lora.lora_alpha, report.trainable_line());
+        let summary = format!(
+            "fine-tuned here: {steps} steps, LoRA r={}, alpha={}; {}",
+            lora.r,
+            lora.lora_alpha,
+            report.trainable_line()
+        );
         let config_json = ember_core::lora::adapter_file::config_json(&lora);
-        let files = vec![(ADAPTER_CONFIG.to_string(), buffer(config_json.as_bytes())), (ADAPTER_WEIGHTS.to_string(), buffer(&weights))];
+        let files = vec![
+            (ADAPTER_CONFIG.to_string(), buffer(config_json.as_bytes())),
+            (ADAPTER_WEIGHTS.to_string(), buffer(&weights)),
+        ];
         post(&Reply::AdapterReady { summary, config_json }, files);
         Ok(())
     }
@@ -257,7 +305,8 @@ impl Session {
 
 /// peft's `LoraConfig` from the page's fields.
 fn lora_config(request: &TrainRequest) -> Result<LoraConfig> {
-    let names = |text: &str| text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect::<Vec<_>>();
+    let names =
+        |text: &str| text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect::<Vec<_>>();
     let targets = request.target_modules.trim();
     // peft reads a string as a regex and a list as module names; the page's one field is a
     // regex when it holds regex syntax.
@@ -290,7 +339,16 @@ impl Sink for Page {
         let Event::Step(report) = event else { return Ok(Flow::Continue) };
         self.steps = report.step;
         let steps_per_s = report.step as f64 / ((now_ms() - self.start) / 1000.0);
-        post(&Reply::Step { step: report.step, total: self.total, loss: report.loss, learning_rate: report.learning_rate, steps_per_s }, Vec::new());
+        post(
+            &Reply::Step {
+                step: report.step,
+                total: self.total,
+                loss: report.loss,
+                learning_rate: report.learning_rate,
+                steps_per_s,
+            },
+            Vec::new(),
+        );
         yield_now().await;
         Ok(if stop_requested() { Flow::Stop } else { Flow::Continue })
     }
@@ -300,8 +358,13 @@ impl Sink for Page {
     }
 }
 
-fn model_from(config: &BloomConfig, (name, bytes): &(String, Arc<Vec<u8>>), device: &Device) -> Result<BloomForCausalLM> {
-    let mut checkpoint = Checkpoint::from_files(name.as_str(), vec![tensor_file_from_bytes(name, bytes.clone())?], device);
+fn model_from(
+    config: &BloomConfig,
+    (name, bytes): &(String, Arc<Vec<u8>>),
+    device: &Device,
+) -> Result<BloomForCausalLM> {
+    let mut checkpoint =
+        Checkpoint::from_files(name.as_str(), vec![tensor_file_from_bytes(name, bytes.clone())?], device);
     BloomForCausalLM::from_weights(config, &mut checkpoint)
 }
 
@@ -336,11 +399,16 @@ impl ModelFiles {
     }
 
     fn text(&self, name: &str) -> Result<&str> {
-        std::str::from_utf8(self.need(name)?).map_err(|_| Error::file(name, "is not UTF-8 text: is this the right file?"))
+        std::str::from_utf8(self.need(name)?)
+            .map_err(|_| Error::file(name, "is not UTF-8 text: is this the right file?"))
     }
 
     fn optional_text(&self, name: &str) -> Result<Option<&str>> {
-        if self.0.contains_key(name) { self.text(name).map(Some) } else { Ok(None) }
+        if self.0.contains_key(name) {
+            self.text(name).map(Some)
+        } else {
+            Ok(None)
+        }
     }
 
     /// The one weight file, as transformers looks for it.

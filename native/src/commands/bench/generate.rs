@@ -30,8 +30,16 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let config = shape(&args.shape)?;
     let selected = args.placement.select()?;
-    crate::device::doing(format!("benchmarking generation on {} ({} prompt tokens, base weights {})", selected.description, args.prompt_len, args.placement.dtype));
-    eprintln!("device: {}\nshape: {} ({} parameters, random weights)", selected.description, args.shape, ember_core::text::thousands(ember_core::model::ModelShape::of_config(&config).base_params()));
+    crate::device::doing(format!(
+        "benchmarking generation on {} ({} prompt tokens, base weights {})",
+        selected.description, args.prompt_len, args.placement.dtype
+    ));
+    eprintln!(
+        "device: {}\nshape: {} ({} parameters, random weights)",
+        selected.description,
+        args.shape,
+        ember_core::text::thousands(ember_core::model::ModelShape::of_config(&config).base_params())
+    );
     let mut model = random_model(&config, &selected.device, 0, args.placement.dtype);
     model.kernels = args.placement.kernels;
     let prompt: Vec<u32> = (0..args.prompt_len).map(|i| 4 + (i * 7919 % (config.vocab_size - 4)) as u32).collect();
@@ -75,4 +83,3 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
-

@@ -49,7 +49,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let tokens = args.batch * args.seq;
     eprintln!(
         "device: {}\nshape: {} (hidden {}, vocabulary {}), batch {} x {} tokens, head weights {}",
-        selected.description, args.shape, config.hidden_size, config.vocab_size, args.batch, args.seq, args.placement.dtype
+        selected.description,
+        args.shape,
+        config.hidden_size,
+        config.vocab_size,
+        args.batch,
+        args.seq,
+        args.placement.dtype
     );
     let mut runs = Vec::new();
     let x = Tensor::<2>::random([tokens, 4 * config.hidden_size], Distribution::Normal(0.0, 1.0), &device);
@@ -63,7 +69,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     drop(x);
     let x = Tensor::<2>::random([tokens, config.hidden_size], Distribution::Normal(0.0, 1.0), &device);
-    let (gamma, beta) = (Tensor::<1>::ones([config.hidden_size], &device), Tensor::<1>::zeros([config.hidden_size], &device));
+    let (gamma, beta) =
+        (Tensor::<1>::ones([config.hidden_size], &device), Tensor::<1>::zeros([config.hidden_size], &device));
     for fused in [false, true] {
         device::doing(format!("benchmarking the layer norm ({}) on {}", variant(fused), selected.description));
         runs.push(measure("layer-norm", fused, args.repeats, &device, || {
@@ -74,8 +81,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     drop(x);
     let mut head = random_model(&BloomConfig { n_layer: 0, ..config.clone() }, &device, 0, args.placement.dtype);
-    let hidden = Tensor::<3>::random([args.batch, args.seq, config.hidden_size], Distribution::Normal(0.0, 1.0), &device);
-    let labels: Vec<Vec<i64>> = (0..args.batch).map(|b| (0..args.seq).map(|i| ((b * 131 + i) * 7919 % config.vocab_size) as i64).collect()).collect();
+    let hidden =
+        Tensor::<3>::random([args.batch, args.seq, config.hidden_size], Distribution::Normal(0.0, 1.0), &device);
+    let labels: Vec<Vec<i64>> = (0..args.batch)
+        .map(|b| (0..args.seq).map(|i| ((b * 131 + i) * 7919 % config.vocab_size) as i64).collect())
+        .collect();
     for fused in [false, true] {
         device::doing(format!("benchmarking the cross-entropy ({}) on {}", variant(fused), selected.description));
         head.kernels = kernels(fused);
@@ -87,8 +97,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     drop((head, hidden));
     let (heads, head_dim) = (config.n_head, config.hidden_size / config.n_head);
     let bias = AttentionBias::new(&AttentionMask::full(args.batch, args.seq), heads, args.seq, &device);
-    let qkv: Vec<Tensor<4>> =
-        (0..3).map(|_| Tensor::random([args.batch, heads, args.seq, head_dim], Distribution::Normal(0.0, 1.0), &device)).collect();
+    let qkv: Vec<Tensor<4>> = (0..3)
+        .map(|_| Tensor::random([args.batch, heads, args.seq, head_dim], Distribution::Normal(0.0, 1.0), &device))
+        .collect();
     for fused in [false, true] {
         device::doing(format!("benchmarking the attention ({}) on {}", variant(fused), selected.description));
         runs.push(measure("attention", fused, args.repeats, &device, || {
@@ -115,16 +126,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// Every kernel fused, or none (each measurement exercises one of them).
 fn kernels(fused: bool) -> Kernels {
-    if fused { Kernels::ALL } else { Kernels::NONE }
+    if fused {
+        Kernels::ALL
+    } else {
+        Kernels::NONE
+    }
 }
 
 fn variant(fused: bool) -> &'static str {
-    if fused { "fused" } else { "plain" }
+    if fused {
+        "fused"
+    } else {
+        "plain"
+    }
 }
 
 /// Median time of forward + backward of `forward` (which returns the value to differentiate),
 /// and the memory in use after the forward pass beyond what was in use before it.
-fn measure(kernel: &'static str, fused: bool, repeats: usize, device: &Device, forward: impl Fn() -> Tensor<1>) -> anyhow::Result<Run> {
+fn measure(
+    kernel: &'static str,
+    fused: bool,
+    repeats: usize,
+    device: &Device,
+    forward: impl Fn() -> Tensor<1>,
+) -> anyhow::Result<Run> {
     let sync = || device.sync().map_err(|e| ember_core::error::device_failure(kernel, &format!("{e:?}")));
     let mut times = Vec::new();
     let mut kept = Vec::new();

@@ -60,10 +60,18 @@ fn bench_load(args: LoadArgs) -> anyhow::Result<()> {
     let seconds = start.elapsed().as_secs_f64();
     let model_mb = ember_core::model::ModelShape::of_config(&dir.config).base_params() as f64 * 4.0 / 1048576.0;
     let peak = peak_rss_mb();
-    println!("loaded {} ({} parameters) on {} in {seconds:.1} s", args.model.display(), ember_core::text::thousands(ember_core::model::ModelShape::of_config(&dir.config).base_params()), selected.description);
+    println!(
+        "loaded {} ({} parameters) on {} in {seconds:.1} s",
+        args.model.display(),
+        ember_core::text::thousands(ember_core::model::ModelShape::of_config(&dir.config).base_params()),
+        selected.description
+    );
     println!("model in memory (f32): {model_mb:.0} MiB; peak RSS: {peak:.0} MiB ({:.2}x)", peak / model_mb);
     if args.json {
-        println!("{}", serde_json::json!({ "load_s": seconds, "model_mb": model_mb, "peak_rss_mb": peak, "ratio": peak / model_mb }));
+        println!(
+            "{}",
+            serde_json::json!({ "load_s": seconds, "model_mb": model_mb, "peak_rss_mb": peak, "ratio": peak / model_mb })
+        );
     }
     drop(model);
     Ok(())
@@ -98,6 +106,8 @@ pub fn median(values: &mut [f64]) -> f64 {
 pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }

@@ -46,7 +46,10 @@ const LORA: &str = r#"{"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_m
 pub fn run(args: Args) -> anyhow::Result<()> {
     let config = shape(&args.shape)?;
     let selected = args.placement.select()?;
-    crate::device::doing(format!("benchmarking training on {} (batch {} x {} tokens, base weights {})", selected.description, args.batch, args.seq, args.placement.dtype));
+    crate::device::doing(format!(
+        "benchmarking training on {} (batch {} x {} tokens, base weights {})",
+        selected.description, args.batch, args.seq, args.placement.dtype
+    ));
     eprintln!(
         "device: {}\nshape: {} ({} parameters, random weights), batch {} x {} tokens, base weights {}, kernels {}",
         selected.description,
@@ -93,7 +96,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let tokens_per_s = (args.batch * args.seq) as f64 / step;
     let peak = peak_rss_mb();
     let pool = device::pool_mb(&selected.device).unwrap_or(f64::NAN);
-    print_table(&[("training tokens/s", tokens_per_s, 1), ("step median (s)", step, 3), ("peak RSS (MiB)", peak, 0), ("device pool (MiB)", pool, 0)]);
+    print_table(&[
+        ("training tokens/s", tokens_per_s, 1),
+        ("step median (s)", step, 3),
+        ("peak RSS (MiB)", peak, 0),
+        ("device pool (MiB)", pool, 0),
+    ]);
     if args.json {
         println!(
             "{}",
