@@ -118,8 +118,14 @@ fn greedy_generation_matches_transformers() {
             let golden: GenerateCases = serde_json::from_str(&text).unwrap();
             assert!(golden.cases.len() >= 4 && !golden.batch_cases.is_empty());
             for case in golden.cases {
-                let ours = generate(&model, std::slice::from_ref(&case.prompt_ids), &greedy(case.max_new_tokens), &device, |_| {})
-                    .unwrap();
+                let ours = generate(
+                    &model,
+                    std::slice::from_ref(&case.prompt_ids),
+                    &greedy(case.max_new_tokens),
+                    &device,
+                    |_| {},
+                )
+                .unwrap();
                 assert_eq!(ours[0], case.generated_ids, "{device_name} model {name} prompt {:?}", case.prompt_ids);
             }
             for case in golden.batch_cases {
