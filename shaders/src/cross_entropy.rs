@@ -5,7 +5,9 @@
 //! forward to the backward pass; across the blocks that is the full `batch × seq × vocab`
 //! tensor, the largest activation of a training step at BLOOM's vocabulary. Fused, it keeps
 //! the `[positions, 1]` result and recomputes a block's logits in the backward pass (one more
-//! matmul per block), so only one block's logits ever exist at a time.
+//! matmul per block), so only one block's logits ever exist at a time — and its rows go through
+//! in chunks whose logits fit in [`crate::ops::LOGITS_CHUNK_BYTES`] (8 MiB), forward and
+//! backward, so no large transient replaces the kept logits.
 
 use burn::tensor::{Int, Tensor};
 

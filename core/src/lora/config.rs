@@ -218,7 +218,10 @@ impl LoraConfig {
             }
         }
         if self.target_modules.is_none() {
-            return Err("target_modules is missing: name the layers to adapt (e.g. [\"query_key_value\"])".into());
+            return Err(format!(
+                "target_modules is missing: name the layers to adapt (e.g. {:?})",
+                crate::model::bloom::LORA_TARGET_MODULES
+            ));
         }
         if let Some(TargetModules::Regex(re)) = &self.target_modules {
             Regex::new(re).map_err(|e| format!("target_modules is not a valid regex: {e}"))?;

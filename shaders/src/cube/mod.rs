@@ -3,6 +3,11 @@
 //! Each kernel replaces a chain of element-wise passes, each of which reads and writes the
 //! whole tensor, by one pass. The matmuls stay burn's (cubek's tuned kernels). Non-f32 inputs
 //! (which the model never passes to these operations) take the composed path.
+//!
+//! A kernel binds at most 7 tensors: WebGPU guarantees 8 storage buffers per shader stage and
+//! CubeCL takes one for the kernel's scalars. (A 12-buffer attention kernel ran on lavapipe and
+//! failed in Chromium's WebGPU, which allows 10; only the page's end-to-end test runs on an
+//! adapter with browser limits.) So inputs that always travel together share a buffer.
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Cube, DType, TensorMetadata};

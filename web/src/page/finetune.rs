@@ -27,7 +27,7 @@ fn recipe(key: &str) -> String {
 pub fn FineTunePanel(state: State) -> impl IntoView {
     let r = RwSignal::new("8".to_string());
     let alpha = RwSignal::new("16".to_string());
-    let targets = RwSignal::new("query_key_value".to_string());
+    let targets = RwSignal::new(ember_core::model::bloom::LORA_TARGET_MODULES.join(","));
     let saved = RwSignal::new(String::new());
     let lr = RwSignal::new("0.0003".to_string());
     let steps = RwSignal::new("20".to_string());

@@ -7,7 +7,7 @@ use std::time::Instant;
 use ember_core::checkpoint::random_model;
 use ember_core::data::encode::Encoded;
 use ember_core::data::TokenizedDataset;
-use ember_core::lora::{apply_lora, LoraConfig};
+use ember_core::lora::{apply_lora, LoraConfig, LoraSettings};
 use ember_core::tokenizer::PaddingSide;
 use ember_core::train::{Trainer, TrainingArgs};
 
@@ -39,9 +39,11 @@ pub struct Args {
     json: bool,
 }
 
-/// LoRA as the issue fixes it for comparisons: r=8 on `query_key_value`, peft's usual alpha
-/// and dropout.
-const LORA: &str = r#"{"r": 8, "lora_alpha": 16, "lora_dropout": 0.05, "target_modules": ["query_key_value"]}"#;
+/// LoRA as the comparisons with peft fix it: r=8 on peft's default target for BLOOM
+/// (`query_key_value`), peft's usual alpha and dropout.
+fn lora() -> ember_core::Result<LoraConfig> {
+    LoraSettings { r: Some(8), lora_alpha: Some(16.0), lora_dropout: Some(0.05), ..LoraSettings::default() }.build(None)
+}
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let config = shape(&args.shape)?;
@@ -63,7 +65,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let device = device::training_device(&selected.device, args.gradient_checkpointing);
     let mut model = random_model(&config, &device, 0, args.placement.dtype);
     model.kernels = args.placement.kernels;
-    let lora = LoraConfig::from_json(LORA, "LoRA settings")?;
+    let lora = lora()?;
     let report = apply_lora(&mut model, &lora, &device)?;
     eprintln!("{}", report.trainable_line());
 
