@@ -135,10 +135,28 @@ fn apply(state: State, reply: Reply, files: Attached) {
             if message.starts_with("the model worker crashed") {
                 crashed(state, &message);
             } else {
-                state.fail(message);
+                state.fail(with_fields(&message));
             }
         }
     }
+}
+
+/// Core's messages name settings as config files spell them, in backticks (`max_length`); the
+/// page names the fields that set them.
+fn with_fields(message: &str) -> String {
+    const FIELDS: [(&str, &str); 8] = [
+        ("max_length", "Max length"),
+        ("learning_rate", "Learning rate"),
+        ("per_device_train_batch_size", "Batch size"),
+        ("max_steps", "Steps"),
+        ("lora_alpha", "LoRA alpha"),
+        ("target_modules", "Target modules"),
+        ("modules_to_save", "Modules to save"),
+        ("temperature", "Temperature"),
+    ];
+    FIELDS
+        .iter()
+        .fold(message.to_owned(), |m, (setting, field)| m.replace(&format!("`{setting}`"), &format!("\"{field}\"")))
 }
 
 pub fn output(state: State, side: Side) -> RwSignal<String> {
