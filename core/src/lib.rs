@@ -19,6 +19,7 @@ pub mod io;
 pub mod lora;
 pub mod loss;
 pub mod model;
+pub mod quant;
 pub mod readback;
 pub mod template;
 pub mod text;

@@ -51,6 +51,7 @@ impl Golden {
                 safetensors::Dtype::I32 => {
                     data.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f64).collect()
                 }
+                safetensors::Dtype::U8 => data.iter().map(|&b| b as f64).collect(),
                 other => panic!("{}: unexpected dtype {other:?} for {name}", path.display()),
             };
             tensors.insert(name, (view.shape().to_vec(), values));

@@ -16,8 +16,11 @@ use super::WeightSource;
 #[serde(rename_all = "lowercase")]
 pub enum WeightDType {
     #[default]
+    #[serde(alias = "float32", alias = "fp32")]
     F32,
+    #[serde(alias = "float16", alias = "fp16", alias = "half")]
     F16,
+    #[serde(alias = "bfloat16")]
     Bf16,
 }
 
