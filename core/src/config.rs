@@ -46,6 +46,10 @@ pub struct BloomConfig {
     /// `max_position_embeddings` / `n_positions`).
     #[serde(default, alias = "max_position_embeddings", alias = "n_positions")]
     pub seq_length: Option<usize>,
+    /// A model saved already quantized (transformers' `quantization_config`, bitsandbytes
+    /// 4-bit only): its settings, which loading the model uses. Checked by [`Self::from_json`].
+    #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub quantization_config: Option<crate::quant::QuantConfig>,
 }
 
 /// Bounds on a config's sizes, far above any published BLOOM (bloom-176b: vocabulary 250,880,
@@ -93,8 +97,10 @@ impl BloomConfig {
                 format!("unsupported model_type \"{model_type}\": ember runs BLOOM models (model_type \"bloom\") only"),
             ));
         }
-        let config: BloomConfig =
+        let quantization_config = crate::quant::QuantConfig::of_checkpoint(&value, origin)?;
+        let mut config: BloomConfig =
             serde_json::from_value(value).map_err(|e| Error::file(origin, format!("not a BLOOM config: {e}")))?;
+        config.quantization_config = quantization_config;
         config.validate(origin)?;
         Ok(config)
     }
@@ -161,6 +167,7 @@ impl BloomConfig {
             pretraining_tp: 1,
             torch_dtype: Some("float32".into()),
             seq_length: None,
+            quantization_config: None,
         }
     }
 

@@ -113,12 +113,18 @@ pub struct Placement {
     /// Load model and adapter weights that hold NaN or infinities (refused by default).
     #[arg(long)]
     pub allow_nonfinite: bool,
+    #[command(flatten)]
+    pub quant: crate::commands::quant_args::QuantArgs,
 }
 
 impl Placement {
     /// How the model's weights are loaded.
-    pub fn load_options(&self) -> ember_core::checkpoint::LoadOptions {
-        ember_core::checkpoint::LoadOptions { dtype: self.dtype, allow_nonfinite: self.allow_nonfinite }
+    pub fn load_options(&self) -> anyhow::Result<ember_core::checkpoint::LoadOptions> {
+        Ok(ember_core::checkpoint::LoadOptions {
+            dtype: self.dtype,
+            allow_nonfinite: self.allow_nonfinite,
+            quant: self.quant.config()?,
+        })
     }
 
     /// Resolves the device and checks it can hold weights of `--dtype`.

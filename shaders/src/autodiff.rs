@@ -11,7 +11,12 @@ use burn::backend::autodiff::Autodiff;
 use burn::backend::tensor::{FloatTensor, IndexingUpdateOp, IntTensor};
 use burn::backend::{Backend, Shape, TensorMetadata};
 
-use crate::ops::{autocast_matmul, label_rows, linear_logits, logit_chunks, rounded_like, row_slice, FusedOps};
+use burn::backend::AutodiffBackend;
+use burn::tensor::FloatDType;
+
+use crate::ops::{
+    autocast_matmul, in_precision, label_rows, linear_logits, logit_chunks, rounded_like, row_slice, FusedOps,
+};
 
 impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     fn bloom_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -220,6 +225,55 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 prep.finish((x, gamma, eps), out)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::row_layer_norm(x, gamma, beta, eps)),
+        }
+    }
+
+    fn dequantize_4bit(
+        words: IntTensor<Self>,
+        absmax: FloatTensor<Self>,
+        code: FloatTensor<Self>,
+        shape: [usize; 2],
+    ) -> FloatTensor<Self> {
+        // A frozen weight: nothing to track.
+        Self::from_inner(B::dequantize_4bit(words, absmax.into_primitive(), code.into_primitive(), shape))
+    }
+
+    fn linear_4bit(
+        x: FloatTensor<Self>,
+        words: IntTensor<Self>,
+        absmax: FloatTensor<Self>,
+        code: FloatTensor<Self>,
+        shape: [usize; 2],
+        compute: FloatDType,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Linear4bit;
+
+        impl<B: Backend + FusedOps> Backward<B, 1> for Linear4bit {
+            /// The weight as stored (alive anyway): it is dequantized again for `dx = grad · W`.
+            type State = (IntTensor<B>, FloatTensor<B>, FloatTensor<B>, [usize; 2], FloatDType);
+
+            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [node_x] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (words, absmax, code, shape, compute) = ops.state;
+                if let Some(node) = node_x {
+                    let w = in_precision::<B>(B::dequantize_4bit(words, absmax, code, shape), compute);
+                    grads.register::<B>(node.id, autocast_matmul::<B>(grad, w));
+                }
+            }
+        }
+
+        let (absmax, code) = (absmax.into_primitive(), code.into_primitive());
+        match Linear4bit.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let out =
+                    B::linear_4bit(x.into_primitive(), words.clone(), absmax.clone(), code.clone(), shape, compute);
+                prep.finish((words, absmax, code, shape, compute), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::linear_4bit(x.into_primitive(), words, absmax, code, shape, compute))
+            }
         }
     }
 }

@@ -4,10 +4,11 @@
 //! Non-f32 inputs take the composed path.
 
 use burn::backend::flex::FlexTensor;
-use burn::backend::tensor::FloatTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{DType, Flex, Shape, TensorMetadata};
 
 use crate::gelu::{GELU_A_F32 as A, GELU_B_F32 as B};
+use crate::linear_4bit::{nibble_shift, BLOCK, PER_WORD};
 use crate::ops::{composed, FusedOps};
 
 /// Elements per parallel task: large enough that scheduling costs nothing next to the work.
@@ -165,6 +166,51 @@ impl FusedOps for Flex {
             }
         })
     }
+
+    fn dequantize_4bit(
+        words: IntTensor<Self>,
+        absmax: FloatTensor<Self>,
+        code: FloatTensor<Self>,
+        shape: [usize; 2],
+    ) -> FloatTensor<Self> {
+        let n = shape[0] * shape[1];
+        let contiguous_words = (words.dtype() == DType::U32).then(|| {
+            if words.as_slice::<u32>().is_some() {
+                words.clone()
+            } else {
+                words.to_contiguous()
+            }
+        });
+        let inputs = (contiguous_words, f32_contiguous(absmax.clone()), f32_contiguous(code.clone()));
+        let (Some(w), Some(a), Some(c)) = inputs else {
+            return composed::dequantize_4bit::<Self>(words, absmax, code, shape);
+        };
+        let ws = w.as_slice::<u32>().expect("contiguous u32");
+        let table: Option<[f32; 16]> = slice(&c).try_into().ok();
+        match table {
+            Some(table) if ws.len() == n.div_ceil(PER_WORD) && slice(&a).len() == n.div_ceil(BLOCK) => {
+                dequantize_words(ws, slice(&a), &table, shape)
+            }
+            _ => composed::dequantize_4bit::<Self>(words, absmax, code, shape),
+        }
+    }
+}
+
+/// 4-bit values back in f32 (see `linear_4bit.rs`): word by word, 8 values each, all of a
+/// word in one absmax block.
+fn dequantize_words(words: &[u32], absmax: &[f32], code: &[f32; 16], [rows, cols]: [usize; 2]) -> FlexTensor {
+    let per_block = BLOCK / PER_WORD;
+    // A multiple of the block, so each task starts on a word.
+    let chunk = CHUNK - CHUNK % BLOCK;
+    filled(Shape::new([rows, cols]), chunk, |start, out| {
+        for (k, values) in out.chunks_mut(PER_WORD).enumerate() {
+            let w = start / PER_WORD + k;
+            let (word, scale) = (words[w], absmax[w / per_block]);
+            for (p, o) in values.iter_mut().enumerate() {
+                *o = code[((word >> nibble_shift(p)) & 15) as usize] * scale;
+            }
+        }
+    })
 }
 
 /// A row's mean and `1/√(var + eps)` (biased variance).

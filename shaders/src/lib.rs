@@ -6,6 +6,7 @@
 //! - [`cross_entropy`]: the log-sum-exp of the head's logits without keeping them.
 //! - [`attention`]: attention with ALiBi and the masks without keeping the scores.
 //! - [`layer_norm`]: the layer norm in one pass forward and one backward.
+//! - [`linear_4bit`]: the matmul with a 4-bit (QLoRA) weight, dequantized in one pass.
 //!
 //! They are one burn backend extension ([`ops::FusedOps`]): CubeCL kernels on the wgpu
 //! backend (`cube/`, feature `wgpu`), multi-core loops on the CPU backend (`flex.rs`), and
@@ -23,6 +24,7 @@ mod cube;
 mod flex;
 pub mod gelu;
 pub mod layer_norm;
+pub mod linear_4bit;
 pub mod ops;
 
 use burn::tensor::{Device, Int, Tensor};

@@ -7,6 +7,7 @@
 
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{backend_extension, Backend, DType, Shape, TensorMetadata};
+use burn::tensor::FloatDType;
 
 use crate::gelu::{GELU_A, GELU_B};
 
@@ -120,6 +121,30 @@ pub trait FusedOps: Backend {
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         composed::attention_backward::<Self>(q, k, v, alibi, mask, out, stats, grad)
+    }
+
+    /// A 4-bit weight `[rows, cols]` in f32 (see `linear_4bit.rs` for the layout): value `i` is
+    /// `code[nibble_i] · absmax[i / 64]`.
+    fn dequantize_4bit(
+        words: IntTensor<Self>,
+        absmax: FloatTensor<Self>,
+        code: FloatTensor<Self>,
+        shape: [usize; 2],
+    ) -> FloatTensor<Self> {
+        composed::dequantize_4bit::<Self>(words, absmax, code, shape)
+    }
+
+    /// `x Wᵀ` for `x` `[n, cols]` (f32) and a 4-bit `W` `[rows, cols]`, computed in `compute`'s
+    /// precision: `W` dequantized into a transient, the matmul as autocast runs it.
+    fn linear_4bit(
+        x: FloatTensor<Self>,
+        words: IntTensor<Self>,
+        absmax: FloatTensor<Self>,
+        code: FloatTensor<Self>,
+        shape: [usize; 2],
+        compute: FloatDType,
+    ) -> FloatTensor<Self> {
+        dequantized_linear::<Self>(x, Self::dequantize_4bit(words, absmax, code, shape), compute)
     }
 }
 
@@ -281,10 +306,59 @@ pub mod composed {
         (dq, dk, dv)
     }
 
+    /// Each word's 8 nibbles picked out with one shift per position, looked up in `code`, and
+    /// scaled by their block's absmax.
+    pub fn dequantize_4bit<B: Backend>(
+        words: IntTensor<B>,
+        absmax: FloatTensor<B>,
+        code: FloatTensor<B>,
+        [rows, cols]: [usize; 2],
+    ) -> FloatTensor<B> {
+        use crate::linear_4bit::{nibble_shift, BLOCK, PER_WORD};
+        let n = rows * cols;
+        let device = absmax.device();
+        let m = words.shape().num_elements();
+        let shifts: Vec<u32> = (0..PER_WORD).map(nibble_shift).collect();
+        let shifts = B::int_from_data(burn::tensor::TensorData::new(shifts, [1, PER_WORD]), &device);
+        let spread = B::int_expand(B::int_reshape(words, Shape::new([m, 1])), Shape::new([m, PER_WORD]));
+        let nibbles = B::bitwise_and_scalar(B::bitwise_right_shift(spread, shifts), 15u32.into());
+        let nibbles = B::int_slice(B::int_reshape(nibbles, Shape::new([m * PER_WORD])), &[(0..n).into()]);
+        let values = B::float_select(code, 0, B::int_cast(nibbles, burn::tensor::IntDType::I32));
+        let blocks =
+            B::int_div_scalar(B::int_arange(0..n as i64, &device, burn::tensor::IntDType::I32), (BLOCK as i32).into());
+        let scales = B::float_select(absmax, 0, blocks);
+        B::float_reshape(B::float_mul(values, scales), Shape::new([rows, cols]))
+    }
+
+    pub fn linear_4bit<B: Backend>(
+        x: FloatTensor<B>,
+        words: IntTensor<B>,
+        absmax: FloatTensor<B>,
+        code: FloatTensor<B>,
+        shape: [usize; 2],
+        compute: FloatDType,
+    ) -> FloatTensor<B> {
+        dequantized_linear::<B>(x, dequantize_4bit::<B>(words, absmax, code, shape), compute)
+    }
+
     /// `t = 2·inner = (A·x² + B)·x`, the sigmoid's argument.
     fn twice_inner<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
         let x2 = B::float_mul(x.clone(), x.clone());
         B::float_mul(B::float_add_scalar(B::float_mul_scalar(x2, GELU_A.into()), GELU_B.into()), x)
+    }
+}
+
+/// `x Wᵀ` for a dequantized `w` (f32), in `compute`'s precision.
+pub fn dequantized_linear<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>, compute: FloatDType) -> FloatTensor<B> {
+    autocast_matmul::<B>(x, B::float_transpose(in_precision::<B>(w, compute)))
+}
+
+/// An f32 tensor in `dtype` (rounded), unchanged for f32.
+pub fn in_precision<B: Backend>(x: FloatTensor<B>, dtype: FloatDType) -> FloatTensor<B> {
+    if dtype == FloatDType::F32 {
+        x
+    } else {
+        B::float_cast(x, dtype)
     }
 }
 

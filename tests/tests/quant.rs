@@ -2,8 +2,13 @@
 //! 0.50): quantization byte for byte, dequantization bit for bit, for NF4 and FP4 with and
 //! without double quantization, on shapes whose sizes are and are not multiples of a block.
 
-use ember_core::quant::{Absmax, QuantType, Quantized};
-use ember_tests::{fixtures, Golden};
+use burn::tensor::Device;
+use ember_core::checkpoint::{Checkpoint, LoadOptions, ModelDir};
+use ember_core::generate::{generate, GenerationConfig};
+use ember_core::model::{ModelShape, ModuleKind, ModuleTree, WeightDType, WeightSource};
+use ember_core::quant::{Absmax, QuantConfig, QuantType, Quantized, QuantizedWeight};
+use ember_tests::{fixtures, logits, max_abs_diff, special_ids, test_devices, tolerance, Golden};
+use serde_json::Value;
 
 const SHAPES: [(&str, [usize; 2]); 4] =
     [("even", [192, 64]), ("odd", [37, 53]), ("row", [5, 300]), ("wide", [300, 64])];
@@ -86,4 +91,128 @@ fn the_codes_are_bitsandbytes_tables() {
         assert_eq!(bits(&ember_core::quant::bnb::code(quant_type)), bits(&g.f32s(&format!("code.{name}"))), "{name}");
     }
     assert_eq!(bits(&ember_core::quant::bnb::DYNAMIC_MAP), bits(&g.f32s("nested_code")));
+}
+
+/// bitsandbytes' settings of a fixture configuration (`nf4-dq`, `fp4`), compute in f32.
+fn config_of(name: &str) -> QuantConfig {
+    let (_, quant_type, double) = CONFIGS.iter().find(|(n, ..)| *n == name).copied().expect("a fixture configuration");
+    QuantConfig { bnb_4bit_quant_type: quant_type, bnb_4bit_use_double_quant: double, ..QuantConfig::default() }
+}
+
+fn quantized_options(name: &str) -> LoadOptions {
+    LoadOptions { quant: Some(config_of(name)), ..LoadOptions::default() }
+}
+
+/// Values with FP4's zero made +0 (see above).
+fn unsigned_zero_bits(values: Vec<f32>) -> Vec<u32> {
+    values.into_iter().map(|x| (x + 0.0).to_bits()).collect()
+}
+
+#[test]
+fn dequantization_on_the_device_equals_bitsandbytes_bit_for_bit() {
+    let g = golden();
+    for (device_name, device) in test_devices() {
+        for (shape_name, shape) in SHAPES {
+            let input = g.f32s(&format!("{shape_name}.input"));
+            for (cfg, quant_type, double) in CONFIGS {
+                let what = format!("{device_name} {shape_name} {cfg}");
+                let q = Quantized::quantize(&input, shape, quant_type, double);
+                let w = QuantizedWeight::upload(&q, WeightDType::F32, &device);
+                let want = unsigned_zero_bits(g.f32s(&format!("{shape_name}.{cfg}.dequantized")));
+                let fused = w.dequantize().reshape([shape[0] * shape[1]]).try_into_vec_as::<f32>().unwrap();
+                assert!(unsigned_zero_bits(fused) == want, "{what}: the kernel's values differ from bitsandbytes'");
+                let plain = dequantize_plain(&w);
+                assert!(unsigned_zero_bits(plain) == want, "{what}: the plain path's values differ from bitsandbytes'");
+            }
+        }
+    }
+}
+
+/// The dequantization in plain burn operations, read back.
+fn dequantize_plain(w: &QuantizedWeight) -> Vec<f32> {
+    let kernel_weight = ember_shaders::linear_4bit::Weight4bit {
+        words: w.words.val(),
+        absmax: w.absmax.val(),
+        code: w.code.val(),
+        shape: [w.out_features, w.in_features],
+        compute: burn::tensor::FloatDType::F32,
+    };
+    let t = ember_shaders::linear_4bit::dequantize_plain(&kernel_weight);
+    t.reshape([w.out_features * w.in_features]).try_into_vec_as::<f32>().unwrap()
+}
+
+#[test]
+fn a_model_quantized_at_load_has_bitsandbytes_bytes() {
+    let dir = ModelDir::open(&base_dir()).unwrap();
+    let device = Device::flex();
+    let mut base = Checkpoint::open(&dir.dir, &device).unwrap();
+    let modules = ModelShape::of_config(&dir.config).modules();
+    for cfg in QUANT_MODELS {
+        let config = config_of(cfg);
+        let linears: Vec<_> = modules
+            .iter()
+            .filter(|m| matches!(m.kind, ModuleKind::Linear { .. }) && config.quantizes(&m.name))
+            .collect();
+        assert_eq!(linears.len(), 8, "the four Linear layers of both blocks (lm_head is skipped)");
+        let mut saved = Checkpoint::open(&fixtures().join(format!("quant/a-{cfg}")), &device).unwrap();
+        for m in &linears {
+            let ModuleKind::Linear { out_features, in_features, .. } = m.kind else { unreachable!() };
+            let (name, shape) = (format!("{}.weight", m.name), [out_features, in_features]);
+            let values = base.host_values(&name, shape).unwrap();
+            let ours =
+                Quantized::quantize(&values, shape, config.bnb_4bit_quant_type, config.bnb_4bit_use_double_quant);
+            let theirs = saved.stored_4bit(&name, shape).unwrap().expect("saved 4-bit by transformers");
+            assert!(
+                ours == theirs,
+                "{cfg} {name}: ember's quantization differs from the checkpoint transformers saved"
+            );
+        }
+    }
+}
+
+const QUANT_MODELS: [&str; 2] = ["nf4-dq", "fp4"];
+
+/// The 4-bit fixtures' f32 base (model "a"'s vocabulary, hidden 64: see make_fixtures.py).
+fn base_dir() -> std::path::PathBuf {
+    fixtures().join("quant/base")
+}
+
+#[test]
+fn logits_and_greedy_ids_equal_transformers_with_bitsandbytes() {
+    for (device_name, device) in test_devices() {
+        for cfg in QUANT_MODELS {
+            let what = format!("{device_name} {cfg}");
+            let saved_dir = fixtures().join(format!("quant/a-{cfg}"));
+            let golden = Golden::open(&saved_dir.join("golden.safetensors"));
+            let model = ModelDir::open(&base_dir()).unwrap().load(&device, &quantized_options(cfg)).unwrap();
+            assert!(model.has_4bit_weights(), "{what}: the model is 4-bit");
+            // Saved by transformers already 4-bit: loads 4-bit from its config.json alone.
+            let saved = ModelDir::open(&saved_dir).unwrap().load(&device, &LoadOptions::default()).unwrap();
+            assert!(saved.has_4bit_weights(), "{what}: the saved model loads 4-bit");
+            for split in ["unpadded", "padded"] {
+                let (ids, mask) =
+                    (golden.rows(&format!("{split}.input_ids")), golden.rows(&format!("{split}.attention_mask")));
+                let ours = logits(&model, &ids, &mask, &device);
+                let diff = max_abs_diff(&ours, &golden.f32s(&format!("{split}.logits")));
+                assert!(diff < tolerance::VS_TRANSFORMERS, "{what} {split}: logits differ by {diff}");
+                let from_saved = logits(&saved, &ids, &mask, &device);
+                assert_eq!(from_saved, ours, "{what} {split}: the saved checkpoint and quantizing at load differ");
+            }
+            let cases: Value =
+                serde_json::from_str(&std::fs::read_to_string(saved_dir.join("generate.json")).unwrap()).unwrap();
+            let ids = special_ids("a");
+            for case in cases["cases"].as_array().unwrap() {
+                let prompt: Vec<u32> = serde_json::from_value(case["prompt_ids"].clone()).unwrap();
+                let want: Vec<u32> = serde_json::from_value(case["generated_ids"].clone()).unwrap();
+                let config = GenerationConfig {
+                    max_new_tokens: Some(want.len()),
+                    eos_token_id: Some(ids.eos),
+                    pad_token_id: ids.pad,
+                    ..Default::default()
+                };
+                let ours = generate(&model, &[prompt.clone()], &config, &device, |_| {}).unwrap();
+                assert_eq!(ours[0], want, "{what}: greedy ids for {prompt:?}");
+            }
+        }
+    }
 }

@@ -2,13 +2,14 @@
 
 use crate::error::{Error, Result};
 
-/// Element types found in BLOOM checkpoints. Everything is computed in f32 for now, so each is
-/// widened on load.
+/// Element types found in BLOOM checkpoints. Float weights are widened to f32 on load; bytes
+/// (U8) are the packed codes of models saved 4-bit by transformers, read as bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoredDType {
     F32,
     F16,
     BF16,
+    U8,
 }
 
 impl StoredDType {
@@ -16,6 +17,7 @@ impl StoredDType {
         match self {
             StoredDType::F32 => 4,
             StoredDType::F16 | StoredDType::BF16 => 2,
+            StoredDType::U8 => 1,
         }
     }
 
@@ -24,6 +26,7 @@ impl StoredDType {
             StoredDType::F32 => "F32",
             StoredDType::F16 => "F16",
             StoredDType::BF16 => "BF16",
+            StoredDType::U8 => "U8",
         }
     }
 }
@@ -41,6 +44,7 @@ pub fn to_f32(bytes: &[u8], dtype: StoredDType) -> Vec<f32> {
         StoredDType::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
         StoredDType::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         StoredDType::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        StoredDType::U8 => bytes.iter().map(|&b| f32::from(b)).collect(),
     }
 }
 

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::model::precision::StoredAs;
 use crate::model::vocab::block_ranges;
 use crate::model::{BloomForCausalLM, VocabMatrix, WeightDType, WeightSource};
+use crate::quant::{QuantConfig, Quantizing};
 pub use host::{check_finite, HostTensor};
 pub use safetensors_file::SafetensorsFile;
 pub use torch_pickle::TorchFile;
@@ -26,6 +27,14 @@ pub trait TensorFile: Send + Sync {
     fn path(&self) -> &Path;
     fn names(&self) -> Vec<String>;
     fn read(&self, name: &str) -> Result<HostTensor>;
+
+    /// A U8 tensor's shape and bytes (the packed codes of a 4-bit weight).
+    fn read_bytes(&self, name: &str) -> Result<(Vec<usize>, Vec<u8>)> {
+        Err(Error::file(
+            self.path(),
+            format!("tensor `{name}` is a 4-bit weight, which ember reads from safetensors files only (save_pretrained's default)"),
+        ))
+    }
 }
 
 /// Weight files in the order transformers looks for them.
@@ -80,8 +89,53 @@ impl Checkpoint {
         self.names.len()
     }
 
+    /// Whether the checkpoint has a tensor of this canonical name.
+    pub fn contains(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+    }
+
+    /// The file holding `name` (the checkpoint's first file when it has no such tensor).
+    pub fn origin_of(&self, name: &str) -> PathBuf {
+        let index = self.names.get(name).map_or(0, |(i, _)| *i);
+        self.files.get(index).map_or_else(|| self.origin.clone(), |f| f.path().to_path_buf())
+    }
+
+    /// A U8 tensor's shape and bytes, by canonical name.
+    pub fn bytes(&self, name: &str) -> Result<(Vec<usize>, Vec<u8>)> {
+        let (index, stored) = self.entry(name)?;
+        self.files[index].read_bytes(stored)
+    }
+
+    /// A 1-D float tensor of `len` values, by canonical name, checked finite.
+    pub fn floats(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        self.host_tensor(name, &[len]).map(|t| t.data)
+    }
+
     /// Reads one tensor by canonical name, widened to f32, checking its shape.
     pub fn host_tensor(&self, name: &str, shape: &[usize]) -> Result<HostTensor> {
+        if crate::quant::checkpoint::is_stored_4bit(self, name) {
+            if let &[rows, cols] = shape {
+                let q = crate::quant::checkpoint::read_4bit(self, name, [rows, cols])?;
+                return Ok(HostTensor { shape: shape.to_vec(), data: q.dequantize() });
+            }
+        }
+        let (index, stored) = self.entry(name)?;
+        let file = &self.files[index];
+        let tensor = file.read(stored)?;
+        if tensor.shape != shape {
+            return Err(Error::file(
+                file.path(),
+                format!("tensor `{stored}` has shape {:?} but config.json implies {shape:?}", tensor.shape),
+            ));
+        }
+        if !self.allow_nonfinite {
+            check_finite(file.path(), stored, &tensor.data)?;
+        }
+        Ok(tensor)
+    }
+
+    /// The file index and stored name of a tensor, or an error listing what the checkpoint has.
+    fn entry(&self, name: &str) -> Result<(usize, &str)> {
         let (index, stored) = self.names.get(name).ok_or_else(|| {
             let mut some: Vec<&String> = self.names.keys().collect();
             some.sort();
@@ -95,18 +149,7 @@ impl Checkpoint {
                 ),
             )
         })?;
-        let file = &self.files[*index];
-        let tensor = file.read(stored)?;
-        if tensor.shape != shape {
-            return Err(Error::file(
-                file.path(),
-                format!("tensor `{stored}` has shape {:?} but config.json implies {shape:?}", tensor.shape),
-            ));
-        }
-        if !self.allow_nonfinite {
-            check_finite(file.path(), stored, &tensor.data)?;
-        }
-        Ok(tensor)
+        Ok((*index, stored.as_str()))
     }
 }
 
@@ -114,6 +157,17 @@ impl WeightSource for Checkpoint {
     fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
         let host = self.host_tensor(name, &shape)?;
         Ok(Tensor::from_data(TensorData::new(host.data, shape), &self.device))
+    }
+
+    fn stored_4bit(&mut self, name: &str, shape: [usize; 2]) -> Result<Option<crate::quant::Quantized>> {
+        if !crate::quant::checkpoint::is_stored_4bit(self, name) {
+            return Ok(None);
+        }
+        crate::quant::checkpoint::read_4bit(self, name, shape).map(Some)
+    }
+
+    fn host_values(&mut self, name: &str, shape: [usize; 2]) -> Result<Vec<f32>> {
+        Ok(self.host_tensor(name, &shape)?.data)
     }
 
     /// Uploads the blocks from the last one back, shrinking the host copy as it goes, so the
@@ -181,12 +235,40 @@ pub struct ModelDir {
 }
 
 /// How a model's weights are loaded.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct LoadOptions {
     /// Stored precision of the frozen base weights.
     pub dtype: WeightDType,
     /// Accept weights holding NaN or infinities (refused by default: they make every output NaN).
     pub allow_nonfinite: bool,
+    /// Quantize the Linear layers to 4 bits (QLoRA); a model saved 4-bit loads 4-bit without it.
+    pub quant: Option<QuantConfig>,
+}
+
+impl LoadOptions {
+    /// The 4-bit settings a model of `config` loads with: those asked for, else those it was
+    /// saved with.
+    pub fn quantization(&self, config: &BloomConfig) -> Option<QuantConfig> {
+        self.quant.clone().or_else(|| config.quantization_config.clone())
+    }
+}
+
+/// `config`'s model from `weights` stored as `options` say: 4-bit Linear layers where asked
+/// (or saved so), the rest in `options.dtype`.
+pub fn build_model(
+    config: &BloomConfig,
+    weights: &mut impl WeightSource,
+    device: &Device,
+    options: &LoadOptions,
+) -> Result<BloomForCausalLM> {
+    let mut stored = StoredAs { inner: weights, dtype: options.dtype };
+    match options.quantization(config) {
+        Some(quant) => BloomForCausalLM::from_weights(
+            config,
+            &mut Quantizing { inner: &mut stored, config: &quant, device: device.clone() },
+        ),
+        None => BloomForCausalLM::from_weights(config, &mut stored),
+    }
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -216,7 +298,7 @@ impl ModelDir {
     pub fn load(&self, device: &Device, options: &LoadOptions) -> Result<BloomForCausalLM> {
         let mut checkpoint = Checkpoint::open(&self.dir, device)?;
         checkpoint.allow_nonfinite = options.allow_nonfinite;
-        BloomForCausalLM::from_weights(&self.config, &mut StoredAs { inner: &mut checkpoint, dtype: options.dtype })
+        build_model(&self.config, &mut checkpoint, device, options)
     }
 }
 
@@ -251,8 +333,8 @@ impl WeightSource for RandomWeights {
     }
 }
 
-/// A random-weight model of `config`'s shape, its weights stored as `dtype`.
-pub fn random_model(config: &BloomConfig, device: &Device, seed: u64, dtype: WeightDType) -> BloomForCausalLM {
-    BloomForCausalLM::from_weights(config, &mut StoredAs { inner: &mut RandomWeights::new(device, seed), dtype })
+/// A random-weight model of `config`'s shape, its weights stored as `options` say.
+pub fn random_model(config: &BloomConfig, device: &Device, seed: u64, options: &LoadOptions) -> BloomForCausalLM {
+    build_model(config, &mut RandomWeights::new(device, seed), device, options)
         .expect("random weights always have the requested shapes")
 }

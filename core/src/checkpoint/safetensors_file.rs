@@ -43,10 +43,14 @@ impl SafetensorsFile {
                 Dtype::F32 => StoredDType::F32,
                 Dtype::F16 => StoredDType::F16,
                 Dtype::BF16 => StoredDType::BF16,
+                Dtype::U8 => StoredDType::U8,
                 other => {
                     return Err(Error::file(
                         &path,
-                        format!("tensor `{name}` has dtype {other:?}; only F32, F16 and BF16 weights are supported"),
+                        format!(
+                            "tensor `{name}` has dtype {other:?}; only F32, F16 and BF16 weights (and the U8 bytes of \
+                             bitsandbytes 4-bit weights) are supported"
+                        ),
                     ))
                 }
             };
@@ -66,12 +70,39 @@ impl TensorFile for SafetensorsFile {
     }
 
     fn read(&self, name: &str) -> Result<HostTensor> {
+        let (dtype, shape, bytes) = self.stored(name)?;
+        let data = to_f32(bytes, dtype);
+        self.release(name);
+        Ok(HostTensor { shape: shape.to_vec(), data })
+    }
+
+    fn read_bytes(&self, name: &str) -> Result<(Vec<usize>, Vec<u8>)> {
+        let (dtype, shape, bytes) = self.stored(name)?;
+        if dtype != StoredDType::U8 {
+            return Err(Error::file(
+                &self.path,
+                format!("tensor `{name}` is {}, not the U8 bytes expected", dtype.name()),
+            ));
+        }
+        let out = (shape.to_vec(), bytes.to_vec());
+        self.release(name);
+        Ok(out)
+    }
+}
+
+impl SafetensorsFile {
+    /// A tensor's dtype, shape and bytes, their length checked against the shape.
+    fn stored(&self, name: &str) -> Result<(StoredDType, &[usize], &[u8])> {
         let (dtype, shape, (begin, end)) =
             self.tensors.get(name).ok_or_else(|| Error::file(&self.path, format!("no tensor `{name}`")))?;
         let bytes = &self.buffer[self.data_start + begin..self.data_start + end];
         check_len(&self.path, name, bytes.len(), shape, *dtype)?;
-        let data = to_f32(bytes, *dtype);
-        self.buffer.release(self.data_start + begin, end - begin);
-        Ok(HostTensor { shape: shape.clone(), data })
+        Ok((*dtype, shape, bytes))
+    }
+
+    fn release(&self, name: &str) {
+        if let Some((_, _, (begin, end))) = self.tensors.get(name) {
+            self.buffer.release(self.data_start + begin, end - begin);
+        }
     }
 }

@@ -38,18 +38,32 @@ pub fn config_json(config: &LoraConfig) -> String {
 /// adapter or merged model never holds a second full copy in memory.
 pub struct LazyTensor {
     shape: Vec<usize>,
-    read: Box<dyn Fn() -> Result<Vec<f32>>>,
+    dtype: Dtype,
+    /// The tensor's little-endian bytes.
+    read: Box<dyn Fn() -> Result<Vec<u8>>>,
 }
 
 impl LazyTensor {
+    /// An f32 tensor whose values `read` gives when it is written.
     pub fn new(shape: Vec<usize>, read: impl Fn() -> Result<Vec<f32>> + 'static) -> Self {
-        LazyTensor { shape, read: Box::new(read) }
+        let read = move || read().map(|values| values.iter().flat_map(|v| v.to_le_bytes()).collect());
+        LazyTensor { shape, dtype: Dtype::F32, read: Box::new(read) }
+    }
+
+    /// An f32 tensor of known values.
+    pub fn floats(shape: Vec<usize>, values: Vec<f32>) -> Self {
+        Self::new(shape, move || Ok(values.clone()))
+    }
+
+    /// A U8 tensor of known bytes (the packed codes of a 4-bit weight).
+    pub fn bytes(shape: Vec<usize>, bytes: Vec<u8>) -> Self {
+        LazyTensor { shape, dtype: Dtype::U8, read: Box::new(move || Ok(bytes.clone())) }
     }
 }
 
 impl View for &LazyTensor {
     fn dtype(&self) -> Dtype {
-        Dtype::F32
+        self.dtype
     }
     fn shape(&self) -> &[usize] {
         &self.shape
@@ -57,11 +71,10 @@ impl View for &LazyTensor {
     fn data(&self) -> Cow<'_, [u8]> {
         // `View` cannot fail, so a device failure here ends the process with its message; the
         // file being written is a temporary one and is never renamed into place.
-        let values = (self.read)().unwrap_or_else(|e| panic!("{e}"));
-        Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        Cow::Owned((self.read)().unwrap_or_else(|e| panic!("{e}")))
     }
     fn data_len(&self) -> usize {
-        self.shape.iter().product::<usize>() * 4
+        self.shape.iter().product::<usize>() * self.dtype.bitsize() / 8
     }
 }
 

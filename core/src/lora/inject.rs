@@ -9,7 +9,7 @@ use burn::tensor::Device;
 use super::config::LoraConfig;
 use super::layer::LoraAdapter;
 use crate::error::{Error, Result};
-use crate::model::{BloomForCausalLM, LayerMut, ModelShape, ModuleKind, ModuleTree, NamedModule};
+use crate::model::{BloomForCausalLM, LayerMut, LinearWeight, ModelShape, ModuleKind, ModuleTree, NamedModule};
 use crate::text::thousands;
 
 /// What applying a config did.
@@ -137,6 +137,14 @@ pub fn lora_report(config: &LoraConfig, shape: ModelShape) -> Result<LoraReport>
 pub fn apply_lora(model: &mut BloomForCausalLM, config: &LoraConfig, device: &Device) -> Result<LoraReport> {
     let report = lora_report(config, ModelShape::of_model(model))?;
     let selection = select_modules(config, &model.modules())?;
+    if let Some(m) = selection.saved.iter().find(|m| model.linear(&m.name).is_some_and(|l| l.weight.is_quantized())) {
+        let short = m.name.rsplit('.').next().unwrap_or(&m.name);
+        return Err(Error::invalid(format!(
+            "`modules_to_save` names `{}`, a 4-bit Linear layer, which cannot be trained (nor can it in peft); \
+             keep it in full precision by adding \"{short}\" to `llm_int8_skip_modules`",
+            m.name
+        )));
+    }
     // The head's copy is of the matrix it uses now (the word embeddings' when tied).
     let head_copy = selection.is_saved("lm_head").then(|| model.lm_head_weight().trainable_copy());
     let mut head_copy = head_copy.into_iter();
@@ -151,7 +159,7 @@ pub fn apply_lora(model: &mut BloomForCausalLM, config: &LoraConfig, device: &De
                         Some(LoraAdapter::new(in_f, out_f, r, scale, config.lora_dropout, config.init(), device));
                 }
                 if saved {
-                    linear.weight = trainable(linear.weight.val());
+                    linear.weight = LinearWeight::Dense(trainable(linear.weight.val()));
                 }
                 if saved || config.bias.trains(&module.kind, adapted, saved) {
                     linear.bias = linear.bias.take().map(|b| trainable(b.val()));

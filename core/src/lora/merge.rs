@@ -9,7 +9,7 @@ use super::adapter_file::write_safetensors;
 use super::adapter_file::{to_host, LazyTensor};
 use crate::error::Result;
 use crate::model::precision::widened;
-use crate::model::{BloomForCausalLM, Layer, LayerMut, ModuleTree, VocabMatrix};
+use crate::model::{BloomForCausalLM, Layer, LayerMut, LinearWeight, ModuleTree, VocabMatrix};
 
 /// Merges every unmerged adapter into its base weight (peft's `merge_adapter`).
 pub fn merge(model: &mut BloomForCausalLM) {
@@ -21,16 +21,32 @@ pub fn unmerge(model: &mut BloomForCausalLM) {
     fold(model, -1.0);
 }
 
+/// Adapters over 4-bit weights stay beside them (their forward adds the update): merging would
+/// mean requantizing, which changes the base (peft warns of exactly that); [`merged_tensors`]
+/// writes such layers dequantized instead.
 fn fold(model: &mut BloomForCausalLM, sign: f64) {
     model.visit_mut(|_, layer| {
         let LayerMut::Linear(linear) = layer else { return };
+        let Some(param) = linear.weight.dense_mut() else { return };
         let Some(lora) = linear.lora.as_mut().filter(|l| l.merged != (sign > 0.0)) else { return };
         // In the weight's stored precision: merging into f16 weights rounds, as in peft.
-        let stored = linear.weight.val();
+        let stored = param.val();
         let dtype = stored.dtype();
         let weight = (widened(stored) + lora.delta_weight() * sign).cast(dtype);
-        linear.weight = Param::from_tensor(weight).set_require_grad(linear.weight.is_require_grad());
+        *param = Param::from_tensor(weight).set_require_grad(param.is_require_grad());
         lora.merged = sign > 0.0;
+    });
+}
+
+/// Replaces every 4-bit weight by its dequantized values in its compute dtype (what
+/// transformers' `dequantize()` gives), so the model can be merged and saved in full precision.
+pub fn dequantize_all(model: &mut BloomForCausalLM) {
+    model.visit_mut(|_, layer| {
+        let LayerMut::Linear(linear) = layer else { return };
+        if let LinearWeight::Quantized(q) = &linear.weight {
+            let dense = q.dequantize().cast(q.compute.float_dtype());
+            linear.weight = LinearWeight::dense(dense);
+        }
     });
 }
 
@@ -45,6 +61,7 @@ pub fn merged_head_is_untied(model: &BloomForCausalLM) -> bool {
 /// originals, `lm_head.weight` only when it is untied.
 pub fn merged_tensors(model: &BloomForCausalLM) -> Result<Vec<(String, LazyTensor)>> {
     let mut merged = model.clone();
+    dequantize_all(&mut merged);
     merge(&mut merged);
     let untied = merged_head_is_untied(&merged);
     let mut out = Vec::new();

@@ -140,7 +140,10 @@ impl Slot {
                 model.transformer.word_embeddings.trainable_copy.as_mut().expect("copy exists").set(as2(value))
             }
             Slot::LmHead => model.lm_head.as_mut().expect("lm_head copy exists").set(as2(value)),
-            Slot::LinearWeight(n) => set2(&mut model.linear_mut(n).expect("linear").weight, as2(value)),
+            Slot::LinearWeight(n) => {
+                let weight = model.linear_mut(n).expect("linear").weight.dense_mut();
+                set2(weight.expect("modules_to_save copies are full precision"), as2(value))
+            }
             Slot::LinearBias { name, .. } => {
                 set1(model.linear_mut(name).expect("linear").bias.as_mut().expect("bias"), value)
             }

@@ -11,25 +11,70 @@ use super::precision::widened;
 use super::vocab::{rows_per_block, VocabMatrix};
 use super::{Scope, WeightSource};
 use crate::lora::LoraAdapter;
+use crate::quant::QuantizedWeight;
 use crate::Result;
+
+/// A Linear layer's weight `[out_features, in_features]`: full precision (f32, f16 or bf16),
+/// or 4-bit (QLoRA's frozen base, [`crate::quant`]).
+#[derive(Module, Debug)]
+pub enum LinearWeight {
+    Dense(Param<Tensor<2>>),
+    Quantized(QuantizedWeight),
+}
+
+impl LinearWeight {
+    /// A frozen full-precision weight.
+    pub fn dense(weight: Tensor<2>) -> Self {
+        LinearWeight::Dense(frozen(weight))
+    }
+
+    /// `[out_features, in_features]`.
+    pub fn dims(&self) -> [usize; 2] {
+        match self {
+            LinearWeight::Dense(w) => w.dims(),
+            LinearWeight::Quantized(q) => [q.out_features, q.in_features],
+        }
+    }
+
+    /// The weight's values: as stored, or dequantized to f32 (bitsandbytes' values exactly).
+    pub fn val(&self) -> Tensor<2> {
+        match self {
+            LinearWeight::Dense(w) => w.val(),
+            LinearWeight::Quantized(q) => q.dequantize(),
+        }
+    }
+
+    /// The parameter of a full-precision weight.
+    pub fn dense_mut(&mut self) -> Option<&mut Param<Tensor<2>>> {
+        match self {
+            LinearWeight::Dense(w) => Some(w),
+            LinearWeight::Quantized(_) => None,
+        }
+    }
+
+    pub fn is_quantized(&self) -> bool {
+        matches!(self, LinearWeight::Quantized(_))
+    }
+}
 
 /// `torch.nn.Linear`: `y = x Wᵀ + b`, with `weight` stored `[out_features, in_features]`,
 /// plus an optional LoRA adapter beside it.
 #[derive(Module, Debug)]
 pub struct Linear {
-    pub weight: Param<Tensor<2>>,
+    pub weight: LinearWeight,
     pub bias: Option<Param<Tensor<1>>>,
     pub lora: Option<LoraAdapter>,
 }
 
 impl Linear {
     pub fn new(weight: Tensor<2>, bias: Option<Tensor<1>>) -> Self {
-        Linear { weight: frozen(weight), bias: bias.map(frozen), lora: None }
+        Linear { weight: LinearWeight::dense(weight), bias: bias.map(frozen), lora: None }
     }
 
     /// `weight` `[out, in]` and `bias` `[out]` from the module's scope.
     pub fn load<W: WeightSource>(s: &mut Scope<W>, out_features: usize, in_features: usize) -> Result<Self> {
-        Ok(Linear::new(s.tensor("weight", [out_features, in_features])?, Some(s.tensor("bias", [out_features])?)))
+        let weight = s.linear_weight("weight", [out_features, in_features])?;
+        Ok(Linear { weight, bias: Some(frozen(s.tensor("bias", [out_features])?)), lora: None })
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
@@ -37,7 +82,11 @@ impl Linear {
         let mut dims = x.dims();
         let rows = dims[..D - 1].iter().product::<usize>();
         let flat: Tensor<2> = x.reshape([rows, dims[D - 1]]);
-        let mut y = frozen_linear(flat.clone(), self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        let bias = self.bias.as_ref().map(|b| b.val());
+        let mut y = match &self.weight {
+            LinearWeight::Dense(w) => frozen_linear(flat.clone(), w.val(), bias),
+            LinearWeight::Quantized(q) => with_bias(q.forward(flat.clone()), bias),
+        };
         if let Some(lora) = self.lora.as_ref().filter(|l| !l.merged) {
             y = y + lora.delta(flat);
         }
@@ -60,7 +109,11 @@ pub fn frozen_linear(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -
     if weight.dtype() == burn::tensor::DType::F32 {
         return linear(x, weight.transpose(), bias);
     }
-    let y = ember_shaders::autocast_matmul(x, weight.transpose());
+    with_bias(ember_shaders::autocast_matmul(x, weight.transpose()), bias)
+}
+
+/// `y + b` over the rows of `y`, the bias widened to f32.
+fn with_bias(y: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
     match bias {
         Some(b) => y + widened(b).unsqueeze(),
         None => y,

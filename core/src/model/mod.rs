@@ -11,11 +11,14 @@ pub mod vocab;
 pub use alibi::{AttentionBias, AttentionMask};
 pub use bloom::{BloomForCausalLM, ModelShape};
 pub use cache::KvCache;
+pub use layers::LinearWeight;
 pub use modules::{Layer, LayerMut, ModuleKind, ModuleTree, NamedModule};
 pub use precision::WeightDType;
 pub use vocab::VocabMatrix;
 
 use burn::tensor::Tensor;
+
+use crate::quant::Quantized;
 
 /// Where model weights come from: a checkpoint on disk or a random initialiser. Names are
 /// `BloomForCausalLM`'s (`transformer.h.0.mlp.dense_h_to_4h.weight`).
@@ -26,6 +29,24 @@ pub trait WeightSource {
     /// build each block directly so the whole matrix never sits on the device at once.
     fn vocab_matrix(&mut self, name: &str, shape: [usize; 2], rows: usize) -> crate::Result<VocabMatrix> {
         Ok(VocabMatrix::split(self.tensor(name, shape)?, rows, false))
+    }
+
+    /// A Linear layer's weight `[out, in]`: full precision, unless the source quantizes it
+    /// ([`crate::quant::Quantizing`]).
+    fn linear_weight(&mut self, name: &str, shape: [usize; 2]) -> crate::Result<LinearWeight> {
+        Ok(LinearWeight::dense(self.tensor(name, shape)?))
+    }
+
+    /// The weight as the source holds it in 4 bits (a checkpoint saved by transformers with
+    /// `load_in_4bit`), if it does.
+    fn stored_4bit(&mut self, _name: &str, _shape: [usize; 2]) -> crate::Result<Option<Quantized>> {
+        Ok(None)
+    }
+
+    /// A weight's values in f32 on the host, which quantizing reads.
+    fn host_values(&mut self, name: &str, shape: [usize; 2]) -> crate::Result<Vec<f32>> {
+        let flat = self.tensor(name, shape)?.reshape([shape[0] * shape[1]]);
+        crate::readback::blocking(crate::readback::values(flat, "reading a weight to quantize"))
     }
 }
 
@@ -64,5 +85,10 @@ impl<'s, W: WeightSource> Scope<'s, W> {
     pub fn vocab_matrix(&mut self, name: &str, shape: [usize; 2], rows: usize) -> crate::Result<VocabMatrix> {
         let full = self.full(name);
         self.source.vocab_matrix(&full, shape, rows)
+    }
+
+    pub fn linear_weight(&mut self, name: &str, shape: [usize; 2]) -> crate::Result<LinearWeight> {
+        let full = self.full(name);
+        self.source.linear_weight(&full, shape)
     }
 }

@@ -120,6 +120,11 @@ pub trait ModuleTree {
         }
     }
 
+    /// Whether any Linear layer holds a 4-bit weight (QLoRA).
+    fn has_4bit_weights(&self) -> bool {
+        self.layers().iter().any(|l| matches!(l, Layer::Linear(linear) if linear.weight.is_quantized()))
+    }
+
     /// The Linear layer called `name`.
     fn linear(&self, name: &str) -> Option<&Linear> {
         match self.layer(name)? {

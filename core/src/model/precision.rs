@@ -86,6 +86,21 @@ impl<W: WeightSource> WeightSource for StoredAs<'_, W> {
         Ok(if self.dtype == WeightDType::F32 { tensor } else { tensor.cast(self.dtype.float_dtype()) })
     }
 
+    fn stored_4bit(&mut self, name: &str, shape: [usize; 2]) -> crate::Result<Option<crate::quant::Quantized>> {
+        self.inner.stored_4bit(name, shape)
+    }
+
+    /// The values as stored in `dtype` (what transformers quantizes after loading in it).
+    fn host_values(&mut self, name: &str, shape: [usize; 2]) -> crate::Result<Vec<f32>> {
+        let mut values = self.inner.host_values(name, shape)?;
+        match self.dtype {
+            WeightDType::F32 => {}
+            WeightDType::F16 => values.iter_mut().for_each(|v| *v = half::f16::from_f32(*v).to_f32()),
+            WeightDType::Bf16 => values.iter_mut().for_each(|v| *v = half::bf16::from_f32(*v).to_f32()),
+        }
+        Ok(values)
+    }
+
     fn vocab_matrix(&mut self, name: &str, shape: [usize; 2], rows: usize) -> crate::Result<VocabMatrix> {
         let matrix = self.inner.vocab_matrix(name, shape, rows)?;
         if self.dtype == WeightDType::F32 {

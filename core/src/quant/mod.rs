@@ -2,7 +2,8 @@
 //! ...)`), quantized when a model is loaded or read as saved by transformers, so that LoRA trains
 //! over a base a quarter the size of f16. The format and its exact arithmetic are in [`bnb`]; the
 //! matmul with such a weight is `ember_shaders::linear_4bit`; on the device a weight is a
-//! [`crate::model::layers::QuantizedWeight`].
+//! [`QuantizedWeight`] ([`weight`]); [`load`] quantizes a model as it loads and [`checkpoint`]
+//! reads and writes transformers' 4-bit checkpoints.
 //!
 //! Which modules are quantized follows transformers: every Linear layer of the model except
 //! those `llm_int8_skip_modules` names (default: `lm_head`, which BLOOM ties to the embeddings
@@ -10,11 +11,16 @@
 //! copies, gradients and optimizer state stay f32.
 
 pub mod bnb;
+pub mod checkpoint;
+pub mod load;
+pub mod weight;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use bnb::{Absmax, QuantType, Quantized};
+pub use load::Quantizing;
+pub use weight::QuantizedWeight;
 
 use crate::error::{Error, Result};
 use crate::model::WeightDType;

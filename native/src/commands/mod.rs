@@ -7,6 +7,7 @@ pub mod generate;
 pub mod info;
 pub mod lora_args;
 pub mod merge;
+pub mod quant_args;
 pub mod train;
 pub mod train_args;
 pub mod web;
@@ -17,6 +18,7 @@ use ember_core::checkpoint::ModelDir;
 use ember_core::lora::adapter_file::load_adapter;
 use ember_core::lora::merge::merge;
 use ember_core::model::BloomForCausalLM;
+use ember_core::model::ModuleTree;
 use ember_core::tokenizer::Tokenizer;
 
 use crate::device::Placement;
@@ -39,13 +41,15 @@ pub fn load(model: &Path, adapter: Option<&Path>, placement: &Placement, quiet: 
         eprintln!("device: {}", selected.description);
     }
     crate::device::doing(format!("running {} ({dtype}) on {}", model.display(), selected.description));
-    let mut model = dir.load(&selected.device, &placement.load_options())?;
+    let mut model = dir.load(&selected.device, &placement.load_options()?)?;
     model.kernels = placement.kernels;
     if let Some(adapter) = adapter {
         let (_, report) = load_adapter(&mut model, adapter, &selected.device, placement.allow_nonfinite)?;
         merge(&mut model);
         if !quiet {
-            eprintln!("adapter: {} ({} LoRA layers, merged)", adapter.display(), report.targeted.len());
+            // Over 4-bit weights adapters stay beside them (merging would requantize the base).
+            let how = if model.has_4bit_weights() { "beside the 4-bit weights" } else { "merged" };
+            eprintln!("adapter: {} ({} LoRA layers, {how})", adapter.display(), report.targeted.len());
         }
     }
     Ok(Loaded { dir, model, tokenizer, device: selected.device })

@@ -79,6 +79,7 @@ pub fn train(settings: Settings, demo_question: Option<&str>) -> anyhow::Result<
         dtype: settings.dtype,
         kernels: settings.kernels,
         allow_nonfinite: settings.allow_nonfinite,
+        quant: settings.quant.clone(),
     };
     let selected = placement.select()?;
     eprintln!("device: {}", selected.description);
@@ -96,7 +97,7 @@ pub fn train(settings: Settings, demo_question: Option<&str>) -> anyhow::Result<
         selected.description, settings.training.per_device_train_batch_size, settings.max_length, settings.dtype
     ));
     let device = device::training_device(&selected.device, settings.gradient_checkpointing);
-    let mut model = dir.load(&device, &placement.load_options())?;
+    let mut model = dir.load(&device, &placement.load_options()?)?;
     model.kernels = settings.kernels;
     // LoRA's random initialisation is drawn from the device generator: seed it, so runs repeat.
     device.seed(settings.training.seed);

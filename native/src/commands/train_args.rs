@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::lora_args::{finite, LoraArgs};
+use super::quant_args::QuantArgs;
 use crate::device::{Api, DeviceChoice};
 
 /// Every flag is optional: unset flags fall back to the config file, then to transformers'
@@ -116,6 +117,9 @@ pub struct Args {
     /// Load model and adapter weights that hold NaN or infinities (refused by default).
     #[arg(long)]
     allow_nonfinite: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    quant: QuantArgs,
 }
 
 impl Args {
@@ -155,6 +159,8 @@ pub struct Settings {
     pub kernels: Kernels,
     pub allow_nonfinite: bool,
     #[serde(flatten)]
+    pub quant: QuantArgs,
+    #[serde(flatten)]
     pub training: TrainingArgs,
 }
 
@@ -184,6 +190,7 @@ impl Default for Settings {
             gradient_checkpointing: false,
             kernels: Kernels::default(),
             allow_nonfinite: false,
+            quant: QuantArgs::default(),
             training: TrainingArgs::default(),
         }
     }

@@ -9,7 +9,7 @@
 //! failed in Chromium's WebGPU, which allows 10; only the page's end-to-end test runs on an
 //! adapter with browser limits.) So inputs that always travel together share a buffer.
 
-use burn::backend::tensor::FloatTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Cube, DType, TensorMetadata};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::numeric::empty_device_dtype;
@@ -18,6 +18,7 @@ use cubecl::calculate_cube_count_elemwise;
 use cubecl::prelude::*;
 
 mod attention;
+mod dequantize;
 mod layer_norm;
 
 use crate::gelu::{GELU_A_F32 as A, GELU_B_F32 as B};
@@ -253,5 +254,14 @@ impl FusedOps for Cube {
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         attention::backward(q, k, v, alibi, mask, out, stats, grad)
+    }
+
+    fn dequantize_4bit(
+        words: IntTensor<Self>,
+        absmax: FloatTensor<Self>,
+        code: FloatTensor<Self>,
+        shape: [usize; 2],
+    ) -> FloatTensor<Self> {
+        dequantize::dequantize_4bit(words, absmax, code, shape)
     }
 }

@@ -40,7 +40,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.shape,
         ember_core::text::thousands(ember_core::model::ModelShape::of_config(&config).base_params())
     );
-    let mut model = random_model(&config, &selected.device, 0, args.placement.dtype);
+    let mut model = random_model(&config, &selected.device, 0, &args.placement.load_options()?);
     model.kernels = args.placement.kernels;
     let prompt: Vec<u32> = (0..args.prompt_len).map(|i| 4 + (i * 7919 % (config.vocab_size - 4)) as u32).collect();
 

@@ -80,7 +80,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         })?);
     }
     drop(x);
-    let mut head = random_model(&BloomConfig { n_layer: 0, ..config.clone() }, &device, 0, args.placement.dtype);
+    let mut head =
+        random_model(&BloomConfig { n_layer: 0, ..config.clone() }, &device, 0, &args.placement.load_options()?);
     let hidden =
         Tensor::<3>::random([args.batch, args.seq, config.hidden_size], Distribution::Normal(0.0, 1.0), &device);
     let labels: Vec<Vec<i64>> = (0..args.batch)

@@ -63,7 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.placement.kernels
     );
     let device = device::training_device(&selected.device, args.gradient_checkpointing);
-    let mut model = random_model(&config, &device, 0, args.placement.dtype);
+    let mut model = random_model(&config, &device, 0, &args.placement.load_options()?);
     model.kernels = args.placement.kernels;
     let lora = lora()?;
     let report = apply_lora(&mut model, &lora, &device)?;
