@@ -204,3 +204,103 @@ pub fn first_divergence(model: &BloomForCausalLM, split: &str, device: &Device) 
     }
     diverges("ln_f", &t.ln_f.forward(x, kernels))
 }
+
+/// transformers' Trainer runs recorded by make_fixtures.py (`train/run_*.json`,
+/// `quant/train_*.json`) and the checks every trainer test makes against them.
+pub mod trainer_runs {
+    use std::path::Path;
+
+    use ember_core::checkpoint::{ModelDir, SafetensorsFile, TensorFile};
+    use ember_core::data::formats::open_examples;
+    use ember_core::data::{Columns, TokenizedDataset};
+    use ember_core::lora::adapter_file::save_adapter;
+    use ember_core::template::Template;
+    use ember_core::tokenizer::Tokenizer;
+    use ember_core::train::{Trainer, TrainingArgs};
+    use serde_json::Value;
+
+    use super::{fixtures, max_abs_diff};
+
+    /// The recipe's training data (`data/train.jsonl`, truncated at 32) tokenized for `model_dir`.
+    pub fn dataset(model_dir: &Path) -> TokenizedDataset {
+        let tokenizer = Tokenizer::open(model_dir, &ModelDir::open(model_dir).unwrap().config).unwrap();
+        let examples = open_examples(&fixtures().join("data/train.jsonl"), "train", &Columns::default()).unwrap();
+        TokenizedDataset::from_examples(examples, &tokenizer, &Template::HumanAssistant, 32).unwrap()
+    }
+
+    /// A recorded run, by its path under tests/fixtures.
+    pub fn reference(path: &str) -> Value {
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join(path)).unwrap()).unwrap()
+    }
+
+    /// The run's arguments, in sequential order (the recordings use a sequential sampler).
+    pub fn args_of(run: &Value, output_dir: &str) -> TrainingArgs {
+        let a = &run["args"];
+        TrainingArgs {
+            output_dir: output_dir.into(),
+            per_device_train_batch_size: a["per_device_train_batch_size"].as_u64().unwrap() as usize,
+            gradient_accumulation_steps: a["gradient_accumulation_steps"].as_u64().unwrap() as usize,
+            learning_rate: a["learning_rate"].as_f64().unwrap(),
+            lr_scheduler_type: serde_json::from_value(a["lr_scheduler_type"].clone()).unwrap(),
+            warmup_steps: a.get("warmup_steps").and_then(Value::as_u64).unwrap_or(0) as usize,
+            max_grad_norm: a["max_grad_norm"].as_f64().unwrap(),
+            weight_decay: a["weight_decay"].as_f64().unwrap(),
+            max_steps: a["max_steps"].as_i64().unwrap(),
+            adam_beta1: a["adam_beta1"].as_f64().unwrap(),
+            adam_beta2: a["adam_beta2"].as_f64().unwrap(),
+            adam_epsilon: a["adam_epsilon"].as_f64().unwrap(),
+            logging_steps: 1,
+            save_steps: 0,
+            seed: 42,
+            shuffle: false,
+            ..TrainingArgs::default()
+        }
+    }
+
+    /// `a` within `rel` of `b`, relative.
+    pub fn close(a: f64, b: f64, rel: f64) -> bool {
+        (a - b).abs() <= rel * b.abs().max(1e-12)
+    }
+
+    /// Runs every recorded step, checking the micro-batches (where recorded), loss, grad_norm,
+    /// learning rate and epoch; `what` names the run in failures.
+    pub fn check_steps(t: &mut Trainer, run: &Value, data: &TokenizedDataset, tolerance: f64, what: &str) {
+        let steps = run["steps"].as_array().unwrap();
+        assert_eq!(t.total_steps, steps.len(), "{what}: steps");
+        for expected in steps {
+            let step = t.global_step;
+            if let Some(batches) = expected.get("micro_batches") {
+                let planned: Vec<Vec<usize>> = serde_json::from_value(batches.clone()).unwrap();
+                assert_eq!(t.plan(step).0, planned, "{what} step {}: micro-batches", step + 1);
+            }
+            let r = t.step(data).unwrap();
+            let what = format!("{what} step {}", r.step);
+            let want = |key: &str| expected[key].as_f64().unwrap();
+            assert!(close(r.loss, want("loss"), tolerance), "{what}: loss {} vs {}", r.loss, want("loss"));
+            assert!(
+                close(r.grad_norm, want("grad_norm"), tolerance),
+                "{what}: grad_norm {} vs {}",
+                r.grad_norm,
+                want("grad_norm")
+            );
+            assert!(
+                close(r.learning_rate, want("learning_rate"), 1e-9)
+                    || want("learning_rate") == 0.0 && r.learning_rate == 0.0,
+                "{what}: lr"
+            );
+            assert!(close(r.epoch, want("epoch"), 1e-9), "{what}: epoch {}", r.epoch);
+        }
+    }
+
+    /// Saves the trained adapter into `out` and compares every tensor with the recorded final
+    /// adapter in `reference_dir` (under tests/fixtures).
+    pub fn check_final_adapter(t: &Trainer, out: &Path, reference_dir: &str, tolerance: f64, what: &str) {
+        save_adapter(&t.model, &t.lora, out).unwrap();
+        let ours = SafetensorsFile::open(&out.join("adapter_model.safetensors")).unwrap();
+        let theirs = SafetensorsFile::open(&fixtures().join(reference_dir).join("adapter_model.safetensors")).unwrap();
+        for key in theirs.names() {
+            let diff = max_abs_diff(&ours.read(&key).unwrap().data, &theirs.read(&key).unwrap().data);
+            assert!(diff < tolerance as f32, "{what} final {key}: {diff}");
+        }
+    }
+}

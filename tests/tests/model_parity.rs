@@ -43,7 +43,7 @@ fn every_block_matches_transformers() {
         // The helper finds a divergence where there is one: a changed block 1 is the first off.
         let mut broken = ModelDir::open(&model_dir("a")).unwrap().load_model(&device).unwrap();
         let dense = &mut broken.transformer.h[1].mlp.dense_4h_to_h;
-        dense.weight = burn::module::Param::from_tensor(dense.weight.val() * 1.01).set_require_grad(false);
+        dense.weight = ember_core::model::LinearWeight::dense(dense.weight.val() * 1.01);
         let found = first_divergence(&broken, "unpadded", &device).map(|(stage, _)| stage);
         assert_eq!(found.as_deref(), Some("block.1"), "{device_name}");
     }

@@ -5,9 +5,12 @@
 use burn::tensor::Device;
 use ember_core::checkpoint::{Checkpoint, LoadOptions, ModelDir};
 use ember_core::generate::{generate, GenerationConfig};
+use ember_core::lora::adapter_file::load_adapter;
 use ember_core::model::{ModelShape, ModuleKind, ModuleTree, WeightDType, WeightSource};
 use ember_core::quant::{Absmax, QuantConfig, QuantType, Quantized, QuantizedWeight};
-use ember_tests::{fixtures, logits, max_abs_diff, special_ids, test_devices, tolerance, Golden};
+use ember_core::tokenizer::PaddingSide;
+use ember_core::train::Trainer;
+use ember_tests::{fixtures, logits, max_abs_diff, special_ids, test_devices, tolerance, trainer_runs, Golden};
 use serde_json::Value;
 
 const SHAPES: [(&str, [usize; 2]); 4] =
@@ -213,6 +216,33 @@ fn logits_and_greedy_ids_equal_transformers_with_bitsandbytes() {
                 let ours = generate(&model, &[prompt.clone()], &config, &device, |_| {}).unwrap();
                 assert_eq!(ours[0], want, "{what}: greedy ids for {prompt:?}");
             }
+        }
+    }
+}
+
+/// The recipe over an nf4 (double-quantized) base from a fixed adapter (regex target and a
+/// `word_embeddings` copy), batch 1 × accumulation 8, against transformers' Trainer over
+/// bitsandbytes' `Linear4bit` (after `prepare_model_for_kbit_training`).
+#[test]
+fn qlora_training_equals_transformers_trainer_over_a_4bit_base() {
+    let data = trainer_runs::dataset(&base_dir());
+    let run = trainer_runs::reference("quant/train_nf4-dq.json");
+    assert_eq!(run["quantization"], "nf4-dq");
+    for (device_name, base) in test_devices() {
+        let tolerance = if device_name == "cpu" { tolerance::TRAINING_CPU } else { tolerance::TRAINING_WGPU };
+        let modes =
+            [("", base.clone().autodiff()), (" with gradient checkpointing", base.autodiff().gradient_checkpointing())];
+        for (mode, device) in modes {
+            let what = format!("{device_name}{mode}");
+            let out = tempfile::tempdir().unwrap();
+            let mut model = ModelDir::open(&base_dir()).unwrap().load(&device, &quantized_options("nf4-dq")).unwrap();
+            let (lora, _) = load_adapter(&mut model, &fixtures().join("quant/init_adapter"), &device, false).unwrap();
+            assert!(model.has_4bit_weights());
+            let args = trainer_runs::args_of(&run, out.path().to_str().unwrap());
+            let pad = special_ids("a").pad;
+            let mut t = Trainer::new(model, lora, args, &data, pad, PaddingSide::Left, &device).unwrap();
+            trainer_runs::check_steps(&mut t, &run, &data, tolerance, &what);
+            trainer_runs::check_final_adapter(&t, out.path(), "quant/train_nf4-dq_final", tolerance, &what);
         }
     }
 }
