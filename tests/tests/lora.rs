@@ -83,7 +83,7 @@ fn merged_directory_equals_transformers_merged_model() {
         let mut model = ModelDir::open(&model_dir(&base_of(&name))).unwrap().load_model(&device).unwrap();
         load_adapter(&mut model, &adapter_dir(&name), &device, false).unwrap();
         let out = tempfile::tempdir().unwrap();
-        save_merged(&model, &model_dir(&base_of(&name)), out.path(), u64::MAX).unwrap();
+        save_merged(&model, &model_dir(&base_of(&name)), out.path(), u64::MAX, None).unwrap();
 
         let ours = SafetensorsFile::open(&out.path().join("model.safetensors")).unwrap();
         let theirs = SafetensorsFile::open(&adapter_dir(&name).join("merged/model.safetensors")).unwrap();

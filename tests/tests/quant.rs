@@ -6,11 +6,13 @@ use burn::tensor::Device;
 use ember_core::checkpoint::{Checkpoint, LoadOptions, ModelDir};
 use ember_core::generate::{generate, GenerationConfig};
 use ember_core::lora::adapter_file::load_adapter;
+use ember_core::lora::merge::save_merged;
 use ember_core::model::{ModelShape, ModuleKind, ModuleTree, WeightDType, WeightSource};
 use ember_core::quant::{Absmax, QuantConfig, QuantType, Quantized, QuantizedWeight};
 use ember_core::tokenizer::PaddingSide;
 use ember_core::train::Trainer;
 use ember_tests::{fixtures, logits, max_abs_diff, special_ids, test_devices, tolerance, trainer_runs, Golden};
+use safetensors::SafeTensors;
 use serde_json::Value;
 
 const SHAPES: [(&str, [usize; 2]); 4] =
@@ -245,4 +247,45 @@ fn qlora_training_equals_transformers_trainer_over_a_4bit_base() {
             trainer_runs::check_final_adapter(&t, out.path(), "quant/train_nf4-dq_final", tolerance, &what);
         }
     }
+}
+
+/// `ember merge` over a 4-bit base: dequantized, the merged model gives peft's outputs with the
+/// adapter unmerged; requantized, it is tensor for tensor what peft's `merge_and_unload()` over
+/// bitsandbytes' layers saves (the adapted layers quantized again, the others as they were).
+#[test]
+fn merging_over_a_4bit_base_equals_peft() {
+    let device = Device::flex();
+    let config = config_of("nf4-dq");
+    let mut model = ModelDir::open(&base_dir()).unwrap().load(&device, &quantized_options("nf4-dq")).unwrap();
+    load_adapter(&mut model, &fixtures().join("quant/train_nf4-dq_final"), &device, false).unwrap();
+    let golden = Golden::open(&fixtures().join("quant/train_nf4-dq_final/golden.safetensors"));
+    let (ids, mask) = (golden.rows("padded.input_ids"), golden.rows("padded.attention_mask"));
+    let unmerged = logits(&model, &ids, &mask, &device);
+    let diff = max_abs_diff(&unmerged, &golden.f32s("padded.logits"));
+    assert!(diff < tolerance::VS_TRANSFORMERS, "4-bit base + adapter: logits differ from peft's by {diff}");
+
+    let dense = tempfile::tempdir().unwrap();
+    save_merged(&model, &base_dir(), dense.path(), u64::MAX, None).unwrap();
+    let merged = ModelDir::open(dense.path()).unwrap();
+    assert!(merged.config.quantization_config.is_none(), "written dequantized");
+    let merged = merged.load(&device, &LoadOptions::default()).unwrap();
+    let diff = max_abs_diff(&logits(&merged, &ids, &mask, &device), &unmerged);
+    assert!(diff < tolerance::VS_TRANSFORMERS, "dequantized merge: logits differ by {diff}");
+
+    let requantized = tempfile::tempdir().unwrap();
+    save_merged(&model, &base_dir(), requantized.path(), u64::MAX, Some(&config)).unwrap();
+    let ours = std::fs::read(requantized.path().join("model.safetensors")).unwrap();
+    let theirs = std::fs::read(fixtures().join("quant/merged_nf4-dq/model.safetensors")).unwrap();
+    let (ours, theirs) = (SafeTensors::deserialize(&ours).unwrap(), SafeTensors::deserialize(&theirs).unwrap());
+    let mut names: Vec<String> = theirs.names().into_iter().map(str::to_owned).collect();
+    names.sort();
+    let mut ours_names: Vec<String> = ours.names().into_iter().map(str::to_owned).collect();
+    ours_names.sort();
+    assert_eq!(ours_names, names, "the same tensors as peft's");
+    for name in &names {
+        let (a, b) = (ours.tensor(name).unwrap(), theirs.tensor(name).unwrap());
+        assert!(a.dtype() == b.dtype() && a.shape() == b.shape() && a.data() == b.data(), "{name} differs from peft's");
+    }
+    let reloaded = ModelDir::open(requantized.path()).unwrap();
+    assert_eq!(reloaded.config.quantization_config.as_ref(), Some(&config));
 }

@@ -8,8 +8,11 @@ use burn::tensor::Tensor;
 use super::adapter_file::write_safetensors;
 use super::adapter_file::{to_host, LazyTensor};
 use crate::error::Result;
+use crate::model::layers::Linear;
 use crate::model::precision::widened;
 use crate::model::{BloomForCausalLM, Layer, LayerMut, LinearWeight, ModuleTree, VocabMatrix};
+use crate::quant::checkpoint::tensors_4bit;
+use crate::quant::{QuantConfig, Quantized};
 
 /// Merges every unmerged adapter into its base weight (peft's `merge_adapter`).
 pub fn merge(model: &mut BloomForCausalLM) {
@@ -58,8 +61,19 @@ pub fn merged_head_is_untied(model: &BloomForCausalLM) -> bool {
 
 /// The weights of the merged model under `BloomForCausalLM` names, as transformers saves them
 /// after `merge_and_unload()`: adapters folded in, `modules_to_save` copies in place of the
-/// originals, `lm_head.weight` only when it is untied.
-pub fn merged_tensors(model: &BloomForCausalLM) -> Result<Vec<(String, LazyTensor)>> {
+/// originals, `lm_head.weight` only when it is untied. Layers that were 4-bit are merged
+/// dequantized and written so, or with `requantize` quantized again as peft's merge into a
+/// `Linear4bit` does (and saved as transformers saves 4-bit weights).
+pub fn merged_tensors(model: &BloomForCausalLM, requantize: Option<&QuantConfig>) -> Result<Vec<(String, LazyTensor)>> {
+    // 4-bit layers: those with an adapter are requantized after merging; the others keep
+    // their bytes (peft's merge leaves them alone).
+    let mut was_4bit = std::collections::HashMap::new();
+    for (module, layer) in model.named_layers() {
+        if let Layer::Linear(Linear { weight: LinearWeight::Quantized(q), lora, .. }) = layer {
+            let unchanged = lora.as_ref().is_none_or(|l| l.merged);
+            was_4bit.insert(module.name, if unchanged && requantize.is_some() { Some(q.to_host()?) } else { None });
+        }
+    }
     let mut merged = model.clone();
     dequantize_all(&mut merged);
     merge(&mut merged);
@@ -76,7 +90,23 @@ pub fn merged_tensors(model: &BloomForCausalLM) -> Result<Vec<(String, LazyTenso
         match layer {
             Layer::Linear(linear) => {
                 let (weight, shape) = flat(linear.weight.val());
-                out.push(lazy(format!("{name}.weight"), weight, shape));
+                match (requantize, was_4bit.remove(name)) {
+                    (Some(_), Some(Some(original))) => {
+                        out.extend(tensors_4bit(&format!("{name}.weight"), &original, "float32"))
+                    }
+                    (Some(config), Some(None)) => {
+                        let values = to_host(widened(weight))?;
+                        let shape = [shape[0], shape[1]];
+                        let q = Quantized::quantize(
+                            &values,
+                            shape,
+                            config.bnb_4bit_quant_type,
+                            config.bnb_4bit_use_double_quant,
+                        );
+                        out.extend(tensors_4bit(&format!("{name}.weight"), &q, "float32"));
+                    }
+                    _ => out.push(lazy(format!("{name}.weight"), weight, shape)),
+                }
                 if let Some(b) = &linear.bias {
                     out.push(lazy(format!("{name}.bias"), b.val(), b.dims().to_vec()));
                 }
@@ -109,6 +139,7 @@ pub fn save_merged(
     base_dir: &std::path::Path,
     out_dir: &std::path::Path,
     max_shard_bytes: u64,
+    requantize: Option<&QuantConfig>,
 ) -> Result<()> {
     use crate::error::Error;
     use std::collections::HashMap;
@@ -126,6 +157,17 @@ pub fn save_merged(
     if merged_head_is_untied(model) {
         config["tie_word_embeddings"] = serde_json::Value::Bool(false);
     }
+    // The weights are written in f32 (4-bit ones only when requantized), under whichever name
+    // the config gives the dtype (transformers 4: `torch_dtype`, 5: `dtype`).
+    let dtype_key = if config.get("torch_dtype").is_some() { "torch_dtype" } else { "dtype" };
+    config[dtype_key] = "float32".into();
+    match (requantize, config.as_object_mut()) {
+        (Some(q), _) => config["quantization_config"] = q.transformers_json(),
+        (None, Some(fields)) => {
+            fields.remove("quantization_config");
+        }
+        (None, None) => {}
+    }
     let config_text = serde_json::to_string_pretty(&config).expect("json");
     crate::io::write_atomic(&out_dir.join("config.json"), config_text.as_bytes())?;
     for file in ["generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
@@ -136,7 +178,7 @@ pub fn save_merged(
         }
     }
 
-    let tensors = merged_tensors(model)?;
+    let tensors = merged_tensors(model, requantize)?;
     let mut shards: Vec<Vec<&(String, LazyTensor)>> = vec![Vec::new()];
     let mut size = 0u64;
     for t in &tensors {

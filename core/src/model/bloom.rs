@@ -14,8 +14,10 @@ use super::cache::{KvCache, LayerCache};
 use super::layers::{Embedding, LayerNorm, Linear};
 use super::modules::{Layer, LayerMut, ModuleKind, ModuleTree, NamedModule};
 use super::vocab::{rows_per_block, VocabMatrix};
+use super::WeightDType;
 use super::{Scope, WeightSource};
 use crate::config::BloomConfig;
+use crate::quant::{QuantConfig, QuantizedWeight};
 use crate::Result;
 
 /// peft's default LoRA target for BLOOM (`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`).
@@ -325,7 +327,29 @@ impl ModelShape {
 
     /// Parameters of the model (a tied `lm_head` counted once, as PyTorch does).
     pub fn base_params(&self) -> u64 {
-        self.modules().iter().filter(|m| !(self.tied && m.name == "lm_head")).map(|m| m.kind.params()).sum()
+        self.owned_modules().map(|m| m.kind.params()).sum()
+    }
+
+    /// Bytes the base weights take on the device when stored as `dtype`, with the Linear layers
+    /// `quant` quantizes in 4 bits.
+    pub fn weight_bytes(&self, dtype: WeightDType, quant: Option<&QuantConfig>) -> u64 {
+        let size = dtype.bytes() as u64;
+        self.owned_modules()
+            .map(|m| match m.kind {
+                ModuleKind::Linear { out_features, in_features, bias }
+                    if quant.is_some_and(|q| q.quantizes(&m.name)) =>
+                {
+                    QuantizedWeight::device_bytes(out_features, in_features)
+                        + if bias { size * out_features as u64 } else { 0 }
+                }
+                kind => size * kind.params(),
+            })
+            .sum()
+    }
+
+    /// The modules whose weights the model holds (a tied `lm_head` holds none of its own).
+    fn owned_modules(&self) -> impl Iterator<Item = NamedModule> + '_ {
+        self.modules().into_iter().filter(|m| !(self.tied && m.name == "lm_head"))
     }
 }
 
@@ -383,5 +407,16 @@ mod tests {
         let modules = shape.modules();
         assert_eq!(modules.len(), 4 + 24 * 11 + 2);
         assert_eq!(modules[7].name, "transformer.h.0.self_attention.query_key_value");
+    }
+
+    #[test]
+    fn four_bit_weights_take_about_a_quarter_of_f16_at_bloom_1b4_size() {
+        let shape = ModelShape::of_config(&BloomConfig::named_shape("bloom-1b4").unwrap());
+        let f16 = shape.weight_bytes(WeightDType::F16, None);
+        assert_eq!(f16, 2 * shape.base_params());
+        let nf4 = shape.weight_bytes(WeightDType::F16, Some(&QuantConfig::default()));
+        // The embeddings (94.5M of 1.3B parameters) stay f16; every block's Linear is 4.5 bits.
+        let (f16, nf4) = (f16 as f64, nf4 as f64);
+        assert!(nf4 / f16 > 0.3 && nf4 / f16 < 0.4, "{nf4} / {f16}");
     }
 }

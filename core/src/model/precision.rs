@@ -33,6 +33,15 @@ impl WeightDType {
         }
     }
 
+    /// PyTorch's name (`torch.float32`, ...), as transformers writes dtypes into configs.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            WeightDType::F32 => "float32",
+            WeightDType::F16 => "float16",
+            WeightDType::Bf16 => "bfloat16",
+        }
+    }
+
     pub fn bytes(self) -> usize {
         if self == WeightDType::F32 {
             4

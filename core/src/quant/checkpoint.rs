@@ -127,7 +127,21 @@ pub fn tensors_4bit(name: &str, q: &Quantized, dtype: &str) -> Vec<(String, Lazy
             out.push((format!("{name}.nested_quant_map"), floats(nested_code.to_vec())));
         }
     }
-    let state_text = serde_json::to_vec(&state).expect("json");
+    let state_text = python_json(&state).into_bytes();
     out.push((format!("{name}.{}", state_suffix(q.quant_type)), bytes(state_text)));
     out
+}
+
+/// JSON as Python's `json.dumps` writes it (`", "` and `": "` between items), which is how
+/// transformers stores quant states, so a checkpoint written here has its bytes.
+fn python_json(value: &Value) -> String {
+    match value {
+        Value::Object(map) => {
+            let items: Vec<String> =
+                map.iter().map(|(k, v)| format!("{}: {}", Value::String(k.clone()), python_json(v))).collect();
+            format!("{{{}}}", items.join(", "))
+        }
+        Value::Array(items) => format!("[{}]", items.iter().map(python_json).collect::<Vec<_>>().join(", ")),
+        scalar => scalar.to_string(),
+    }
 }

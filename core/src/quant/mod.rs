@@ -86,6 +86,25 @@ impl QuantConfig {
         Ok(Some(config))
     }
 
+    /// `quantization_config` as transformers writes it into a 4-bit model's config.json.
+    pub fn transformers_json(&self) -> Value {
+        serde_json::json!({
+            "_load_in_4bit": true,
+            "_load_in_8bit": false,
+            "bnb_4bit_compute_dtype": self.bnb_4bit_compute_dtype.torch_name(),
+            "bnb_4bit_quant_storage": "uint8",
+            "bnb_4bit_quant_type": self.bnb_4bit_quant_type.to_string(),
+            "bnb_4bit_use_double_quant": self.bnb_4bit_use_double_quant,
+            "llm_int8_enable_fp32_cpu_offload": false,
+            "llm_int8_has_fp16_weight": false,
+            "llm_int8_skip_modules": self.llm_int8_skip_modules,
+            "llm_int8_threshold": 6.0,
+            "load_in_4bit": true,
+            "load_in_8bit": false,
+            "quant_method": "bitsandbytes",
+        })
+    }
+
     /// The bytes a `[out, in]` weight takes in this format.
     pub fn weight_bytes(&self, out_features: usize, in_features: usize) -> u64 {
         let n = out_features as u64 * in_features as u64;

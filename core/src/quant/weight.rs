@@ -7,7 +7,7 @@ use burn::module::{Module, Param, ParamId};
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use ember_shaders::linear_4bit::{self, Weight4bit, PER_WORD};
 
-use super::bnb::{self, QuantType, Quantized};
+use super::bnb::{self, Absmax, QuantType, Quantized};
 use crate::model::WeightDType;
 
 #[derive(Module, Debug)]
@@ -25,6 +25,10 @@ pub struct QuantizedWeight {
     /// The precision the matmul runs in (`bnb_4bit_compute_dtype`).
     #[module(skip)]
     pub compute: WeightDType,
+    /// With double quantization, the scales as stored (1 byte per block), so the weight can be
+    /// written back exactly as it was read or made ([`Self::to_host`]).
+    #[module(skip)]
+    pub nested_absmax: Option<Absmax>,
 }
 
 impl QuantizedWeight {
@@ -53,7 +57,27 @@ impl QuantizedWeight {
             in_features,
             quant_type: q.quant_type,
             compute,
+            nested_absmax: matches!(q.absmax, Absmax::Nested { .. }).then(|| q.absmax.clone()),
         }
+    }
+
+    /// The weight as bitsandbytes stores it, read back from the device.
+    pub fn to_host(&self) -> crate::Result<Quantized> {
+        use crate::readback::{blocking, values};
+        let n = self.out_features * self.in_features;
+        let words = blocking(async {
+            let data = self.words.val().into_data_async().await;
+            data.map_err(|e| crate::error::device_failure("reading 4-bit weights", &format!("{e:?}")))?
+                .try_into_vec_as::<u32>()
+                .map_err(|e| crate::error::device_failure("reading 4-bit weights", &format!("{e:?}")))
+        })?;
+        let mut packed: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        packed.truncate(n.div_ceil(2));
+        let absmax = match &self.nested_absmax {
+            Some(nested) => nested.clone(),
+            None => Absmax::Plain(blocking(values(self.absmax.val(), "reading 4-bit scales"))?),
+        };
+        Ok(Quantized { shape: [self.out_features, self.in_features], quant_type: self.quant_type, packed, absmax })
     }
 
     fn kernel_weight(&self) -> Weight4bit {
@@ -76,9 +100,10 @@ impl QuantizedWeight {
         linear_4bit::dequantize(&self.kernel_weight())
     }
 
-    /// Bytes it takes on the device.
-    pub fn device_bytes(&self) -> u64 {
-        let n = self.out_features as u64 * self.in_features as u64;
+    /// Bytes a `[out, in]` weight takes on the device: half a byte per value, 4 per block of
+    /// 64 (double quantization shrinks files, not this: the scales are kept dequantized).
+    pub fn device_bytes(out_features: usize, in_features: usize) -> u64 {
+        let n = out_features as u64 * in_features as u64;
         4 * n.div_ceil(PER_WORD as u64) + 4 * n.div_ceil(bnb::BLOCKSIZE as u64) + 4 * 16
     }
 }

@@ -5,6 +5,8 @@ use ember_core::checkpoint::{LoadOptions, ModelDir};
 use ember_core::lora::adapter_file::load_adapter;
 use ember_core::lora::merge::save_merged;
 
+use super::quant_args::QuantArgs;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// The base model directory.
@@ -22,6 +24,12 @@ pub struct Args {
     /// Load model and adapter weights that hold NaN or infinities (refused by default).
     #[arg(long)]
     allow_nonfinite: bool,
+    #[command(flatten)]
+    quant: QuantArgs,
+    /// Over a 4-bit base: write the merged Linear layers 4-bit again (as peft's merge into a
+    /// Linear4bit), in a checkpoint transformers loads with its quantization_config.
+    #[arg(long)]
+    requantize: bool,
 }
 
 /// `5GB` / `500MB` / `100KB` (decimal units, as transformers reads them) → bytes.
@@ -45,10 +53,24 @@ fn parse_size(text: &str) -> Result<u64, String> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let device = Device::flex();
     let dir = ModelDir::open(&args.model)?;
-    let options = LoadOptions { allow_nonfinite: args.allow_nonfinite, ..LoadOptions::default() };
+    let options =
+        LoadOptions { allow_nonfinite: args.allow_nonfinite, quant: args.quant.config()?, ..LoadOptions::default() };
+    let quant = options.quantization(&dir.config);
+    anyhow::ensure!(
+        quant.is_some() || !args.requantize,
+        "--requantize writes 4-bit weights again: it needs a 4-bit base (a 4-bit checkpoint, or --load-in-4bit)"
+    );
     let mut model = dir.load(&device, &options)?;
     let (_, report) = load_adapter(&mut model, &args.adapter, &device, args.allow_nonfinite)?;
-    save_merged(&model, &args.model, &args.output, args.max_shard_size)?;
+    let requantize = quant.as_ref().filter(|_| args.requantize);
+    if let (Some(q), None) = (&quant, requantize) {
+        println!(
+            "note: the base is 4-bit ({}); the merged model is written dequantized in f32, as transformers' \
+             dequantize() gives it (--requantize writes it 4-bit)",
+            q.bnb_4bit_quant_type
+        );
+    }
+    save_merged(&model, &args.model, &args.output, args.max_shard_size, requantize)?;
     println!(
         "merged {} LoRA layers{} into {}",
         report.targeted.len(),
