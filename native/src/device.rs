@@ -117,6 +117,22 @@ pub struct Placement {
     pub quant: crate::commands::quant_args::QuantArgs,
 }
 
+/// How the base weights are stored, for messages: `f16`, or `4-bit nf4 (double quant), the rest f16`.
+pub fn weights_description(
+    dtype: ember_core::model::WeightDType,
+    quant: Option<&ember_core::quant::QuantConfig>,
+) -> String {
+    match quant {
+        None => dtype.to_string(),
+        Some(q) => format!(
+            "4-bit {}{} computing in {}, the rest {dtype}",
+            q.bnb_4bit_quant_type,
+            if q.bnb_4bit_use_double_quant { " (double quant)" } else { "" },
+            q.bnb_4bit_compute_dtype
+        ),
+    }
+}
+
 impl Placement {
     /// How the model's weights are loaded.
     pub fn load_options(&self) -> anyhow::Result<ember_core::checkpoint::LoadOptions> {
@@ -146,15 +162,10 @@ impl DeviceArgs {
     }
 }
 
-/// The device training runs on: `device` with autodiff, and burn's gradient checkpointing
-/// (recomputing memory-bound activations in the backward pass) when asked for.
-pub fn training_device(device: &Device, gradient_checkpointing: bool) -> Device {
-    let device = device.clone().autodiff();
-    if gradient_checkpointing {
-        device.gradient_checkpointing()
-    } else {
-        device
-    }
+/// The device training runs on: `device` with autodiff. (Gradient checkpointing is the
+/// trainer's, block by block: `ember_core::train::recompute`.)
+pub fn training_device(device: &Device) -> Device {
+    device.clone().autodiff()
 }
 
 /// One adapter as wgpu reports it.

@@ -15,7 +15,8 @@ use burn::backend::AutodiffBackend;
 use burn::tensor::FloatDType;
 
 use crate::ops::{
-    autocast_matmul, in_precision, label_rows, linear_logits, logit_chunks, rounded_like, row_slice, FusedOps,
+    autocast_matmul, chunk_4bit, in_precision, label_rows, linear_logits, logit_chunks, rounded_like, row_slice,
+    weight_chunks, FusedOps,
 };
 
 impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
@@ -258,8 +259,19 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 let grad = grads.consume::<B>(&ops.node);
                 let (words, absmax, code, shape, compute) = ops.state;
                 if let Some(node) = node_x {
-                    let w = in_precision::<B>(B::dequantize_4bit(words, absmax, code, shape), compute);
-                    grads.register::<B>(node.id, autocast_matmul::<B>(grad, w));
+                    // dx = Σ over row ranges of W: grad[:, range] · W[range], one range dequantized at a time.
+                    let mut dx: Option<FloatTensor<B>> = None;
+                    for rows in weight_chunks(shape) {
+                        let (w, a, chunk_shape) = chunk_4bit::<B>(&words, &absmax, shape, rows.clone());
+                        let w = in_precision::<B>(B::dequantize_4bit(w, a, code.clone(), chunk_shape), compute);
+                        let g = B::float_slice(grad.clone(), &[(..).into(), rows.into()]);
+                        let part = autocast_matmul::<B>(g, w);
+                        dx = Some(match dx {
+                            Some(sum) => B::float_add(sum, part),
+                            None => part,
+                        });
+                    }
+                    grads.register::<B>(node.id, dx.expect("at least one row range"));
                 }
             }
         }

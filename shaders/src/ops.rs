@@ -144,7 +144,18 @@ pub trait FusedOps: Backend {
         shape: [usize; 2],
         compute: FloatDType,
     ) -> FloatTensor<Self> {
-        dequantized_linear::<Self>(x, Self::dequantize_4bit(words, absmax, code, shape), compute)
+        let parts: Vec<FloatTensor<Self>> = weight_chunks(shape)
+            .into_iter()
+            .map(|rows| {
+                let (w, a, shape) = chunk_4bit::<Self>(&words, &absmax, shape, rows);
+                dequantized_linear::<Self>(x.clone(), Self::dequantize_4bit(w, a, code.clone(), shape), compute)
+            })
+            .collect();
+        if parts.len() == 1 {
+            parts.into_iter().next().expect("one part")
+        } else {
+            Self::float_cat(parts, 1)
+        }
     }
 }
 
@@ -346,6 +357,39 @@ pub mod composed {
         let x2 = B::float_mul(x.clone(), x.clone());
         B::float_mul(B::float_add_scalar(B::float_mul_scalar(x2, GELU_A.into()), GELU_B.into()), x)
     }
+}
+
+/// Values of a 4-bit weight dequantized at once (16 MiB of f32): the matmul goes through the
+/// weight in row ranges of about this size, so its full-precision transient stays small.
+pub const DEQUANTIZE_CHUNK_VALUES: usize = 4 << 20;
+
+/// The row ranges of a 4-bit `[rows, cols]` weight dequantized one at a time: each a whole
+/// number of absmax blocks (so its words and scales are a plain slice); the whole weight when
+/// rows are not a multiple of a block long.
+pub fn weight_chunks([rows, cols]: [usize; 2]) -> Vec<std::ops::Range<usize>> {
+    use crate::linear_4bit::BLOCK;
+    if cols == 0 || !cols.is_multiple_of(BLOCK) {
+        return vec![0..rows];
+    }
+    let per_chunk = (DEQUANTIZE_CHUNK_VALUES / cols).max(1);
+    (0..rows.div_ceil(per_chunk).max(1)).map(|i| i * per_chunk..((i + 1) * per_chunk).min(rows)).collect()
+}
+
+/// The words, scales and shape of rows `rows` of a 4-bit weight (a range from [`weight_chunks`]).
+pub fn chunk_4bit<B: Backend>(
+    words: &IntTensor<B>,
+    absmax: &FloatTensor<B>,
+    [all_rows, cols]: [usize; 2],
+    rows: std::ops::Range<usize>,
+) -> (IntTensor<B>, FloatTensor<B>, [usize; 2]) {
+    use crate::linear_4bit::{BLOCK, PER_WORD};
+    if rows == (0..all_rows) {
+        return (words.clone(), absmax.clone(), [all_rows, cols]);
+    }
+    let (start, end) = (rows.start * cols, rows.end * cols);
+    let w = B::int_slice(words.clone(), &[(start / PER_WORD..end / PER_WORD).into()]);
+    let a = B::float_slice(absmax.clone(), &[(start / BLOCK..end / BLOCK).into()]);
+    (w, a, [rows.len(), cols])
 }
 
 /// `x Wᵀ` for a dequantized `w` (f32), in `compute`'s precision.

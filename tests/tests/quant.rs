@@ -10,7 +10,7 @@ use ember_core::lora::merge::save_merged;
 use ember_core::model::{ModelShape, ModuleKind, ModuleTree, WeightDType, WeightSource};
 use ember_core::quant::{Absmax, QuantConfig, QuantType, Quantized, QuantizedWeight};
 use ember_core::tokenizer::PaddingSide;
-use ember_core::train::Trainer;
+use ember_core::train::{Trainer, TrainingArgs};
 use ember_tests::{fixtures, logits, max_abs_diff, special_ids, test_devices, tolerance, trainer_runs, Golden};
 use safetensors::SafeTensors;
 use serde_json::Value;
@@ -232,15 +232,17 @@ fn qlora_training_equals_transformers_trainer_over_a_4bit_base() {
     assert_eq!(run["quantization"], "nf4-dq");
     for (device_name, base) in test_devices() {
         let tolerance = if device_name == "cpu" { tolerance::TRAINING_CPU } else { tolerance::TRAINING_WGPU };
-        let modes =
-            [("", base.clone().autodiff()), (" with gradient checkpointing", base.autodiff().gradient_checkpointing())];
-        for (mode, device) in modes {
-            let what = format!("{device_name}{mode}");
+        let device = base.autodiff();
+        for checkpointing in [false, true] {
+            let what = format!("{device_name}{}", if checkpointing { " with gradient checkpointing" } else { "" });
             let out = tempfile::tempdir().unwrap();
             let mut model = ModelDir::open(&base_dir()).unwrap().load(&device, &quantized_options("nf4-dq")).unwrap();
             let (lora, _) = load_adapter(&mut model, &fixtures().join("quant/init_adapter"), &device, false).unwrap();
             assert!(model.has_4bit_weights());
-            let args = trainer_runs::args_of(&run, out.path().to_str().unwrap());
+            let args = TrainingArgs {
+                gradient_checkpointing: checkpointing,
+                ..trainer_runs::args_of(&run, out.path().to_str().unwrap())
+            };
             let pad = special_ids("a").pad;
             let mut t = Trainer::new(model, lora, args, &data, pad, PaddingSide::Left, &device).unwrap();
             trainer_runs::check_steps(&mut t, &run, &data, tolerance, &what);
@@ -288,4 +290,37 @@ fn merging_over_a_4bit_base_equals_peft() {
     }
     let reloaded = ModelDir::open(requantized.path()).unwrap();
     assert_eq!(reloaded.config.quantization_config.as_ref(), Some(&config));
+}
+
+/// A weight larger than one dequantization chunk (so the matmul goes through it in row ranges)
+/// gives what the whole dequantized weight gives, forward and backward.
+#[test]
+fn the_matmul_in_row_ranges_equals_the_whole_weight() {
+    use burn::tensor::{Distribution, Tensor};
+    let (rows, cols) = (ember_shaders::ops::DEQUANTIZE_CHUNK_VALUES / 64 + 300, 64);
+    assert!(ember_shaders::ops::weight_chunks([rows, cols]).len() > 1);
+    for (device_name, device) in test_devices() {
+        let device = device.autodiff();
+        device.seed(5);
+        let w: Vec<f32> = Tensor::<1>::random([rows * cols], Distribution::Normal(0.0, 0.05), &device.clone().inner())
+            .try_into_vec_as::<f32>()
+            .unwrap();
+        let q = QuantizedWeight::upload(
+            &Quantized::quantize(&w, [rows, cols], QuantType::Nf4, false),
+            WeightDType::F32,
+            &device,
+        );
+        let x = Tensor::<2>::random([3, cols], Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let y = q.forward(x.clone());
+        let dense = q.dequantize();
+        let x2 = x.clone().detach().require_grad();
+        let y2 = x2.clone().matmul(dense.transpose());
+        let values = |t: Tensor<2>| t.inner().reshape([-1]).try_into_vec_as::<f32>().unwrap();
+        let diff = max_abs_diff(&values(y.clone()), &values(y2.clone()));
+        assert!(diff < tolerance::SAME_MATH, "{device_name}: forward differs by {diff}");
+        let (g1, g2) = (y.sum().backward(), y2.sum().backward());
+        let (dx1, dx2) = (x.grad(&g1).unwrap(), x2.grad(&g2).unwrap());
+        let diff = max_abs_diff(&values(dx1), &values(dx2));
+        assert!(diff < 1e-3, "{device_name}: input gradient differs by {diff}");
+    }
 }

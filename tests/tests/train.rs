@@ -31,16 +31,16 @@ fn steps_and_final_adapter_equal_transformers_trainer() {
     let data = dataset();
     for (device_name, base) in test_devices() {
         let tolerance = if device_name == "cpu" { tolerance::TRAINING_CPU } else { tolerance::TRAINING_WGPU };
-        // --gradient-checkpointing recomputes activations and must not change a single step.
-        let modes = [
-            ("", base.clone().autodiff()),
-            (" with gradient checkpointing", base.clone().autodiff().gradient_checkpointing()),
-        ];
-        for ((mode, device), run_name) in modes.iter().flat_map(|m| ["run_a", "run_b"].map(|r| (m, r))) {
+        // --gradient-checkpointing recomputes every block and must not change a single step.
+        let device = base.clone().autodiff();
+        for (checkpointing, run_name) in [false, true].into_iter().flat_map(|c| ["run_a", "run_b"].map(|r| (c, r))) {
+            let mode = if checkpointing { " with gradient checkpointing" } else { "" };
             let device_name = format!("{device_name}{mode}");
             let run = reference(run_name);
             let out = tempfile::tempdir().unwrap();
-            let mut t = trainer(device, args_of(&run, out.path().to_str().unwrap()), &data);
+            let args =
+                TrainingArgs { gradient_checkpointing: checkpointing, ..args_of(&run, out.path().to_str().unwrap()) };
+            let mut t = trainer(&device, args, &data);
             let what = format!("{device_name} {run_name}");
             check_steps(&mut t, &run, &data, tolerance, &what);
             check_final_adapter(&t, out.path(), &format!("train/{run_name}_final"), tolerance, &what);
@@ -95,5 +95,56 @@ fn training_vocabulary_copies_in_blocks_equals_one_block() {
         let value = |t: &Trainer| slot.read(&t.model).1.inner().try_into_vec_as::<f32>().unwrap();
         let diff = max_abs_diff(&value(&whole), &value(&parts));
         assert!(diff < tolerance::SAME_MATH, "{}: max |Δ| = {diff}", slot.key());
+    }
+}
+
+/// With dropout on, the recomputed blocks draw the masks of the graph-free pass: the gradients
+/// equal those of one graph over the same forward pass (the device seeded per block alike).
+#[test]
+fn gradient_checkpointing_recomputes_the_same_dropout_masks() {
+    use ember_core::data::collate;
+    use ember_core::lora::slots::adapter_slots;
+    use ember_core::loss::shifted_cross_entropy_sum;
+    use ember_core::model::{AttentionBias, AttentionMask};
+    use ember_core::train::recompute::{loss_and_grads, stage_seed};
+
+    let data = dataset();
+    let device = Device::flex().autodiff();
+    let lora = LoraConfig::from_json(
+        r#"{"r": 4, "lora_alpha": 8, "lora_dropout": 0.3, "target_modules": ["query_key_value", "dense_4h_to_h"], "modules_to_save": ["word_embeddings"]}"#,
+        "test",
+    )
+    .unwrap();
+    let mut model = ModelDir::open(&model_dir("a")).unwrap().load_model(&device).unwrap();
+    apply_lora(&mut model, &lora, &device).unwrap();
+    let slots = adapter_slots(&lora, &model).unwrap();
+    let examples: Vec<_> = (0..3).map(|i| data.get(i)).collect();
+    let batch = collate(&examples.iter().collect::<Vec<_>>(), special_ids("a").pad, PaddingSide::Left, None);
+    let (seed, micro) = (11, 2);
+    let ours = burn::tensor::try_read_sync(loss_and_grads(&model, &batch, 7.0, &slots, &device, seed, micro))
+        .unwrap()
+        .unwrap();
+
+    let (b, t) = (batch.len(), batch.seq_len());
+    let ids: Vec<i64> = batch.input_ids.iter().flatten().copied().collect();
+    let ids =
+        burn::tensor::Tensor::<2, burn::tensor::Int>::from_data(burn::tensor::TensorData::new(ids, [b, t]), &device);
+    let bias = AttentionBias::new(&AttentionMask::from_ints(&batch.attention_mask), model.num_heads, t, &device);
+    let tr = &model.transformer;
+    let mut x = tr.word_embeddings_layernorm.forward(tr.word_embeddings.forward(ids), &model.kernels);
+    for (i, block) in tr.h.iter().enumerate() {
+        device.seed(stage_seed(seed, micro, i + 1));
+        x = block.forward(x, &bias, &model.kernels, None);
+    }
+    let hidden = tr.ln_f.forward(x, &model.kernels);
+    let loss = shifted_cross_entropy_sum(&model, hidden, &batch.labels, &device).0 / 7.0;
+    let plain_loss = loss.clone().into_scalar::<f32>() as f64;
+    let grads = loss.backward();
+    assert!(close(ours.loss, plain_loss, 1e-6), "loss {} vs {plain_loss}", ours.loss);
+    for (slot, g) in slots.iter().zip(&ours.grads) {
+        let want = slot.grad(&model, &grads).unwrap().try_into_vec_as::<f32>().unwrap();
+        let got = g.clone().expect("a gradient for every slot").try_into_vec_as::<f32>().unwrap();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+        assert!(max_abs_diff(&got, &want) / scale < 1e-4, "{}: gradients differ", slot.key());
     }
 }

@@ -31,6 +31,11 @@ pub struct LoraAdapter {
     pub dropout: Dropout,
     /// Set while `scale · B A` is folded into the base weight.
     pub merged: bool,
+    /// Drop inputs off the autodiff device too (burn's `Dropout` only drops where a backward
+    /// pass can follow): the first, graph-free pass of gradient checkpointing must draw the masks
+    /// its recomputation will ([`crate::train::recompute`]).
+    #[module(skip)]
+    pub drop_without_autodiff: bool,
 }
 
 impl LoraAdapter {
@@ -65,6 +70,7 @@ impl LoraAdapter {
             scale,
             dropout: DropoutConfig::new(dropout).init(),
             merged: false,
+            drop_without_autodiff: false,
         }
     }
 
@@ -74,7 +80,12 @@ impl LoraAdapter {
 
     /// `scale · B (A (dropout(x)))` for `x`: `[rows, in]`.
     pub fn delta(&self, x: Tensor<2>) -> Tensor<2> {
-        let down = self.dropout.forward(x).matmul(self.lora_a.val().transpose());
+        let x = if self.drop_without_autodiff && self.dropout.training.is_enabled() {
+            self.dropout.forward(x.autodiff()).inner()
+        } else {
+            self.dropout.forward(x)
+        };
+        let down = x.matmul(self.lora_a.val().transpose());
         down.matmul(self.lora_b.val().transpose()) * self.scale
     }
 

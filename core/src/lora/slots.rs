@@ -30,6 +30,25 @@ pub enum Slot {
 }
 
 impl Slot {
+    /// The module the parameter belongs to (`lm_head` for the head's copy).
+    pub fn module(&self) -> &str {
+        match self {
+            Slot::LoraA(n) | Slot::LoraB(n) | Slot::EmbeddingCopy(n) | Slot::LinearWeight(n) => n,
+            Slot::NormWeight(n) | Slot::NormBias(n) | Slot::LinearBias { name: n, .. } => n,
+            Slot::LmHead => "lm_head",
+        }
+    }
+
+    /// Where in the forward pass the parameter acts, as gradient checkpointing stages it: 0 for
+    /// the embeddings, `i + 1` for block `i`, `None` for the final norm and the head.
+    pub fn stage(&self) -> Option<usize> {
+        let module = self.module();
+        if let Some(rest) = module.strip_prefix("transformer.h.") {
+            return rest.split('.').next().and_then(|i| i.parse::<usize>().ok()).map(|i| i + 1);
+        }
+        module.starts_with("transformer.word_embeddings").then_some(0)
+    }
+
     pub fn key(&self) -> String {
         let rest = match self {
             Slot::LoraA(n) => format!("{n}.lora_A.weight"),

@@ -76,6 +76,11 @@ pub struct AttentionBias {
 }
 
 impl AttentionBias {
+    /// The same biases off the autodiff device (for a graph-free pass).
+    pub fn inner(&self) -> Self {
+        AttentionBias { alibi: self.alibi.clone().inner(), mask: self.mask.clone().inner() }
+    }
+
     /// Biases for `queries` new positions at the end of `mask` (whose length counts the cached
     /// positions plus the new ones).
     pub fn new(mask: &AttentionMask, num_heads: usize, queries: usize, device: &Device) -> Self {

@@ -6,6 +6,7 @@ pub mod args;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod checkpoint;
 pub mod plot;
+pub mod recompute;
 pub mod trainer;
 
 pub use args::{SchedulerType, TrainingArgs};

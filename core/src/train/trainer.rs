@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use super::adamw::{AdamW, AdamWConfig};
 use super::args::TrainingArgs;
+use super::recompute;
 use crate::data::{collate, Batch, TokenizedDataset};
 use crate::error::{Error, Result};
 use crate::eval::{evaluate_async, EvalResult};
@@ -173,13 +174,22 @@ impl Trainer {
 
         let mut grads: Vec<Option<Tensor<1>>> = vec![None; self.slots.len()];
         let mut loss = 0.0;
-        for batch in &batches {
-            let (sum, _) = loss_sum(&self.model, batch, &self.device);
-            let micro_loss = sum / label_tokens.max(1) as f64;
-            let gradients = micro_loss.backward();
-            loss += scalar(micro_loss.inner(), "training").await? as f64;
-            for (acc, slot) in grads.iter_mut().zip(&self.slots) {
-                if let Some(g) = slot.grad(&self.model, &gradients) {
+        let divisor = label_tokens.max(1) as f64;
+        for (i, batch) in batches.iter().enumerate() {
+            let micro = if self.args.gradient_checkpointing {
+                let seed = self.args.seed.wrapping_add(k as u64);
+                recompute::loss_and_grads(&self.model, batch, divisor, &self.slots, &self.device, seed, i).await?
+            } else {
+                let (sum, _) = loss_sum(&self.model, batch, &self.device);
+                let micro_loss = sum / divisor;
+                let gradients = micro_loss.backward();
+                let loss = scalar(micro_loss.inner(), "training").await? as f64;
+                let grads = self.slots.iter().map(|slot| slot.grad(&self.model, &gradients)).collect();
+                recompute::MicroBatchGrads { loss, grads }
+            };
+            loss += micro.loss;
+            for (acc, g) in grads.iter_mut().zip(micro.grads) {
+                if let Some(g) = g {
                     *acc = Some(match acc.take() {
                         Some(a) => a + g,
                         None => g,

@@ -36,12 +36,13 @@ pub fn load(model: &Path, adapter: Option<&Path>, placement: &Placement, quiet: 
     let dir = ModelDir::open(model)?;
     let tokenizer = Tokenizer::open(model, &dir.config)?;
     let selected = placement.select()?;
-    let dtype = placement.dtype;
+    let options = placement.load_options()?;
+    let weights = crate::device::weights_description(placement.dtype, options.quantization(&dir.config).as_ref());
     if !quiet {
         eprintln!("device: {}", selected.description);
     }
-    crate::device::doing(format!("running {} ({dtype}) on {}", model.display(), selected.description));
-    let mut model = dir.load(&selected.device, &placement.load_options()?)?;
+    crate::device::doing(format!("running {} ({weights}) on {}", model.display(), selected.description));
+    let mut model = dir.load(&selected.device, &options)?;
     model.kernels = placement.kernels;
     if let Some(adapter) = adapter {
         let (_, report) = load_adapter(&mut model, adapter, &selected.device, placement.allow_nonfinite)?;

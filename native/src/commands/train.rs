@@ -25,7 +25,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use super::bench::peak_rss_mb;
 use super::data_args::cache_dir;
 pub use super::train_args::{Args, Settings};
-use crate::device::{self, DeviceArgs, Placement};
+use crate::device::{self, weights_description, DeviceArgs, Placement};
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let (settings, demo_question) = if args.is_demo() {
@@ -92,12 +92,19 @@ pub fn train(settings: Settings, demo_question: Option<&str>) -> anyhow::Result<
         stats.examples, stats.without_labels, settings.max_length, stats.tokens
     );
 
+    let options = placement.load_options()?;
     device::doing(format!(
         "training on {} (batch {} x up to {} tokens, base weights {})",
-        selected.description, settings.training.per_device_train_batch_size, settings.max_length, settings.dtype
+        selected.description,
+        settings.training.per_device_train_batch_size,
+        settings.max_length,
+        weights_description(settings.dtype, options.quantization(&dir.config).as_ref())
     ));
-    let device = device::training_device(&selected.device, settings.gradient_checkpointing);
-    let mut model = dir.load(&device, &placement.load_options()?)?;
+    let device = device::training_device(&selected.device);
+    let mut model = dir.load(&device, &options)?;
+    if let Some(q) = options.quantization(&dir.config) {
+        eprintln!("base weights: {}", weights_description(settings.dtype, Some(&q)));
+    }
     model.kernels = settings.kernels;
     // LoRA's random initialisation is drawn from the device generator: seed it, so runs repeat.
     device.seed(settings.training.seed);

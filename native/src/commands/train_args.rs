@@ -108,7 +108,8 @@ pub struct Args {
     /// and optimizer state stay f32).
     #[arg(long)]
     dtype: Option<WeightDType>,
-    /// Recompute memory-bound activations in the backward pass instead of keeping them.
+    /// Keep only each block's input and run the blocks again in the backward pass (much less
+    /// memory, about a third more compute).
     #[arg(long)]
     gradient_checkpointing: bool,
     /// Fused kernels (shaders/): all, none, or a list of gelu, cross-entropy, attention, layer-norm.
@@ -155,7 +156,6 @@ pub struct Settings {
     pub device: DeviceChoice,
     pub backend: Option<Api>,
     pub dtype: WeightDType,
-    pub gradient_checkpointing: bool,
     pub kernels: Kernels,
     pub allow_nonfinite: bool,
     #[serde(flatten)]
@@ -187,7 +187,6 @@ impl Default for Settings {
             device: DeviceChoice::Auto,
             backend: None,
             dtype: WeightDType::F32,
-            gradient_checkpointing: false,
             kernels: Kernels::default(),
             allow_nonfinite: false,
             quant: QuantArgs::default(),

@@ -45,7 +45,7 @@ struct Run {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let config = shape(&args.shape)?;
     let selected = args.placement.select()?;
-    let device = device::training_device(&selected.device, false);
+    let device = device::training_device(&selected.device);
     let tokens = args.batch * args.seq;
     eprintln!(
         "device: {}\nshape: {} (hidden {}, vocabulary {}), batch {} x {} tokens, head weights {}",

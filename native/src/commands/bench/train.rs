@@ -29,7 +29,7 @@ pub struct Args {
     steps: usize,
     #[arg(long, default_value_t = 1)]
     warmup: usize,
-    /// Recompute memory-bound activations in the backward pass instead of keeping them.
+    /// Keep only each block's input and run the blocks again in the backward pass.
     #[arg(long)]
     gradient_checkpointing: bool,
     #[command(flatten)]
@@ -48,9 +48,11 @@ fn lora() -> ember_core::Result<LoraConfig> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let config = shape(&args.shape)?;
     let selected = args.placement.select()?;
+    let options = args.placement.load_options()?;
+    let weights = device::weights_description(args.placement.dtype, options.quant.as_ref());
     crate::device::doing(format!(
-        "benchmarking training on {} (batch {} x {} tokens, base weights {})",
-        selected.description, args.batch, args.seq, args.placement.dtype
+        "benchmarking training on {} (batch {} x {} tokens, base weights {weights})",
+        selected.description, args.batch, args.seq
     ));
     eprintln!(
         "device: {}\nshape: {} ({} parameters, random weights), batch {} x {} tokens, base weights {}, kernels {}",
@@ -59,11 +61,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ember_core::text::thousands(ember_core::model::ModelShape::of_config(&config).base_params()),
         args.batch,
         args.seq,
-        args.placement.dtype,
+        weights,
         args.placement.kernels
     );
-    let device = device::training_device(&selected.device, args.gradient_checkpointing);
-    let mut model = random_model(&config, &device, 0, &args.placement.load_options()?);
+    let device = device::training_device(&selected.device);
+    let start = Instant::now();
+    let mut model = random_model(&config, &device, 0, &options);
+    let load_s = start.elapsed().as_secs_f64();
+    let load_peak = peak_rss_mb();
     model.kernels = args.placement.kernels;
     let lora = lora()?;
     let report = apply_lora(&mut model, &lora, &device)?;
@@ -81,6 +86,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         max_steps: total as i64,
         save_steps: 0,
         shuffle: false,
+        gradient_checkpointing: args.gradient_checkpointing,
         ..TrainingArgs::default()
     };
     let mut trainer = Trainer::new(model, lora, training, &data, 3, PaddingSide::Right, &device)?;
@@ -101,15 +107,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     print_table(&[
         ("training tokens/s", tokens_per_s, 1),
         ("step median (s)", step, 3),
+        ("model made (s)", load_s, 1),
         ("peak RSS (MiB)", peak, 0),
+        ("peak RSS making the model (MiB)", load_peak, 0),
         ("device pool (MiB)", pool, 0),
     ]);
     if args.json {
         println!(
             "{}",
-            serde_json::json!({ "tokens_per_s": tokens_per_s, "step_s_median": step, "peak_rss_mb": peak, "device_pool_mb": pool, "kernels": args.placement.kernels.to_string(),
+            serde_json::json!({ "tokens_per_s": tokens_per_s, "step_s_median": step, "peak_rss_mb": peak, "load_peak_rss_mb": load_peak, "device_pool_mb": pool, "kernels": args.placement.kernels.to_string(),
                                 "shape": args.shape, "batch": args.batch, "seq": args.seq, "dtype": args.placement.dtype.to_string(),
-                                "gradient_checkpointing": args.gradient_checkpointing, "device": selected.description })
+                                "weights": weights, "load_s": load_s, "gradient_checkpointing": args.gradient_checkpointing, "device": selected.description })
         );
     }
     Ok(())
