@@ -368,10 +368,8 @@ pub const DEQUANTIZE_CHUNK_VALUES: usize = 4 << 20;
 /// rows are not a multiple of a block long.
 pub fn weight_chunks([rows, cols]: [usize; 2]) -> Vec<std::ops::Range<usize>> {
     use crate::linear_4bit::BLOCK;
-    if cols == 0 || !cols.is_multiple_of(BLOCK) {
-        return vec![0..rows];
-    }
-    let per_chunk = (DEQUANTIZE_CHUNK_VALUES / cols).max(1);
+    let per_chunk =
+        if cols == 0 || !cols.is_multiple_of(BLOCK) { rows.max(1) } else { (DEQUANTIZE_CHUNK_VALUES / cols).max(1) };
     (0..rows.div_ceil(per_chunk).max(1)).map(|i| i * per_chunk..((i + 1) * per_chunk).min(rows)).collect()
 }
 

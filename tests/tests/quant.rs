@@ -215,7 +215,7 @@ fn logits_and_greedy_ids_equal_transformers_with_bitsandbytes() {
                     pad_token_id: ids.pad,
                     ..Default::default()
                 };
-                let ours = generate(&model, &[prompt.clone()], &config, &device, |_| {}).unwrap();
+                let ours = generate(&model, std::slice::from_ref(&prompt), &config, &device, |_| {}).unwrap();
                 assert_eq!(ours[0], want, "{what}: greedy ids for {prompt:?}");
             }
         }
@@ -322,5 +322,47 @@ fn the_matmul_in_row_ranges_equals_the_whole_weight() {
         let (dx1, dx2) = (x.grad(&g1).unwrap(), x2.grad(&g2).unwrap());
         let diff = max_abs_diff(&values(dx1), &values(dx2));
         assert!(diff < 1e-3, "{device_name}: input gradient differs by {diff}");
+    }
+}
+
+/// A 4-bit checkpoint from a stranger: each damage gives an error naming the weight, not a
+/// panic or a silently wrong model.
+#[test]
+fn damaged_4bit_checkpoints_are_refused_by_name() {
+    let saved = fixtures().join("quant/a-nf4-dq");
+    let bytes = std::fs::read(saved.join("model.safetensors")).unwrap();
+    let original = SafeTensors::deserialize(&bytes).unwrap();
+    let weight = "transformer.h.1.mlp.dense_4h_to_h.weight";
+    let state_key = format!("{weight}.quant_state.bitsandbytes__nf4");
+    let state = String::from_utf8(original.tensor(&state_key).unwrap().data().to_vec()).unwrap();
+    let cases: Vec<(&str, String, Vec<u8>)> = vec![
+        ("shape", state_key.clone(), state.replace("\"shape\": [64, 256]", "\"shape\": [64, 255]").into_bytes()),
+        ("blocksize", state_key.clone(), state.replace("\"blocksize\": 64", "\"blocksize\": 128").into_bytes()),
+        ("json", state_key.clone(), b"{\"quant_type\": ".to_vec()),
+        ("packed", weight.to_owned(), vec![0u8; 100]),
+        ("absmax", format!("{weight}.absmax"), vec![7u8; 3]),
+    ];
+    for (what, key, data) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"] {
+            std::fs::copy(saved.join(f), dir.path().join(f)).unwrap();
+        }
+        let views: Vec<(String, safetensors::tensor::TensorView)> = original
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                if name == key {
+                    let shape = if data.len() == view.data().len() { view.shape().to_vec() } else { vec![data.len()] };
+                    (name, safetensors::tensor::TensorView::new(view.dtype(), shape, &data).unwrap())
+                } else {
+                    (name, view)
+                }
+            })
+            .collect();
+        std::fs::write(dir.path().join("model.safetensors"), safetensors::serialize(views, None).unwrap()).unwrap();
+        let err =
+            ModelDir::open(dir.path()).unwrap().load(&Device::flex(), &LoadOptions::default()).unwrap_err().to_string();
+        assert!(err.contains(weight) && err.contains("model.safetensors"), "{what}: {err}");
+        eprintln!("{what}: {err}");
     }
 }

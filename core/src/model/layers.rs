@@ -16,6 +16,9 @@ use crate::Result;
 
 /// A Linear layer's weight `[out_features, in_features]`: full precision (f32, f16 or bf16),
 /// or 4-bit (QLoRA's frozen base, [`crate::quant`]).
+// A model has a few hundred of these, so the dense variant's unused bytes do not matter; boxing
+// the 4-bit one would need a Module impl for Box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum LinearWeight {
     Dense(Param<Tensor<2>>),

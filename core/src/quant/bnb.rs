@@ -128,7 +128,7 @@ fn bucket(x: f32, bounds: &[f32; 15], order: &[u8; 16], quant_type: QuantType) -
 /// The 4-bit code of element `i` in packed bytes.
 pub fn nibble(packed: &[u8], i: usize) -> u8 {
     let byte = packed[i / 2];
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         byte >> 4
     } else {
         byte & 0x0f
@@ -200,10 +200,10 @@ fn multi_row_sum<const W: usize, const NROWS: usize>(
             i += 1;
         }
         for j in 1..LEVELS {
-            for k in 0..NROWS {
-                let lower = acc[j - 1][k];
-                add(&mut acc[j][k], &lower);
-                acc[j - 1][k] = [0.0; W];
+            let (lower, upper) = acc.split_at_mut(j);
+            for (below, above) in lower[j - 1].iter_mut().zip(upper[0].iter_mut()) {
+                add(above, below);
+                *below = [0.0; W];
             }
             if i & (level_mask << (j * level_power)) != 0 {
                 break;
