@@ -1,14 +1,16 @@
 //! `ember bench kernels`: each fused kernel (shaders/) against the plain burn computation it
 //! replaces, forward and backward on random inputs of a model shape: the time of both passes,
 //! and the memory the forward pass leaves allocated for the backward one (its saved
-//! activations and its output), which is what a training step's peak is made of.
+//! activations and its output), which is what a training step's peak is made of. The last row
+//! is QLoRA's 4-bit matmul against a dense one (`fused` there means 4-bit).
 
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
 use ember_core::checkpoint::random_model;
 use ember_core::loss::shifted_cross_entropy_sum;
-use ember_core::model::{AttentionBias, AttentionMask};
+use ember_core::model::{AttentionBias, AttentionMask, WeightDType};
+use ember_core::quant::{QuantType, Quantized, QuantizedWeight};
 use ember_core::BloomConfig;
 use ember_shaders::Kernels;
 
@@ -108,6 +110,41 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let (alibi, mask) = (bias.alibi.clone(), bias.mask.clone());
             let y = kernels(fused).attention(q, k, v, alibi, mask);
             y.sum()
+        })?);
+    }
+    drop((qkv, bias));
+    // A block's four Linear layers (query_key_value, dense, dense_h_to_4h, dense_4h_to_h) as
+    // matmuls of the input with a dense f32 weight ("plain") or an nf4 one ("fused": dequantized
+    // into a transient forward and again backward); the difference is what QLoRA's
+    // dequantization costs per block and pass.
+    let h = config.hidden_size;
+    let shapes = [[3 * h, h], [h, h], [4 * h, h], [h, 4 * h]];
+    let dense: Vec<Tensor<2>> =
+        shapes.iter().map(|&s| Tensor::random(s, Distribution::Normal(0.0, 0.02), &device)).collect();
+    let four_bit = dense
+        .iter()
+        .zip(shapes)
+        .map(|(w, shape)| {
+            let values = w.to_data().try_to_vec::<f32>().map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let q = Quantized::quantize(&values, shape, QuantType::Nf4, false);
+            Ok(QuantizedWeight::upload(&q, WeightDType::F32, &device))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let inputs: Vec<Tensor<2>> =
+        shapes.iter().map(|s| Tensor::random([tokens, s[1]], Distribution::Normal(0.0, 1.0), &device)).collect();
+    for fused in [false, true] {
+        device::doing(format!(
+            "benchmarking a block's Linear layers ({}) on {}",
+            if fused { "nf4" } else { "f32" },
+            selected.description
+        ));
+        runs.push(measure("linear-4bit", fused, args.repeats, &device, || {
+            let outs = inputs.iter().enumerate().map(|(i, x)| {
+                let x = x.clone().require_grad();
+                let y = if fused { four_bit[i].forward(x) } else { x.matmul(dense[i].clone().transpose()) };
+                y.sum()
+            });
+            outs.reduce(|a, b| a + b).expect("four layers")
         })?);
     }
     print_runs(&runs);
