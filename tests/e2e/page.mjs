@@ -1,7 +1,8 @@
 // End-to-end test of the browser page: `ember web` serves web/dist, Debian's Chromium (driven by
 // playwright-core, no browser download) loads the demo model, shows messages for bad files,
 // generates, fine-tunes 5 steps while the loss chart updates, downloads the adapter, and
-// `ember generate --adapter` loads that download and gives the page's greedy answer. Then a reload
+// `ember generate --adapter` loads that download and gives the page's greedy answer; the same with
+// the "4-bit base" option and `ember generate --load-in-4bit` (QLoRA). Then a reload
 // keeps the examples and the adapter, and "Use CPU" gives the same answer on the CPU fallback.
 // Runs on WebGPU when Chromium offers an adapter (and says so), on the CPU otherwise. Screenshots of each step go to $EMBER_E2E_SCREENSHOTS (default tests/e2e/screenshots);
 // `node page.mjs --update-docs` also copies them to docs/screenshots.
@@ -216,6 +217,35 @@ try {
   await page.waitForFunction(() => /^(done|stopped) after/.test(document.querySelector("#train-status")?.textContent ?? ""), null, { timeout: 10 * MINUTE });
   log(`CPU (WebAssembly) training: ${await text(page, "#train-status")}`);
   assert.equal(await page.getAttribute("#loss-chart", "data-points"), "5");
+
+  // 8. QLoRA, back on the first backend: the demo model loaded 4-bit, fine-tuned 5 steps;
+  // `ember generate --load-in-4bit` with the downloaded adapter gives the page's greedy answer.
+  await page.uncheck("#force-cpu");
+  await page.waitForFunction((b) => document.querySelector("#backend")?.textContent === b, backend, { timeout: 2 * MINUTE });
+  await page.check("#four-bit");
+  await loadDemo(page);
+  const status4 = await text(page, "#model-status");
+  log(`4-bit: ${status4}`);
+  assert.match(status4, /4-bit nf4, double quant/);
+  await page.click("#tab-finetune");
+  await page.fill("#steps", "5");
+  await page.click("#train");
+  await page.waitForFunction(() => /^(done|stopped) after/.test(document.querySelector("#train-status")?.textContent ?? ""), null, { timeout: 10 * MINUTE });
+  assert.equal(await page.getAttribute("#loss-chart", "data-points"), "5");
+  await page.waitForFunction(() => document.querySelector("#adapter-status")?.textContent.startsWith("Adapter in use"), null, { timeout: MINUTE });
+  const adapter4 = path.join(work, "adapter-4bit");
+  fs.mkdirSync(adapter4);
+  await download(page, "#download-weights", adapter4);
+  await download(page, "#download-config", adapter4);
+  const pageText4 = await generateGreedy(page, 12);
+  const cli4 = JSON.parse(execFileSync(ember, [
+    "generate", "--model", path.join(root, "demo", "model"), "--adapter", adapter4, "--device", "cpu",
+    "--load-in-4bit", "--bnb-4bit-quant-type", "nf4", "--bnb-4bit-use-double-quant",
+    "--prompt", await page.inputValue("#prompt"), "--greedy", "--max-new-tokens", "12", "--json",
+  ], { encoding: "utf8" }));
+  log(`4-bit greedy with the adapter — page: ${JSON.stringify(pageText4)}, ember generate --load-in-4bit --adapter: ${JSON.stringify(cli4.text)}`);
+  assert.equal(pageText4, cli4.text, "ember --load-in-4bit, loading the downloaded adapter, generates other text than the page");
+  await shot(page, "8-qlora");
 
   assert.deepEqual(pageErrors, [], "uncaught errors in the page");
   assert.deepEqual(panics, [], "the worker panicked");

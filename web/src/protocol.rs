@@ -12,11 +12,17 @@ pub enum Request {
     Start {
         force_cpu: bool,
     },
-    /// A base model from the attached files (`config.json`, `tokenizer.json`, weights).
-    LoadModelFiles,
+    /// A base model from the attached files (`config.json`, `tokenizer.json`, weights);
+    /// `four_bit`: its Linear layers 4-bit (QLoRA's nf4 with double quantization).
+    LoadModelFiles {
+        #[serde(default)]
+        four_bit: bool,
+    },
     /// A base model from a folder URL; files are kept in the browser's Cache Storage.
     LoadModelUrl {
         url: String,
+        #[serde(default)]
+        four_bit: bool,
     },
     /// A PEFT adapter from the attached `adapter_config.json` + `adapter_model.safetensors`.
     LoadAdapter {

@@ -14,7 +14,10 @@ use crate::protocol::Request;
 pub fn LoadPanel(state: State) -> impl IntoView {
     let url = RwSignal::new(String::new());
     let dragging = RwSignal::new(false);
-    let model_files = move |list: Option<FileList>| read_and_send(state, list, |_| Request::LoadModelFiles);
+    let four_bit = move || state.four_bit.get_untracked();
+    let model_files = move |list: Option<FileList>| {
+        read_and_send(state, list, move |_| Request::LoadModelFiles { four_bit: four_bit() })
+    };
     let adapter_files =
         move |list: Option<FileList>| read_and_send(state, list, |origin| Request::LoadAdapter { origin });
     view! {
@@ -22,7 +25,7 @@ pub fn LoadPanel(state: State) -> impl IntoView {
             <h2>"1 · Load a model"</h2>
             <div class="row">
                 <button id="load-demo" disabled=move || state.busy.get()
-                    on:click=move |_| send(state, &Request::LoadModelUrl { url: page_url("demo/model/") }, Vec::new())>
+                    on:click=move |_| send(state, &Request::LoadModelUrl { url: page_url("demo/model/"), four_bit: four_bit() }, Vec::new())>
                     "Load the demo model"
                 </button>
                 <label class="file-button">"Model folder…"
@@ -36,9 +39,14 @@ pub fn LoadPanel(state: State) -> impl IntoView {
                 <input id="model-url" class="url" placeholder="or a URL of a model folder (config.json, tokenizer.json, model.safetensors)"
                     prop:value=move || url.get() on:input=move |ev| url.set(event_target_value(&ev))/>
                 <button id="load-url" disabled=move || state.busy.get() || url.get().trim().is_empty()
-                    on:click=move |_| send(state, &Request::LoadModelUrl { url: url.get_untracked().trim().to_string() }, Vec::new())>
+                    on:click=move |_| send(state, &Request::LoadModelUrl { url: url.get_untracked().trim().to_string(), four_bit: four_bit() }, Vec::new())>
                     "Load URL"
                 </button>
+                <label class="check" title="QLoRA: the Linear layers' weights in bitsandbytes' nf4 with double quantization, a quarter of their f16 size; adapters train in f32 beside them">
+                    <input id="four-bit" type="checkbox" prop:checked=move || state.four_bit.get()
+                        on:change=move |ev| state.four_bit.set(event_target_checked(&ev))/>
+                    "4-bit base"
+                </label>
             </div>
             <div id="drop" class="drop" class:dragging=move || dragging.get()
                 on:dragover=move |ev: web_sys::DragEvent| { ev.prevent_default(); dragging.set(true); }

@@ -33,6 +33,8 @@ pub enum Tab {
 pub struct State {
     pub backend: RwSignal<String>,
     pub force_cpu: RwSignal<bool>,
+    /// Load models with 4-bit Linear layers (QLoRA).
+    pub four_bit: RwSignal<bool>,
     pub busy: RwSignal<bool>,
     /// What is being done, bytes or steps done, and the total.
     pub progress: RwSignal<Option<(String, f64, f64)>>,
@@ -57,6 +59,7 @@ impl State {
         State {
             backend: RwSignal::new("starting…".into()),
             force_cpu: RwSignal::new(false),
+            four_bit: RwSignal::new(false),
             busy: RwSignal::new(false),
             progress: RwSignal::new(None),
             error: RwSignal::new(None),

@@ -6,17 +6,21 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use burn::tensor::Device;
-use ember_core::checkpoint::{tensor_file_from_bytes, Checkpoint, SafetensorsFile, WEIGHT_FILES};
+use ember_core::checkpoint::{
+    build_model, tensor_file_from_bytes, Checkpoint, LoadOptions, SafetensorsFile, WEIGHT_FILES,
+};
 use ember_core::data::TokenizedDataset;
 use ember_core::generate::{generate_async, GenerationConfig, Sampling};
 use ember_core::lora::adapter_file::{adapter_safetensors_bytes_async, load_adapter_tensors};
 use ember_core::lora::{apply_lora, LoraConfig, LoraSettings, TargetModules};
-use ember_core::model::{BloomForCausalLM, ModelShape, ModuleKind};
+use ember_core::model::{BloomForCausalLM, ModelShape, ModuleKind, WeightDType};
+use ember_core::quant::{QuantConfig, QuantType};
 use ember_core::template::{human_assistant, Template};
 use ember_core::text::thousands;
 use ember_core::tokenizer::{TextStream, Tokenizer};
 use ember_core::train::{Event, Flow, Sink, Trainer, TrainingArgs};
 use ember_core::{BloomConfig, Error, Result};
+use ember_shaders::ops::DEQUANTIZE_CHUNK_VALUES;
 
 use super::{now_ms, post, stop_requested, yield_now};
 use crate::backend;
@@ -42,8 +46,20 @@ struct Base {
     tokenizer: Tokenizer,
     /// The weight file, kept to build the training copy of the model on the autodiff device.
     weights: (String, Arc<Vec<u8>>),
+    /// How the model is loaded (4-bit or not), for the training copy too.
+    options: LoadOptions,
     model: BloomForCausalLM,
-    params: u64,
+    /// Bytes its weights take on the device.
+    weight_bytes: u64,
+}
+
+/// The page's 4-bit option: QLoRA's settings (nf4, double quantization, f32 compute).
+fn page_quantization(four_bit: bool) -> Option<QuantConfig> {
+    four_bit.then(|| QuantConfig {
+        bnb_4bit_quant_type: QuantType::Nf4,
+        bnb_4bit_use_double_quant: true,
+        ..QuantConfig::default()
+    })
 }
 
 impl Session {
@@ -69,8 +85,8 @@ impl Session {
 
     pub async fn handle(&mut self, request: Request, files: Attached) -> Result<()> {
         match request {
-            Request::LoadModelFiles => self.load_base(ModelFiles::from_attached(&files)),
-            Request::LoadModelUrl { url } => self.load_base(super::fetch::model_files(&url).await?),
+            Request::LoadModelFiles { four_bit } => self.load_base(ModelFiles::from_attached(&files), four_bit),
+            Request::LoadModelUrl { url, four_bit } => self.load_base(super::fetch::model_files(&url).await?, four_bit),
             Request::LoadAdapter { origin } => self.load_adapter(ModelFiles::from_attached(&files), &origin),
             Request::Generate(request) => self.generate(&request).await,
             Request::Train(request) => self.train(&request).await,
@@ -82,7 +98,7 @@ impl Session {
         match &self.base {
             Some(base) => format!(
                 ", model weights {:.1} MiB on the {}",
-                base.params as f64 * 4.0 / 1048576.0,
+                base.weight_bytes as f64 / 1048576.0,
                 if self.gpu { "GPU" } else { "CPU" }
             ),
             None => String::new(),
@@ -95,7 +111,7 @@ impl Session {
             .ok_or_else(|| Error::invalid("no model loaded: load the demo model, a model folder or a URL first"))
     }
 
-    fn load_base(&mut self, files: ModelFiles) -> Result<()> {
+    fn load_base(&mut self, files: ModelFiles, four_bit: bool) -> Result<()> {
         let config = BloomConfig::from_json(files.text("config.json")?, "config.json")?;
         let tokenizer = Tokenizer::from_parts(
             files.need("tokenizer.json")?,
@@ -105,11 +121,19 @@ impl Session {
             &config,
         )?;
         let weights = files.weights()?;
-        self.check_fits(&config, weights.1.len())?;
-        let params = ModelShape::of_config(&config).base_params();
+        let options = LoadOptions { quant: page_quantization(four_bit), ..LoadOptions::default() };
+        let quant = options.quantization(&config);
+        self.check_fits(&config, weights.1.len(), quant.as_ref())?;
+        let shape = ModelShape::of_config(&config);
+        let weight_bytes = shape.weight_bytes(options.dtype, quant.as_ref());
         post(
             &Reply::Progress {
-                what: format!("uploading {} to the {}", weights.0, self.backend),
+                what: format!(
+                    "{} {} to the {}",
+                    if quant.is_some() { "quantizing and uploading" } else { "uploading" },
+                    weights.0,
+                    self.backend
+                ),
                 done: 0.0,
                 total: 1.0,
             },
@@ -117,26 +141,35 @@ impl Session {
         );
         self.base = None;
         self.adapted = None;
-        let model = model_from(&config, &weights, &self.device)?;
+        let model = model_from(&config, &weights, &self.device, &options)?;
+        let stored = match &quant {
+            Some(q) => format!(
+                "4-bit {}{}",
+                q.bnb_4bit_quant_type,
+                if q.bnb_4bit_use_double_quant { ", double quant" } else { "" }
+            ),
+            None => "f32".to_string(),
+        };
         let summary = format!(
-            "BLOOM: {} layers, hidden size {}, vocabulary {}; {} parameters ({:.1} MiB as f32)",
+            "BLOOM: {} layers, hidden size {}, vocabulary {}; {} parameters ({:.1} MiB, {stored})",
             config.n_layer,
             config.hidden_size,
             config.vocab_size,
-            thousands(params),
-            params as f64 * 4.0 / 1048576.0
+            thousands(shape.base_params()),
+            weight_bytes as f64 / 1048576.0
         );
-        self.base = Some(Base { config, tokenizer, weights, model, params });
+        self.base = Some(Base { config, tokenizer, weights, options, model, weight_bytes });
         post(&Reply::ModelLoaded { summary }, Vec::new());
         Ok(())
     }
 
     /// A clear refusal instead of a crash for models this browser cannot hold. Counted in u64
     /// and f64: `usize` is 32 bits on wasm32, and a large model's parameter count overflows it.
-    fn check_fits(&self, config: &BloomConfig, file_bytes: usize) -> Result<()> {
+    fn check_fits(&self, config: &BloomConfig, file_bytes: usize, quant: Option<&QuantConfig>) -> Result<()> {
         let shape = ModelShape::of_config(config);
         let params = shape.base_params() as f64;
-        let in_wasm = file_bytes as f64 + if self.gpu { 0.0 } else { params * 4.0 };
+        let on_device = shape.weight_bytes(WeightDType::F32, quant) as f64;
+        let in_wasm = file_bytes as f64 + if self.gpu { 0.0 } else { on_device };
         if in_wasm > WASM_MEMORY_BUDGET {
             return Err(Error::invalid(format!(
                 "this model (about {:.2e} parameters) needs about {:.1} GiB of WebAssembly memory here, and a page has 4 GiB at most: use a smaller model, or the ember command line",
@@ -145,13 +178,15 @@ impl Session {
             )));
         }
         // The largest matrix bound at once: the biggest Linear weight (the vocabulary matrix is
-        // cut into blocks that fit).
+        // cut into blocks that fit); a 4-bit one is bound packed, and dequantized a slice at a time.
         let largest = shape
             .modules()
             .iter()
             .filter_map(|m| match m.kind {
                 ModuleKind::Linear { out_features, in_features, .. } if m.name != "lm_head" => {
-                    Some(4.0 * out_features as f64 * in_features as f64)
+                    let values = out_features as f64 * in_features as f64;
+                    let four_bit = quant.is_some_and(|q| q.quantizes(&m.name));
+                    Some(if four_bit { (values / 2.0).max(4.0 * DEQUANTIZE_CHUNK_VALUES as f64) } else { 4.0 * values })
                 }
                 _ => None,
             })
@@ -268,7 +303,7 @@ impl Session {
         )?;
         let lora = lora_config(request)?;
         let device = self.device.clone().autodiff();
-        let mut model = model_from(&base.config, &base.weights, &device)?;
+        let mut model = model_from(&base.config, &base.weights, &device, &base.options)?;
         let report = apply_lora(&mut model, &lora, &device)?;
         post(&Reply::Progress { what: report.trainable_line(), done: 0.0, total: request.steps as f64 }, Vec::new());
         let args = TrainingArgs {
@@ -358,14 +393,17 @@ impl Sink for Page {
     }
 }
 
+/// The model of `config` from its weight file as `options` say (4-bit: quantized one weight at
+/// a time, only packed weights reaching the device).
 fn model_from(
     config: &BloomConfig,
     (name, bytes): &(String, Arc<Vec<u8>>),
     device: &Device,
+    options: &LoadOptions,
 ) -> Result<BloomForCausalLM> {
     let mut checkpoint =
         Checkpoint::from_files(name.as_str(), vec![tensor_file_from_bytes(name, bytes.clone())?], device);
-    BloomForCausalLM::from_weights(config, &mut checkpoint)
+    build_model(config, &mut checkpoint, device, options)
 }
 
 /// The single-file weight names transformers looks for, in its order (the browser takes no
