@@ -366,3 +366,22 @@ fn damaged_4bit_checkpoints_are_refused_by_name() {
         eprintln!("{what}: {err}");
     }
 }
+
+/// The page generates from the model it trained (`valid()` of the autodiff model) and offers
+/// its adapter for download: over a 4-bit base both must give the same logits as loading the
+/// base 4-bit for inference and the adapter onto it.
+#[test]
+fn a_4bit_model_off_the_autodiff_graph_equals_the_one_loaded_for_inference() {
+    let golden = Golden::open(&fixtures().join("quant/a-nf4-dq/golden.safetensors"));
+    let (ids, mask) = (golden.rows("padded.input_ids"), golden.rows("padded.attention_mask"));
+    for (device_name, base) in test_devices() {
+        let device = base.clone().autodiff();
+        let mut trained = ModelDir::open(&base_dir()).unwrap().load(&device, &quantized_options("nf4-dq")).unwrap();
+        load_adapter(&mut trained, &fixtures().join("quant/init_adapter"), &device, false).unwrap();
+        let mut loaded = ModelDir::open(&base_dir()).unwrap().load(&base, &quantized_options("nf4-dq")).unwrap();
+        load_adapter(&mut loaded, &fixtures().join("quant/init_adapter"), &base, false).unwrap();
+        let diff =
+            max_abs_diff(&logits(&trained.valid_model(), &ids, &mask, &base), &logits(&loaded, &ids, &mask, &base));
+        assert!(diff < 1e-5, "{device_name}: the trained model's valid() differs from loading by {diff}");
+    }
+}

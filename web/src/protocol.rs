@@ -112,7 +112,7 @@ pub enum Reply {
         learning_rate: f64,
         steps_per_s: f64,
     },
-    /// Training ended (all steps or stopped); the adapter follows as `AdapterReady`.
+    /// Training ended (all steps or stopped), after its adapter went out as `AdapterReady`.
     Trained {
         steps: usize,
         stopped: bool,

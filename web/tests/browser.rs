@@ -9,12 +9,13 @@ use std::io::Cursor;
 use std::path::Path;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use ember_core::checkpoint::{Checkpoint, SafetensorsFile, TensorFile};
+use ember_core::checkpoint::{build_model, Checkpoint, LoadOptions, SafetensorsFile, TensorFile};
 use ember_core::data::formats::examples_from_reader;
 use ember_core::data::{Columns, TokenizedDataset};
 use ember_core::lora::adapter_file::{adapter_safetensors_bytes_async, load_adapter_tensors};
 use ember_core::lora::LoraConfig;
 use ember_core::model::{AttentionMask, BloomForCausalLM};
+use ember_core::quant::{QuantConfig, QuantType};
 use ember_core::readback::values;
 use ember_core::template::Template;
 use ember_core::tokenizer::{PaddingSide, Tokenizer};
@@ -39,6 +40,11 @@ const TRAIN_DATA: &[u8] = fixture!("data/train.jsonl");
 const RUN_A: &[u8] = fixture!("train/run_a.json");
 const INIT_ADAPTER_CONFIG: &[u8] = fixture!("train/init_adapter/adapter_config.json");
 const INIT_ADAPTER: &[u8] = fixture!("train/init_adapter/adapter_model.safetensors");
+const QUANT_CONFIG: &[u8] = fixture!("quant/base/config.json");
+const QUANT_WEIGHTS: &[u8] = fixture!("quant/base/model.safetensors");
+const QUANT_GOLDEN: &[u8] = fixture!("quant/a-nf4-dq/golden.safetensors");
+const QUANT_ADAPTER_CONFIG: &[u8] = fixture!("quant/init_adapter/adapter_config.json");
+const QUANT_ADAPTER: &[u8] = fixture!("quant/init_adapter/adapter_model.safetensors");
 
 /// WebGPU if this browser offers an adapter, and the CPU always; says which it found.
 async fn devices() -> Vec<(&'static str, Device)> {
@@ -64,9 +70,25 @@ fn model(device: &Device) -> BloomForCausalLM {
     BloomForCausalLM::from_weights(&config(), &mut checkpoint).unwrap()
 }
 
+/// The QLoRA fixture base loaded as the page's "4-bit base" option loads it (nf4, double
+/// quantization).
+fn model_4bit(device: &Device) -> BloomForCausalLM {
+    let config = BloomConfig::from_json(std::str::from_utf8(QUANT_CONFIG).unwrap(), "config.json").unwrap();
+    let file = SafetensorsFile::from_bytes("model.safetensors", QUANT_WEIGHTS.to_vec()).unwrap();
+    let mut checkpoint = Checkpoint::from_files("quant/base", vec![Box::new(file)], device);
+    let quant =
+        QuantConfig { bnb_4bit_quant_type: QuantType::Nf4, bnb_4bit_use_double_quant: true, ..QuantConfig::default() };
+    let options = LoadOptions { quant: Some(quant), ..LoadOptions::default() };
+    build_model(&config, &mut checkpoint, device, &options).unwrap()
+}
+
 /// An int64 or f32 tensor of the golden file, as i64 rows or f32 values.
 fn golden_i64(name: &str) -> Vec<Vec<i64>> {
-    let file = safetensors::SafeTensors::deserialize(GOLDEN).unwrap();
+    golden_i64_of(GOLDEN, name)
+}
+
+fn golden_i64_of(golden: &[u8], name: &str) -> Vec<Vec<i64>> {
+    let file = safetensors::SafeTensors::deserialize(golden).unwrap();
     let t = file.tensor(name).unwrap();
     let width = t.shape()[1];
     let all: Vec<i64> = t.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
@@ -74,7 +96,11 @@ fn golden_i64(name: &str) -> Vec<Vec<i64>> {
 }
 
 fn golden_f32(name: &str) -> Vec<f32> {
-    let file = safetensors::SafeTensors::deserialize(GOLDEN).unwrap();
+    golden_f32_of(GOLDEN, name)
+}
+
+fn golden_f32_of(golden: &[u8], name: &str) -> Vec<f32> {
+    let file = safetensors::SafeTensors::deserialize(golden).unwrap();
     file.tensor(name).unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
 }
 
@@ -141,7 +167,10 @@ fn dataset() -> TokenizedDataset {
 }
 
 fn with_adapter(device: &Device, config: &LoraConfig, bytes: Vec<u8>) -> BloomForCausalLM {
-    let mut model = model(device);
+    adapted(model(device), device, config, bytes)
+}
+
+fn adapted(mut model: BloomForCausalLM, device: &Device, config: &LoraConfig, bytes: Vec<u8>) -> BloomForCausalLM {
     let file = SafetensorsFile::from_bytes("adapter_model.safetensors", bytes).unwrap();
     load_adapter_tensors(&mut model, config, &file as &dyn TensorFile, device, false).unwrap();
     model
@@ -183,5 +212,43 @@ async fn training_step_and_adapter_round_trip_in_the_browser() {
             max_abs_diff(&a, &logits(&model(&base), &ids, &mask, &base).await) > 1e-4,
             "{name}: training changed nothing"
         );
+    }
+}
+
+/// The page's QLoRA path: a 4-bit base gives bitsandbytes' logits in the browser, and after
+/// two training steps over it the model the page generates from (`valid()` of the trained
+/// one) equals its downloaded adapter loaded onto a 4-bit base, as `ember generate
+/// --load-in-4bit --adapter` loads it.
+#[wasm_bindgen_test]
+async fn qlora_logits_and_adapter_round_trip_in_the_browser() {
+    let lora =
+        LoraConfig::from_json(std::str::from_utf8(QUANT_ADAPTER_CONFIG).unwrap(), "adapter_config.json").unwrap();
+    let data = dataset();
+    let ids = golden_i64_of(QUANT_GOLDEN, "padded.input_ids");
+    let mask = golden_i64_of(QUANT_GOLDEN, "padded.attention_mask");
+    for (name, base) in devices().await {
+        let diff = max_abs_diff(
+            &logits(&model_4bit(&base), &ids, &mask, &base).await,
+            &golden_f32_of(QUANT_GOLDEN, "padded.logits"),
+        );
+        web_sys_log(&format!("{name} 4-bit: max |Δlogit| vs bitsandbytes = {diff}"));
+        assert!(diff < 1e-4, "{name} 4-bit: max |Δlogit| vs bitsandbytes = {diff}");
+
+        let device = base.clone().autodiff();
+        let initial = adapted(model_4bit(&device), &device, &lora, QUANT_ADAPTER.to_vec());
+        let args = TrainingArgs { learning_rate: 1e-2, max_steps: 2, ..args_of(&run_a()) };
+        let mut trainer = Trainer::new(initial, lora.clone(), args, &data, 3, PaddingSide::Left, &device).unwrap();
+        for _ in 0..2 {
+            trainer.step_async(&data).await.unwrap();
+        }
+        let bytes = adapter_safetensors_bytes_async(&trainer.model, &lora).await.unwrap();
+        let trained = logits(&trainer.model.clone().valid_model(), &ids, &mask, &base).await;
+        let reloaded = logits(&adapted(model_4bit(&base), &base, &lora, bytes), &ids, &mask, &base).await;
+        let untrained =
+            logits(&adapted(model_4bit(&base), &base, &lora, QUANT_ADAPTER.to_vec()), &ids, &mask, &base).await;
+        let diff = max_abs_diff(&trained, &reloaded);
+        web_sys_log(&format!("{name} 4-bit: trained vs reloaded adapter: max |Δlogit| = {diff}"));
+        assert!(diff < 1e-5, "{name} 4-bit: the reloaded adapter differs by {diff}");
+        assert!(max_abs_diff(&trained, &untrained) > 1e-4, "{name} 4-bit: training changed nothing");
     }
 }

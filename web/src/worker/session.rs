@@ -319,7 +319,6 @@ impl Session {
         let mut page = Page { start: now_ms(), total: trainer.total_steps, steps: 0 };
         trainer.run_async(&data, None, &mut page).await?;
         let steps = page.steps;
-        post(&Reply::Trained { steps, stopped: steps < trainer.total_steps }, Vec::new());
         let weights = adapter_safetensors_bytes_async(&trainer.model, &lora).await?;
         self.adapted = Some(trainer.model.valid_model());
         let summary = format!(
@@ -334,6 +333,9 @@ impl Session {
             (ADAPTER_WEIGHTS.to_string(), buffer(&weights)),
         ];
         post(&Reply::AdapterReady { summary, config_json }, files);
+        // "done" only once the new adapter is the one in use and offered for download: before,
+        // a download right after "done" could still get the previous adapter.
+        post(&Reply::Trained { steps, stopped: steps < trainer.total_steps }, Vec::new());
         Ok(())
     }
 }
