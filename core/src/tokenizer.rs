@@ -136,8 +136,16 @@ impl Tokenizer {
     /// the text (a 10 MB example cut to 256 tokens took 2.3 GB tokenized whole). Only tokens of
     /// words that end well before the cut are kept: the words the cut touches may tokenize
     /// differently than in the whole text.
+    ///
+    /// A text whose words do not settle within [`UNSETTLED_PREFIX_FACTOR`] times the first cut
+    /// (one "word" of hundreds of kilobytes: base64, a run of letters with no space or
+    /// punctuation) is cut there: its tokens in the first half of that prefix are kept. The
+    /// whole text would tokenize that giant word at a cost without bound, and BPE's merges
+    /// far from the cut come out the same.
     pub fn encode_prefix(&self, text: &str, max_tokens: usize) -> Result<Vec<u32>> {
-        let mut cut = max_tokens.saturating_mul(PREFIX_BYTES_PER_TOKEN).max(MIN_PREFIX_BYTES);
+        let first = max_tokens.saturating_mul(PREFIX_BYTES_PER_TOKEN).max(MIN_PREFIX_BYTES);
+        let last = first.saturating_mul(UNSETTLED_PREFIX_FACTOR);
+        let mut cut = first;
         while cut < text.len() {
             let prefix = &text[..floor_char_boundary(text, cut)];
             let encoding =
@@ -148,6 +156,11 @@ impl Tokenizer {
             let whole = words.iter().take_while(|w| w.is_none_or(|w| w < settled)).count();
             if whole >= max_tokens {
                 return Ok(encoding.get_ids()[..whole].to_vec());
+            }
+            if cut >= last {
+                let half = prefix.len() / 2;
+                let kept = encoding.get_offsets().iter().take_while(|(_, end)| *end <= half).count();
+                return Ok(encoding.get_ids()[..kept].to_vec());
             }
             cut = cut.saturating_mul(2);
         }
@@ -181,6 +194,9 @@ impl Tokenizer {
 /// `MIN_PREFIX_BYTES`.
 const PREFIX_BYTES_PER_TOKEN: usize = 16;
 const MIN_PREFIX_BYTES: usize = 16 << 10;
+/// How far past its first cut [`Tokenizer::encode_prefix`] looks for word boundaries before it
+/// cuts inside a word: 256 KiB for the usual 256 tokens.
+const UNSETTLED_PREFIX_FACTOR: usize = 16;
 
 /// The largest char boundary of `text` at or before `index`.
 fn floor_char_boundary(text: &str, index: usize) -> usize {

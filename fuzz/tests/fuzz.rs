@@ -242,4 +242,16 @@ fn a_huge_example_is_tokenized_only_as_far_as_max_length_needs() {
     let medium = Example { instruction: text(200 << 10), input: String::new(), output: "x".into() };
     let whole = tokenizer.encode(&Template::HumanAssistant.prompt(&medium.instruction, "")).unwrap();
     assert_eq!(encode_example(&tokenizer, &Template::HumanAssistant, &medium, 256).unwrap().input_ids, whole[..256]);
+    // One giant "word" (no space or punctuation: base64, a run of letters) is cut inside it at
+    // a bounded cost, keeping the ids a long prefix of it gives.
+    let word = |bytes: usize| "Practice考试".repeat(bytes / 14);
+    let giant = Example { instruction: word(10 << 20), input: String::new(), output: String::new() };
+    let base = HELD.with(Cell::get);
+    PEAK.with(|p| p.set(base));
+    let encoded = encode_example(&tokenizer, &Template::HumanAssistant, &giant, 256).unwrap();
+    let peak = PEAK.with(Cell::get) - base;
+    assert_eq!((encoded.len(), encoded.truncated), (256, true));
+    assert!(peak < 64 << 20, "held {} MiB tokenizing a 10 MB word cut to 256 tokens", peak >> 20);
+    let long = tokenizer.encode(&Template::HumanAssistant.prompt(&word(1 << 20), "")).unwrap();
+    assert_eq!(encoded.input_ids, long[..256], "a giant word's first tokens");
 }

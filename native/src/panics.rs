@@ -62,8 +62,8 @@ pub fn explain(payload: Box<dyn std::any::Any + Send>) -> Failure {
     let location = recorded.as_ref().map_or("an unknown place", |r| r.location.as_str());
     let first_line = message.lines().next().unwrap_or_default();
     let mut report = format!(
-        "internal error: ember panicked at {location}: {first_line}\n\
-         This is a bug in ember, not in your input; please report it. Run again with RUST_BACKTRACE=1 for a backtrace."
+        "internal error (a bug in ember, not in your input) at {location}: {first_line}; \
+         run again with RUST_BACKTRACE=1 for a backtrace and please report it"
     );
     if let Some(backtrace) = recorded.and_then(|r| r.backtrace) {
         report = format!("{report}\n{backtrace}");
@@ -91,8 +91,9 @@ mod tests {
         let bug: Box<dyn std::any::Any + Send> = Box::new("index out of bounds: the len is 3 but the index is 7");
         match explain(bug) {
             Failure::Internal(report) => {
-                assert!(report.starts_with("internal error:") && report.contains("index out of bounds"), "{report}");
+                assert!(report.starts_with("internal error (") && report.contains("index out of bounds"), "{report}");
                 assert!(report.contains("RUST_BACKTRACE=1") && !report.contains("device failed"), "{report}");
+                assert_eq!(report.lines().count(), 1, "one line: {report}");
             }
             Failure::Device(e) => panic!("a bug reported as a device failure: {e}"),
         }
