@@ -9,6 +9,7 @@ use burn::tensor::Device;
 use super::config::LoraConfig;
 use super::layer::LoraAdapter;
 use crate::error::{Error, Result};
+use crate::model::bloom::{LM_HEAD, SAVABLE_EXAMPLES};
 use crate::model::{BloomForCausalLM, LayerMut, LinearWeight, ModelShape, ModuleKind, ModuleTree, NamedModule};
 use crate::text::thousands;
 
@@ -80,7 +81,7 @@ pub fn select_modules(config: &LoraConfig, modules: &[NamedModule]) -> Result<Se
     let saved: Vec<NamedModule> = modules.iter().filter(|m| config.saves(&m.name)).cloned().collect();
     if let Some(m) = saved.iter().find(|m| !m.kind.has_weights()) {
         return Err(Error::invalid(format!(
-            "modules_to_save selects `{}`, which has no weights of its own; name a Linear, LayerNorm or word_embeddings",
+            "modules_to_save selects `{}`, which has no weights of its own; name a module with weights (e.g. {SAVABLE_EXAMPLES})",
             m.name
         )));
     }
@@ -88,7 +89,7 @@ pub fn select_modules(config: &LoraConfig, modules: &[NamedModule]) -> Result<Se
         config.modules_to_save.iter().flatten().find(|entry| !saved.iter().any(|m| m.name.ends_with(entry.as_str())))
     {
         return Err(Error::invalid(format!(
-            "modules_to_save entry \"{missing}\" matches no module (e.g. word_embeddings, ln_f, lm_head, dense)"
+            "modules_to_save entry \"{missing}\" matches no module (e.g. {SAVABLE_EXAMPLES})"
         )));
     }
     Ok(Selection { targeted, saved })
@@ -96,7 +97,7 @@ pub fn select_modules(config: &LoraConfig, modules: &[NamedModule]) -> Result<Se
 
 /// Whether LoRA can go on a module: a Linear layer other than the language-model head.
 fn adaptable(module: &NamedModule) -> bool {
-    matches!(module.kind, ModuleKind::Linear { .. }) && module.name != "lm_head"
+    matches!(module.kind, ModuleKind::Linear { .. }) && module.name != LM_HEAD
 }
 
 /// What `config` selects and how many parameters it trains, for a model of `shape`, counted as
@@ -146,7 +147,7 @@ pub fn apply_lora(model: &mut BloomForCausalLM, config: &LoraConfig, device: &De
         )));
     }
     // The head's copy is of the matrix it uses now (the word embeddings' when tied).
-    let head_copy = selection.is_saved("lm_head").then(|| model.lm_head_weight().trainable_copy());
+    let head_copy = selection.is_saved(LM_HEAD).then(|| model.lm_head_weight().trainable_copy());
     let mut head_copy = head_copy.into_iter();
     model.visit_mut(|module, layer| {
         let (adapted, saved) = (selection.is_targeted(&module.name), selection.is_saved(&module.name));

@@ -8,6 +8,7 @@ use burn::tensor::{Gradients, Tensor};
 use super::config::LoraConfig;
 use super::inject::select_modules;
 use crate::error::Result;
+use crate::model::bloom::{block_of, LM_HEAD, WORD_EMBEDDINGS};
 use crate::model::{BloomForCausalLM, ModuleKind, ModuleTree, VocabMatrix};
 
 /// peft prefixes every key with the wrapper path of the base model.
@@ -35,7 +36,7 @@ impl Slot {
         match self {
             Slot::LoraA(n) | Slot::LoraB(n) | Slot::EmbeddingCopy(n) | Slot::LinearWeight(n) => n,
             Slot::NormWeight(n) | Slot::NormBias(n) | Slot::LinearBias { name: n, .. } => n,
-            Slot::LmHead => "lm_head",
+            Slot::LmHead => LM_HEAD,
         }
     }
 
@@ -43,10 +44,10 @@ impl Slot {
     /// the embeddings, `i + 1` for block `i`, `None` for the final norm and the head.
     pub fn stage(&self) -> Option<usize> {
         let module = self.module();
-        if let Some(rest) = module.strip_prefix("transformer.h.") {
-            return rest.split('.').next().and_then(|i| i.parse::<usize>().ok()).map(|i| i + 1);
+        if let Some(block) = block_of(module) {
+            return Some(block + 1);
         }
-        module.starts_with("transformer.word_embeddings").then_some(0)
+        module.starts_with(WORD_EMBEDDINGS).then_some(0)
     }
 
     pub fn key(&self) -> String {
@@ -54,7 +55,7 @@ impl Slot {
             Slot::LoraA(n) => format!("{n}.lora_A.weight"),
             Slot::LoraB(n) => format!("{n}.lora_B.weight"),
             Slot::EmbeddingCopy(n) | Slot::LinearWeight(n) | Slot::NormWeight(n) => format!("{n}.weight"),
-            Slot::LmHead => "lm_head.weight".into(),
+            Slot::LmHead => format!("{LM_HEAD}.weight"),
             Slot::LinearBias { name, wrapped: true } => format!("{name}.base_layer.bias"),
             Slot::LinearBias { name, wrapped: false } | Slot::NormBias(name) => format!("{name}.bias"),
         };
@@ -189,7 +190,7 @@ pub fn adapter_slots(config: &LoraConfig, model: &BloomForCausalLM) -> Result<Ve
         let name = m.name.clone();
         match m.kind {
             ModuleKind::Embedding { .. } => slots.push(Slot::EmbeddingCopy(name)),
-            ModuleKind::Linear { .. } if name == "lm_head" => slots.push(Slot::LmHead),
+            ModuleKind::Linear { .. } if name == LM_HEAD => slots.push(Slot::LmHead),
             ModuleKind::Linear { .. } => {
                 slots.extend([Slot::LinearWeight(name.clone()), Slot::LinearBias { name, wrapped: false }])
             }

@@ -23,6 +23,29 @@ use crate::Result;
 /// peft's default LoRA target for BLOOM (`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`).
 pub const LORA_TARGET_MODULES: [&str; 1] = ["query_key_value"];
 
+// The module names code outside this file needs (as the checkpoint spells them); every other
+// name is written only in the `load` functions and `ModelShape::modules` below.
+pub const TRANSFORMER: &str = "transformer";
+pub const WORD_EMBEDDINGS: &str = "transformer.word_embeddings";
+/// The language-model head: a Linear layer that LoRA never adapts, 4-bit never quantizes (by
+/// default), and `modules_to_save` copies as a vocabulary matrix.
+pub const LM_HEAD: &str = "lm_head";
+const BLOCKS: &str = "transformer.h";
+/// Module names for messages that suggest what `modules_to_save` can name.
+pub const SAVABLE_EXAMPLES: &str = "word_embeddings, ln_f, lm_head, dense";
+
+/// The block a module belongs to (`transformer.h.3.mlp.dense_h_to_4h` → 3).
+pub fn block_of(module: &str) -> Option<usize> {
+    let rest = module.strip_prefix(BLOCKS)?.strip_prefix('.')?;
+    rest.split('.').next()?.parse().ok()
+}
+
+/// Whether a weight (`transformer.h.0.input_layernorm.weight`, `transformer.ln_f.bias`) is a
+/// layer norm's.
+pub fn is_layer_norm(weight: &str) -> bool {
+    weight.contains("layernorm") || weight.contains("ln_f")
+}
+
 #[derive(Module, Debug)]
 pub struct BloomAttention {
     /// Projects to queries, keys and values at once; its output is laid out per head as
@@ -193,12 +216,12 @@ impl BloomForCausalLM {
     /// loading itself by its own names.
     pub fn from_weights(config: &BloomConfig, weights: &mut impl WeightSource) -> Result<Self> {
         let mut root = Scope::new(weights);
-        let transformer = BloomModel::load(&mut root.pp("transformer"), config)?;
+        let transformer = BloomModel::load(&mut root.pp(TRANSFORMER), config)?;
         let lm_head = if config.tie_word_embeddings {
             None
         } else {
             let shape = [config.vocab_size, config.hidden_size];
-            Some(root.pp("lm_head").vocab_matrix("weight", shape, rows_per_block(config.hidden_size))?)
+            Some(root.pp(LM_HEAD).vocab_matrix("weight", shape, rows_per_block(config.hidden_size))?)
         };
         Ok(BloomForCausalLM {
             transformer,
@@ -298,13 +321,13 @@ impl ModelShape {
         let linear = |out_features, in_features| ModuleKind::Linear { out_features, in_features, bias: true };
         let norm = ModuleKind::LayerNorm { width: h };
         let mut modules = vec![
-            ("transformer".to_owned(), ModuleKind::Container),
-            ("transformer.word_embeddings".to_owned(), ModuleKind::Embedding { rows: self.vocab, width: h }),
-            ("transformer.word_embeddings_layernorm".to_owned(), norm),
-            ("transformer.h".to_owned(), ModuleKind::Container),
+            (TRANSFORMER.to_owned(), ModuleKind::Container),
+            (WORD_EMBEDDINGS.to_owned(), ModuleKind::Embedding { rows: self.vocab, width: h }),
+            (format!("{WORD_EMBEDDINGS}_layernorm"), norm),
+            (BLOCKS.to_owned(), ModuleKind::Container),
         ];
         for i in 0..self.layers {
-            let p = format!("transformer.h.{i}");
+            let p = format!("{BLOCKS}.{i}");
             modules.extend([
                 (p.clone(), ModuleKind::Container),
                 (format!("{p}.input_layernorm"), norm),
@@ -319,9 +342,9 @@ impl ModelShape {
                 (format!("{p}.mlp.dense_4h_to_h"), linear(h, 4 * h)),
             ]);
         }
-        modules.push(("transformer.ln_f".to_owned(), norm));
+        modules.push((format!("{TRANSFORMER}.ln_f"), norm));
         modules
-            .push(("lm_head".to_owned(), ModuleKind::Linear { out_features: self.vocab, in_features: h, bias: false }));
+            .push((LM_HEAD.to_owned(), ModuleKind::Linear { out_features: self.vocab, in_features: h, bias: false }));
         modules.into_iter().map(|(name, kind)| NamedModule { name, kind }).collect()
     }
 
@@ -349,7 +372,7 @@ impl ModelShape {
 
     /// The modules whose weights the model holds (a tied `lm_head` holds none of its own).
     fn owned_modules(&self) -> impl Iterator<Item = NamedModule> + '_ {
-        self.modules().into_iter().filter(|m| !(self.tied && m.name == "lm_head"))
+        self.modules().into_iter().filter(|m| !(self.tied && m.name == LM_HEAD))
     }
 }
 

@@ -54,7 +54,7 @@ impl Default for QuantConfig {
 impl QuantConfig {
     /// Whether the Linear layer called `name` is quantized.
     pub fn quantizes(&self, name: &str) -> bool {
-        let default = ["lm_head".to_owned()];
+        let default = [crate::model::bloom::LM_HEAD.to_owned()];
         let skipped = self.llm_int8_skip_modules.as_deref().unwrap_or(&default);
         !skipped.iter().any(|s| name.contains(s.as_str()))
     }

@@ -183,7 +183,7 @@ impl Session {
             .modules()
             .iter()
             .filter_map(|m| match m.kind {
-                ModuleKind::Linear { out_features, in_features, .. } if m.name != "lm_head" => {
+                ModuleKind::Linear { out_features, in_features, .. } if m.name != ember_core::model::bloom::LM_HEAD => {
                     let values = out_features as f64 * in_features as f64;
                     let four_bit = quant.is_some_and(|q| q.quantizes(&m.name));
                     Some(if four_bit { (values / 2.0).max(4.0 * DEQUANTIZE_CHUNK_VALUES as f64) } else { 4.0 * values })
