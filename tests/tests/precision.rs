@@ -105,3 +105,33 @@ fn lora_weights_stay_f32_on_half_precision_base_weights() {
     assert_eq!(copy.blocks[0].val().dtype(), DType::F32);
     assert_eq!(model.transformer.word_embeddings.weight.blocks[0].val().dtype(), DType::F16);
 }
+
+/// The vocabulary matrix is converted to f16/bf16 on the host before upload (so no f32 copy
+/// reaches the device); those values must be the device's own cast, bit for bit, including
+/// ties, subnormals and values past f16's range.
+#[test]
+fn weights_converted_on_the_host_equal_the_device_cast() {
+    use burn::tensor::{Tensor, TensorData};
+    let mut values: Vec<f32> = (0..4093).map(|i| (i as f32 * 0.7123).sin() * 10f32.powi(i % 13 - 6)).collect();
+    values.extend([1.0 + f32::EPSILON * 4096.0, 65520.0, 1e-7, -3.0e38]);
+    let n = values.len();
+    for (name, device) in test_devices() {
+        for dtype in [WeightDType::F16, WeightDType::Bf16] {
+            if !device.supports_dtype(dtype.float_dtype()) {
+                continue;
+            }
+            let host = dtype.upload(values.clone(), [n], &device);
+            let cast = dtype.stored(Tensor::<1>::from_data(TensorData::new(values.clone(), [n]), &device));
+            assert_eq!(host.dtype(), DType::from(dtype.float_dtype()), "{name} {dtype}: stored dtype");
+            let bits = |t: Tensor<1>| -> Vec<u32> {
+                t.cast(burn::tensor::FloatDType::F32)
+                    .try_into_vec_as::<f32>()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            };
+            assert_eq!(bits(host), bits(cast), "{name} {dtype}: host conversion differs from the device's cast");
+        }
+    }
+}

@@ -382,6 +382,9 @@ fn a_4bit_model_off_the_autodiff_graph_equals_the_one_loaded_for_inference() {
         load_adapter(&mut loaded, &fixtures().join("quant/init_adapter"), &base, false).unwrap();
         let diff =
             max_abs_diff(&logits(&trained.valid_model(), &ids, &mask, &base), &logits(&loaded, &ids, &mask, &base));
-        assert!(diff < 1e-5, "{device_name}: the trained model's valid() differs from loading by {diff}");
+        assert!(
+            diff < tolerance::SAME_MATH,
+            "{device_name}: the trained model's valid() differs from loading by {diff}"
+        );
     }
 }

@@ -14,6 +14,7 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 
 use crate::config::BloomConfig;
 use crate::error::{Error, Result};
+use crate::model::bloom::{is_layer_norm, LM_HEAD, TRANSFORMER};
 use crate::model::precision::StoredAs;
 use crate::model::vocab::block_ranges;
 use crate::model::{BloomForCausalLM, VocabMatrix, WeightDType, WeightSource};
@@ -55,10 +56,11 @@ pub struct Checkpoint {
 /// BLOOM checkpoints saved from `BloomModel` (bigscience's own) have no `transformer.` prefix;
 /// those saved from `BloomForCausalLM` do. Both map to the prefixed name.
 pub fn canonical_name(stored: &str) -> String {
-    if stored.starts_with("transformer.") || stored.starts_with("lm_head.") {
+    let under = |module: &str| stored.strip_prefix(module).is_some_and(|rest| rest.starts_with('.'));
+    if under(TRANSFORMER) || under(LM_HEAD) {
         stored.to_owned()
     } else {
-        format!("transformer.{stored}")
+        format!("{TRANSFORMER}.{stored}")
     }
 }
 
@@ -171,15 +173,15 @@ impl WeightSource for Checkpoint {
     }
 
     /// Uploads the blocks from the last one back, shrinking the host copy as it goes, so the
-    /// host holds the matrix plus one block at most.
-    fn vocab_matrix(&mut self, name: &str, shape: [usize; 2], rows: usize) -> Result<VocabMatrix> {
+    /// host holds the matrix plus one block at most; each block converted to `dtype` on the host.
+    fn vocab_matrix(&mut self, name: &str, shape: [usize; 2], rows: usize, dtype: WeightDType) -> Result<VocabMatrix> {
         let [vocab, hidden] = shape;
         let mut data = self.host_tensor(name, &shape)?.data;
         let mut blocks = Vec::new();
         for range in block_ranges(vocab, rows).into_iter().rev() {
             let block = data.split_off(range.start * hidden);
             data.shrink_to_fit();
-            blocks.push(Tensor::from_data(TensorData::new(block, [range.len(), hidden]), &self.device));
+            blocks.push(dtype.upload(block, [range.len(), hidden], &self.device));
         }
         blocks.reverse();
         Ok(VocabMatrix::new(blocks, false))
@@ -308,18 +310,21 @@ impl ModelDir {
 pub struct RandomWeights {
     pub device: Device,
     pub std: f64,
+    /// Draws the weights made on the host (those quantized as they load).
+    host_rng: rand::rngs::StdRng,
 }
 
 impl RandomWeights {
     pub fn new(device: &Device, seed: u64) -> Self {
+        use rand::SeedableRng;
         device.seed(seed);
-        RandomWeights { device: device.clone(), std: 0.02 }
+        RandomWeights { device: device.clone(), std: 0.02, host_rng: rand::rngs::StdRng::seed_from_u64(seed) }
     }
 }
 
 impl WeightSource for RandomWeights {
     fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
-        let is_norm = name.contains("layernorm") || name.contains("ln_f");
+        let is_norm = is_layer_norm(name);
         Ok(match (D, is_norm, name.ends_with(".bias")) {
             (_, true, false) => Tensor::ones(shape, &self.device),
             (1, _, _) => Tensor::zeros(shape, &self.device),
@@ -327,9 +332,33 @@ impl WeightSource for RandomWeights {
         })
     }
 
-    fn vocab_matrix(&mut self, name: &str, [vocab, hidden]: [usize; 2], rows: usize) -> Result<VocabMatrix> {
-        let blocks = block_ranges(vocab, rows).into_iter().map(|r| self.tensor(name, [r.len(), hidden]));
+    fn vocab_matrix(
+        &mut self,
+        name: &str,
+        [vocab, hidden]: [usize; 2],
+        rows: usize,
+        dtype: WeightDType,
+    ) -> Result<VocabMatrix> {
+        let blocks =
+            block_ranges(vocab, rows).into_iter().map(|r| Ok(dtype.stored(self.tensor(name, [r.len(), hidden])?)));
         Ok(VocabMatrix::new(blocks.collect::<Result<_>>()?, false))
+    }
+
+    /// Made on the host, as a checkpoint's weights are read there before quantizing: a
+    /// benchmark's device then holds what loading a real 4-bit model leaves on it, not an f32
+    /// copy of each weight as well. Normal(0, std) by Box-Muller.
+    fn host_values(&mut self, _name: &str, [rows, cols]: [usize; 2]) -> Result<Vec<f32>> {
+        use rand::Rng;
+        let n = rows * cols;
+        let mut values = Vec::with_capacity(n + 1);
+        while values.len() < n {
+            let (u, v): (f64, f64) = (self.host_rng.random(), self.host_rng.random());
+            let radius = self.std * (-2.0 * (1.0 - u).ln()).sqrt();
+            let angle = std::f64::consts::TAU * v;
+            values.extend([(radius * angle.cos()) as f32, (radius * angle.sin()) as f32]);
+        }
+        values.truncate(n);
+        Ok(values)
     }
 }
 

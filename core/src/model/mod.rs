@@ -25,10 +25,21 @@ use crate::quant::Quantized;
 pub trait WeightSource {
     fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> crate::Result<Tensor<D>>;
 
-    /// A `[vocab, hidden]` matrix as blocks of `rows` rows (see [`vocab`]); sources that can,
-    /// build each block directly so the whole matrix never sits on the device at once.
-    fn vocab_matrix(&mut self, name: &str, shape: [usize; 2], rows: usize) -> crate::Result<VocabMatrix> {
-        Ok(VocabMatrix::split(self.tensor(name, shape)?, rows, false))
+    /// A `[vocab, hidden]` matrix as blocks of `rows` rows (see [`vocab`]) stored as `dtype`;
+    /// sources that can build and convert each block on its own, so the whole matrix never sits
+    /// on the device at once, nor in two precisions (the largest weight of a model: an f32
+    /// copy of it next to the f16 one was most of a QLoRA run's pool slack).
+    fn vocab_matrix(
+        &mut self,
+        name: &str,
+        shape: [usize; 2],
+        rows: usize,
+        dtype: WeightDType,
+    ) -> crate::Result<VocabMatrix> {
+        let matrix = self.tensor(name, shape)?;
+        let blocks =
+            vocab::block_ranges(shape[0], rows).into_iter().map(|r| dtype.stored(matrix.clone().slice_dim(0, r)));
+        Ok(VocabMatrix::new(blocks.collect(), false))
     }
 
     /// A Linear layer's weight `[out, in]`: full precision, unless the source quantizes it
@@ -84,7 +95,7 @@ impl<'s, W: WeightSource> Scope<'s, W> {
 
     pub fn vocab_matrix(&mut self, name: &str, shape: [usize; 2], rows: usize) -> crate::Result<VocabMatrix> {
         let full = self.full(name);
-        self.source.vocab_matrix(&full, shape, rows)
+        self.source.vocab_matrix(&full, shape, rows, WeightDType::F32)
     }
 
     pub fn linear_weight(&mut self, name: &str, shape: [usize; 2]) -> crate::Result<LinearWeight> {

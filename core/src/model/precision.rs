@@ -7,7 +7,7 @@
 //! (layer norms, softmax, GELU, the loss, LoRA). Parity is held to PyTorch's own f16/bf16
 //! deviation on the same fixture (tests/fixtures/models/a/dtype_tolerance.json).
 
-use burn::tensor::{DType, FloatDType, Tensor};
+use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
 
 use super::vocab::VocabMatrix;
 use super::WeightSource;
@@ -40,6 +40,26 @@ impl WeightDType {
             WeightDType::F16 => "float16",
             WeightDType::Bf16 => "bfloat16",
         }
+    }
+
+    /// `tensor` (f32) stored in this precision.
+    pub fn stored<const D: usize>(self, tensor: Tensor<D>) -> Tensor<D> {
+        if self == WeightDType::F32 {
+            tensor
+        } else {
+            tensor.cast(self.float_dtype())
+        }
+    }
+
+    /// f32 values from the host on `device` in this precision, converted on the host so no f32
+    /// copy reaches the device.
+    pub fn upload<const D: usize>(self, values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
+        let data = TensorData::new(values, shape);
+        if self == WeightDType::F32 {
+            return Tensor::from_data(data, device);
+        }
+        let dtype = DType::from(self.float_dtype());
+        Tensor::from_data(data.convert_dtype(dtype), (device, dtype))
     }
 
     pub fn bytes(self) -> usize {
@@ -91,8 +111,7 @@ pub struct StoredAs<'a, W> {
 
 impl<W: WeightSource> WeightSource for StoredAs<'_, W> {
     fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> crate::Result<Tensor<D>> {
-        let tensor = self.inner.tensor(name, shape)?;
-        Ok(if self.dtype == WeightDType::F32 { tensor } else { tensor.cast(self.dtype.float_dtype()) })
+        Ok(self.dtype.stored(self.inner.tensor(name, shape)?))
     }
 
     fn stored_4bit(&mut self, name: &str, shape: [usize; 2]) -> crate::Result<Option<crate::quant::Quantized>> {
@@ -110,12 +129,14 @@ impl<W: WeightSource> WeightSource for StoredAs<'_, W> {
         Ok(values)
     }
 
-    fn vocab_matrix(&mut self, name: &str, shape: [usize; 2], rows: usize) -> crate::Result<VocabMatrix> {
-        let matrix = self.inner.vocab_matrix(name, shape, rows)?;
-        if self.dtype == WeightDType::F32 {
-            return Ok(matrix);
-        }
-        let blocks = matrix.blocks.into_iter().map(|b| b.val().cast(self.dtype.float_dtype())).collect();
-        Ok(VocabMatrix::new(blocks, false))
+    /// This layer decides the stored precision; the source converts block by block.
+    fn vocab_matrix(
+        &mut self,
+        name: &str,
+        shape: [usize; 2],
+        rows: usize,
+        _: WeightDType,
+    ) -> crate::Result<VocabMatrix> {
+        self.inner.vocab_matrix(name, shape, rows, self.dtype)
     }
 }

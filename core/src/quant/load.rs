@@ -7,7 +7,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::weight::QuantizedWeight;
 use super::{QuantConfig, Quantized};
-use crate::model::{LinearWeight, VocabMatrix, WeightSource};
+use crate::model::{LinearWeight, VocabMatrix, WeightDType, WeightSource};
 use crate::Result;
 
 pub struct Quantizing<'a, W> {
@@ -21,8 +21,8 @@ impl<W: WeightSource> WeightSource for Quantizing<'_, W> {
         self.inner.tensor(name, shape)
     }
 
-    fn vocab_matrix(&mut self, name: &str, shape: [usize; 2], rows: usize) -> Result<VocabMatrix> {
-        self.inner.vocab_matrix(name, shape, rows)
+    fn vocab_matrix(&mut self, name: &str, shape: [usize; 2], rows: usize, dtype: WeightDType) -> Result<VocabMatrix> {
+        self.inner.vocab_matrix(name, shape, rows, dtype)
     }
 
     fn linear_weight(&mut self, name: &str, shape: [usize; 2]) -> Result<LinearWeight> {
