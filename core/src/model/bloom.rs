@@ -182,12 +182,17 @@ impl BloomModel {
         kernels: &Kernels,
         mut cache: Option<&mut KvCache>,
     ) -> Tensor<3> {
-        let embedded = self.word_embeddings.forward(input_ids);
-        let mut x = self.word_embeddings_layernorm.forward(embedded, kernels);
+        let mut x = self.embed(input_ids, kernels);
         for (i, block) in self.h.iter().enumerate() {
             x = block.forward(x, bias, kernels, cache.as_deref_mut().map(|c| c.layer(i)));
         }
         self.ln_f.forward(x, kernels)
+    }
+
+    /// The first stage of [`Self::forward`] (the blocks' input); gradient checkpointing runs
+    /// the stages one at a time.
+    pub fn embed(&self, input_ids: Tensor<2, Int>, kernels: &Kernels) -> Tensor<3> {
+        self.word_embeddings_layernorm.forward(self.word_embeddings.forward(input_ids), kernels)
     }
 }
 
@@ -430,6 +435,36 @@ mod tests {
         let modules = shape.modules();
         assert_eq!(modules.len(), 4 + 24 * 11 + 2);
         assert_eq!(modules[7].name, "transformer.h.0.self_attention.query_key_value");
+    }
+
+    /// `ModuleTree` pairs `modules()` with `layers()` / `layers_mut()` by position: the walks
+    /// must list the same modules, of the same kinds and shapes, untied and tied.
+    #[test]
+    fn the_module_list_and_the_layer_walks_line_up() {
+        use crate::checkpoint::{random_model, LoadOptions};
+        for tied in [false, true] {
+            let config = BloomConfig { tie_word_embeddings: tied, ..BloomConfig::named_shape("tiny").unwrap() };
+            let mut model = random_model(&config, &burn::tensor::Device::flex(), 0, &LoadOptions::default());
+            let with_weights: Vec<NamedModule> = model.modules().into_iter().filter(|m| m.kind.has_weights()).collect();
+            assert_eq!(with_weights.len(), model.layers().len(), "tied {tied}: layers()");
+            assert_eq!(with_weights.len(), model.layers_mut().len(), "tied {tied}: layers_mut()");
+            for (module, layer) in model.named_layers() {
+                let fits = match (module.kind, layer) {
+                    (ModuleKind::Linear { out_features, in_features, .. }, Layer::Linear(l)) => {
+                        l.weight.dims() == [out_features, in_features]
+                    }
+                    (ModuleKind::Linear { out_features, in_features, .. }, Layer::Head(m)) => {
+                        module.name == LM_HEAD && m.dims() == [out_features, in_features]
+                    }
+                    (ModuleKind::LayerNorm { width }, Layer::LayerNorm(n)) => n.weight.dims() == [width],
+                    (ModuleKind::Embedding { rows, width }, Layer::Embedding(e)) => {
+                        e.active_weight().dims() == [rows, width]
+                    }
+                    _ => false,
+                };
+                assert!(fits, "tied {tied}: {} ({:?}) is paired with another layer", module.name, module.kind);
+            }
+        }
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub async fn loss_and_grads(
     let free = graph_free(model);
     let free_bias = bias.inner();
     let t_free = &free.transformer;
-    let mut x = t_free.word_embeddings_layernorm.forward(t_free.word_embeddings.forward(ids.clone().inner()), kernels);
+    let mut x = t_free.embed(ids.clone().inner(), kernels);
     let mut inputs = Vec::with_capacity(blocks.len());
     for (i, block) in t_free.h.iter().enumerate() {
         inputs.push(x.clone());
@@ -120,8 +120,7 @@ pub async fn loss_and_grads(
         g = input.grad(&grads);
     }
     if let (Some(grad_out), true) = (g, trains_embeddings) {
-        let t = &model.transformer;
-        let embedded = t.word_embeddings_layernorm.forward(t.word_embeddings.forward(ids), kernels);
+        let embedded = model.transformer.embed(ids, kernels);
         let grads = (embedded * grad_out).sum().backward();
         accumulate(&mut acc, slots, model, &grads);
     }
