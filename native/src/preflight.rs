@@ -52,3 +52,19 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 fn free_bytes(_dir: &Path) -> Option<u64> {
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(unix)]
+    fn a_directory_without_room_for_the_checkpoints_is_refused_by_flag() {
+        let dir = std::env::temp_dir().join(format!("ember-preflight-{}", std::process::id()));
+        assert!(writable_dir(&dir, "--output-dir", checkpoint_bytes(1000)).is_ok(), "a small run fits");
+        let message = writable_dir(&dir, "--output-dir", u64::MAX).unwrap_err().to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(message.contains("MiB free") && message.contains("--output-dir"), "{message}");
+        assert_eq!(message.lines().count(), 1, "{message}");
+    }
+}
