@@ -10,7 +10,7 @@ pub mod torch_pickle;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Tensor};
 
 use crate::config::BloomConfig;
 use crate::error::{Error, Result};
@@ -157,8 +157,11 @@ impl Checkpoint {
 
 impl WeightSource for Checkpoint {
     fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
-        let host = self.host_tensor(name, &shape)?;
-        Ok(Tensor::from_data(TensorData::new(host.data, shape), &self.device))
+        self.tensor_as(name, shape, WeightDType::F32)
+    }
+
+    fn tensor_as<const D: usize>(&mut self, name: &str, shape: [usize; D], dtype: WeightDType) -> Result<Tensor<D>> {
+        Ok(dtype.upload(self.host_tensor(name, &shape)?.data, shape, &self.device))
     }
 
     fn stored_4bit(&mut self, name: &str, shape: [usize; 2]) -> Result<Option<crate::quant::Quantized>> {

@@ -25,6 +25,17 @@ use crate::quant::Quantized;
 pub trait WeightSource {
     fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> crate::Result<Tensor<D>>;
 
+    /// The tensor stored as `dtype`; sources that read from the host convert there, so no f32
+    /// copy of the weight reaches the device (whose pool would keep its pages).
+    fn tensor_as<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+        dtype: WeightDType,
+    ) -> crate::Result<Tensor<D>> {
+        Ok(dtype.stored(self.tensor(name, shape)?))
+    }
+
     /// A `[vocab, hidden]` matrix as blocks of `rows` rows (see [`vocab`]) stored as `dtype`;
     /// sources that can build and convert each block on its own, so the whole matrix never sits
     /// on the device at once, nor in two precisions (the largest weight of a model: an f32

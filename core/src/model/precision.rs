@@ -111,7 +111,7 @@ pub struct StoredAs<'a, W> {
 
 impl<W: WeightSource> WeightSource for StoredAs<'_, W> {
     fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D]) -> crate::Result<Tensor<D>> {
-        Ok(self.dtype.stored(self.inner.tensor(name, shape)?))
+        self.inner.tensor_as(name, shape, self.dtype)
     }
 
     fn stored_4bit(&mut self, name: &str, shape: [usize; 2]) -> crate::Result<Option<crate::quant::Quantized>> {
