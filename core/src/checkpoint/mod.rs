@@ -342,9 +342,18 @@ impl WeightSource for RandomWeights {
         rows: usize,
         dtype: WeightDType,
     ) -> Result<VocabMatrix> {
-        let blocks =
-            block_ranges(vocab, rows).into_iter().map(|r| Ok(dtype.stored(self.tensor(name, [r.len(), hidden])?)));
+        let blocks = block_ranges(vocab, rows).into_iter().map(|r| self.tensor_as(name, [r.len(), hidden], dtype));
         Ok(VocabMatrix::new(blocks.collect::<Result<_>>()?, false))
+    }
+
+    /// Half-precision matrices are drawn on the host and converted there, as a checkpoint's are
+    /// read: a benchmark's device then holds what loading a real model leaves on it.
+    fn tensor_as<const D: usize>(&mut self, name: &str, shape: [usize; D], dtype: WeightDType) -> Result<Tensor<D>> {
+        if dtype == WeightDType::F32 || D != 2 {
+            return Ok(dtype.stored(self.tensor(name, shape)?));
+        }
+        let values = self.host_values(name, [shape[0], shape[1]])?;
+        Ok(dtype.upload(values, shape, &self.device))
     }
 
     /// Made on the host, as a checkpoint's weights are read there before quantizing: a
