@@ -47,10 +47,7 @@ pub trait WeightSource {
         rows: usize,
         dtype: WeightDType,
     ) -> crate::Result<VocabMatrix> {
-        let matrix = self.tensor(name, shape)?;
-        let blocks =
-            vocab::block_ranges(shape[0], rows).into_iter().map(|r| dtype.stored(matrix.clone().slice_dim(0, r)));
-        Ok(VocabMatrix::new(blocks.collect(), false))
+        Ok(VocabMatrix::split(self.tensor_as(name, shape, dtype)?, rows, false))
     }
 
     /// A Linear layer's weight `[out, in]`: full precision, unless the source quantizes it

@@ -13,6 +13,7 @@ use ember_core::data::TokenizedDataset;
 use ember_core::generate::{generate_async, GenerationConfig, Sampling};
 use ember_core::lora::adapter_file::{adapter_safetensors_bytes_async, load_adapter_tensors};
 use ember_core::lora::{apply_lora, LoraConfig, LoraSettings, TargetModules};
+use ember_core::model::bloom::LM_HEAD;
 use ember_core::model::{BloomForCausalLM, ModelShape, ModuleKind, WeightDType};
 use ember_core::quant::{QuantConfig, QuantType};
 use ember_core::template::{human_assistant, Template};
@@ -183,7 +184,7 @@ impl Session {
             .modules()
             .iter()
             .filter_map(|m| match m.kind {
-                ModuleKind::Linear { out_features, in_features, .. } if m.name != ember_core::model::bloom::LM_HEAD => {
+                ModuleKind::Linear { out_features, in_features, .. } if m.name != LM_HEAD => {
                     let values = out_features as f64 * in_features as f64;
                     let four_bit = quant.is_some_and(|q| q.quantizes(&m.name));
                     Some(if four_bit { (values / 2.0).max(4.0 * DEQUANTIZE_CHUNK_VALUES as f64) } else { 4.0 * values })
