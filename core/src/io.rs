@@ -56,6 +56,31 @@ mod native {
         removed
     }
 
+    /// More files than a dataset repo's listing needs; a directory beyond it is not read further.
+    const MAX_LISTED_FILES: usize = 100_000;
+
+    /// The files under `dir` as `/`-separated relative paths, hidden entries (`.git`, `.cache`) left out.
+    pub fn files_under(dir: &Path, depth: usize) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut pending = vec![(dir.to_path_buf(), String::new(), 0)];
+        while let Some((at, prefix, level)) = pending.pop() {
+            for entry in std::fs::read_dir(&at).map_err(|e| Error::io(&at, e))? {
+                let entry = entry.map_err(|e| Error::io(&at, e))?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue;
+                }
+                let path = entry.path();
+                if path.is_dir() && level < depth {
+                    pending.push((path, format!("{prefix}{name}/"), level + 1));
+                } else if path.is_file() && out.len() < MAX_LISTED_FILES {
+                    out.push(format!("{prefix}{name}"));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The process id in a temporary name `.NAME.tmp-PID`, or `None` for any other name.
     pub fn temporary_owner(name: &str) -> Option<u32> {
         let (stem, pid) = name.rsplit_once(".tmp-")?;

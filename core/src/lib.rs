@@ -5,6 +5,7 @@
 //! - [`checkpoint`]: loading HF model directories (safetensors, sharded, `pytorch_model.bin`).
 //! - [`tokenizer`]: `tokenizer.json` and special tokens.
 //! - [`generate`]: greedy and sampled generation.
+//! - [`hub`]: Hugging Face Hub ids, their URLs and cache folders.
 //!
 //! Tensors live on a burn [`burn::tensor::Device`]; which backend runs them (wgpu on a GPU,
 //! burn's CPU backend, WebGPU in a browser) is chosen by the caller when it creates the device.
@@ -15,6 +16,7 @@ pub mod data;
 pub mod error;
 pub mod eval;
 pub mod generate;
+pub mod hub;
 pub mod io;
 pub mod lora;
 pub mod loss;

@@ -216,20 +216,25 @@ pub fn tensor_file_from_bytes(name: &str, bytes: std::sync::Arc<Vec<u8>>) -> Res
 /// The shard files named by a `*.index.json` (transformers' `{"weight_map": {name: file}}`).
 #[cfg(not(target_arch = "wasm32"))]
 fn shards_of_index(index: &Path) -> Result<Vec<PathBuf>> {
-    use std::collections::BTreeSet;
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
+    let dir = index.parent().unwrap_or(Path::new("."));
+    Ok(shard_names(&text, &index.display().to_string())?.into_iter().map(|f| dir.join(f)).collect())
+}
+
+/// The distinct files an index's `weight_map` names, sorted.
+pub fn shard_names(index_json: &str, origin: &str) -> Result<std::collections::BTreeSet<String>> {
     let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| Error::file(index, format!("not valid JSON: {e}")))?;
+        serde_json::from_str(index_json).map_err(|e| Error::file(origin, format!("not valid JSON: {e}")))?;
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())
-        .ok_or_else(|| Error::file(index, "no \"weight_map\" object"))?;
-    let dir = index.parent().unwrap_or(Path::new("."));
-    let files: BTreeSet<&str> = map.values().filter_map(|v| v.as_str()).collect();
+        .ok_or_else(|| Error::file(origin, "no \"weight_map\" object"))?;
+    let files: std::collections::BTreeSet<String> =
+        map.values().filter_map(|v| v.as_str()).map(str::to_owned).collect();
     if files.is_empty() {
-        return Err(Error::file(index, "\"weight_map\" names no files"));
+        return Err(Error::file(origin, "\"weight_map\" names no files"));
     }
-    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+    Ok(files)
 }
 
 /// A Hugging Face model directory: its config, and where its weights and tokenizer are.

@@ -98,10 +98,67 @@ pub fn data_files(path: &Path, split: &str) -> Result<Vec<PathBuf>> {
         }
         return Ok(files);
     }
+    let listed = crate::io::files_under(path, HUB_DIR_DEPTH)?;
+    if listed.iter().any(|f| data_format_rank(f).is_some()) {
+        // A dataset repo as the Hub lays it out (a snapshot, or a git clone).
+        let chosen = split_files(&listed, split).map_err(|e| Error::file(path, e))?;
+        return Ok(chosen.into_iter().map(|f| path.join(f)).collect());
+    }
     Err(Error::file(
         path,
-        "not a dataset directory (no dataset_dict.json or state.json as datasets.save_to_disk writes); pass a .json, .jsonl, .parquet or .csv file, or such a directory",
+        "not a dataset directory (no dataset_dict.json or state.json as datasets.save_to_disk writes, and no .parquet, .json, .jsonl or .csv files as a Hub dataset repo holds); pass such a file or directory",
     ))
+}
+
+/// How deep a dataset repo's data files may sit (`data/train/part-0.parquet` is 2).
+#[cfg(not(target_arch = "wasm32"))]
+const HUB_DIR_DEPTH: usize = 4;
+/// Data file formats Ember reads, best first: when a split has files in several formats (a repo
+/// with both Parquet and JSON copies), only the best format's are read.
+const DATA_FORMATS: [&str; 5] = ["parquet", "arrow", "jsonl", "json", "csv"];
+
+fn data_format_rank(file: &str) -> Option<usize> {
+    let ext = file.rsplit_once('.')?.1.to_ascii_lowercase();
+    DATA_FORMATS.iter().position(|f| *f == ext)
+}
+
+/// The words `datasets` takes as naming each split in file and folder names.
+const SPLIT_WORDS: [(&str, &[&str]); 3] = [
+    ("train", &["train", "training"]),
+    ("validation", &["validation", "valid", "dev", "val"]),
+    ("test", &["test", "testing", "eval", "evaluation"]),
+];
+
+/// The split a repo path names, by datasets' default patterns: a folder or a file-name word
+/// (between `-`, `_`, `.`, spaces and digits) that is a split's keyword.
+fn split_of(file: &str) -> Option<&'static str> {
+    let stem = file.rsplit_once('.').map_or(file, |(stem, _)| stem);
+    let words = stem.split(|c: char| c == '/' || c == '-' || c == '_' || c == '.' || c == ' ' || c.is_ascii_digit());
+    let words: Vec<String> = words.map(str::to_ascii_lowercase).collect();
+    SPLIT_WORDS.iter().find(|(_, keys)| words.iter().any(|w| keys.contains(&w.as_str()))).map(|(split, _)| *split)
+}
+
+/// Which of a dataset repo's files (relative paths) hold `split`, in reading order, as
+/// `load_dataset` would pick them: files named for a split belong to it; when no file names any
+/// split, every data file is `train`.
+pub fn split_files(files: &[String], split: &str) -> std::result::Result<Vec<String>, String> {
+    let data: Vec<&String> = files.iter().filter(|f| data_format_rank(f).is_some()).collect();
+    if data.is_empty() {
+        return Err("holds no data files Ember reads (.parquet, .arrow, .jsonl, .json, .csv)".into());
+    }
+    let named = data.iter().any(|f| split_of(f).is_some());
+    let of_split: Vec<&String> =
+        data.into_iter().filter(|f| if named { split_of(f) == Some(split) } else { split == "train" }).collect();
+    let Some(best) = of_split.iter().filter_map(|f| data_format_rank(f)).min() else {
+        let mut splits: Vec<&str> = files.iter().filter_map(|f| split_of(f)).collect();
+        splits.sort_unstable();
+        splits.dedup();
+        let splits = if splits.is_empty() { "train".to_owned() } else { splits.join(", ") };
+        return Err(format!("no split \"{split}\" (splits: {splits}); choose one with `split`"));
+    };
+    let mut chosen: Vec<String> = of_split.into_iter().filter(|f| data_format_rank(f) == Some(best)).cloned().collect();
+    chosen.sort();
+    Ok(chosen)
 }
 
 #[cfg(not(target_arch = "wasm32"))]

@@ -12,7 +12,7 @@ mod parquet_pages;
 pub use collate::{collate, Batch};
 pub use dataset::TokenizedDataset;
 pub use encode::{encode_example, Encoded};
-pub use formats::{Columns, Example};
+pub use formats::{split_files, Columns, Example};
 
 /// Label value ignored by the loss (PyTorch's `ignore_index`).
 pub const IGNORE_INDEX: i64 = -100;
