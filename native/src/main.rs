@@ -2,6 +2,7 @@
 
 mod commands;
 mod device;
+mod hub;
 mod messages;
 mod panics;
 mod preflight;

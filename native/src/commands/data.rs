@@ -8,9 +8,11 @@ use super::bench::peak_rss_mb;
 use super::data_args::DataArgs;
 use ember_core::text::thousands as with_commas;
 
+use crate::hub::{self, Want};
+
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model directory whose tokenizer to use.
+    /// Model directory (or Hub id, org/name[@revision]) whose tokenizer to use.
     #[arg(long)]
     model: PathBuf,
     #[command(flatten)]
@@ -20,7 +22,8 @@ pub struct Args {
     show: usize,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(mut args: Args) -> anyhow::Result<()> {
+    args.model = hub::local(&args.model, Want::Model)?;
     let dir = ModelDir::open(&args.model)?;
     let tokenizer = Tokenizer::open(&args.model, &dir.config)?;
     let start = Instant::now();

@@ -7,13 +7,15 @@ use ember_core::data::{Columns, TokenizedDataset};
 use ember_core::template::Template;
 use ember_core::tokenizer::Tokenizer;
 
+use crate::hub::{self, Want};
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct DataArgs {
-    /// A dataset: .json (array), .jsonl, .parquet, .csv, or a directory written by
-    /// datasets' save_to_disk (a Dataset or a DatasetDict).
+    /// A dataset: .json (array), .jsonl, .parquet, .csv, a directory written by datasets'
+    /// save_to_disk (a Dataset or a DatasetDict), or a Hub dataset id (org/name[@revision]).
     #[arg(long)]
     pub data: PathBuf,
-    /// Which split of a DatasetDict directory.
+    /// Which split of a DatasetDict directory or Hub dataset.
     #[arg(long, default_value = "train")]
     pub split: String,
     /// Column names, if not instruction/input/output: e.g. instruction=prompt,output=answer.
@@ -33,8 +35,8 @@ impl DataArgs {
         let template = Template::parse(&self.template).map_err(anyhow::Error::msg)?;
         let columns = Columns::parse(&self.columns)?;
         anyhow::ensure!(self.max_length >= 2, "--max-length must be at least 2");
-        let dataset =
-            load_or_build(&self.data, &self.split, &columns, tokenizer, &template, self.max_length, &cache_dir())?;
+        let data = hub::local(&self.data, Want::Dataset { split: &self.split })?;
+        let dataset = load_or_build(&data, &self.split, &columns, tokenizer, &template, self.max_length, &cache_dir())?;
         if let Some(notice) = &dataset.notice {
             eprintln!("note: {notice}");
         }

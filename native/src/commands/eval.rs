@@ -8,10 +8,10 @@ use crate::device::Placement;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Hugging Face model directory.
+    /// Hugging Face model directory, or a Hub id (org/name[@revision]).
     #[arg(long)]
     model: PathBuf,
-    /// A LoRA adapter directory (PEFT format) to evaluate with.
+    /// A LoRA adapter directory (PEFT format) or Hub id to evaluate with.
     #[arg(long)]
     adapter: Option<PathBuf>,
     #[command(flatten)]

@@ -19,10 +19,10 @@ pub enum Template {
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Hugging Face model directory (config.json, tokenizer.json, weights).
+    /// Hugging Face model directory (config.json, tokenizer.json, weights), or a Hub id (org/name[@revision]).
     #[arg(long)]
     model: PathBuf,
-    /// A LoRA adapter directory (PEFT format) to apply.
+    /// A LoRA adapter directory (PEFT format) or Hub id to apply.
     #[arg(long)]
     adapter: Option<PathBuf>,
     /// The prompt text.

@@ -11,6 +11,8 @@ use super::quant_args::QuantArgs;
 use ember_core::model::WeightDType;
 use ember_core::text::thousands;
 
+use crate::hub::{self, Want};
+
 /// `bytes` as MiB with one decimal (GiB from 10 GiB up).
 fn megabytes(bytes: u64) -> String {
     let mib = bytes as f64 / (1u64 << 20) as f64;
@@ -23,10 +25,10 @@ fn megabytes(bytes: u64) -> String {
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Hugging Face model directory (config.json, tokenizer.json, weights).
+    /// Hugging Face model directory (config.json, tokenizer.json, weights), or a Hub id (org/name[@revision]).
     #[arg(long)]
     model: PathBuf,
-    /// A LoRA adapter directory (PEFT format): show what it adapts.
+    /// A LoRA adapter directory (PEFT format) or Hub id: show what it adapts.
     #[arg(long, conflicts_with_all = ["target_modules", "target_modules_regex"])]
     adapter: Option<PathBuf>,
     #[command(flatten)]
@@ -41,7 +43,9 @@ pub struct Args {
     quant: QuantArgs,
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(mut args: Args) -> anyhow::Result<()> {
+    args.model = hub::local(&args.model, Want::Model)?;
+    args.adapter = hub::local_opt(args.adapter.as_deref(), Want::Adapter)?;
     let dir = ModelDir::open(&args.model)?;
     let options = LoadOptions { dtype: args.dtype, quant: args.quant.config()?, ..LoadOptions::default() };
     let c = &dir.config;

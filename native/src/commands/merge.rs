@@ -7,12 +7,14 @@ use ember_core::lora::merge::save_merged;
 
 use super::quant_args::QuantArgs;
 
+use crate::hub::{self, Want};
+
 #[derive(clap::Args)]
 pub struct Args {
-    /// The base model directory.
+    /// The base model directory, or a Hub id (org/name[@revision]).
     #[arg(long)]
     model: PathBuf,
-    /// The LoRA adapter directory (PEFT format).
+    /// The LoRA adapter directory (PEFT format), or a Hub id.
     #[arg(long)]
     adapter: PathBuf,
     /// Where to write the merged model directory.
@@ -50,7 +52,9 @@ fn parse_size(text: &str) -> Result<u64, String> {
     Ok((n * scale) as u64)
 }
 
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(mut args: Args) -> anyhow::Result<()> {
+    args.model = hub::local(&args.model, Want::Model)?;
+    args.adapter = hub::local(&args.adapter, Want::Adapter)?;
     let device = Device::flex();
     let dir = ModelDir::open(&args.model)?;
     let options =

@@ -22,6 +22,7 @@ use ember_core::model::ModuleTree;
 use ember_core::tokenizer::Tokenizer;
 
 use crate::device::Placement;
+use crate::hub::{self, Want};
 
 /// A model directory loaded onto the chosen device, with its tokenizer.
 pub struct Loaded {
@@ -33,6 +34,9 @@ pub struct Loaded {
 
 /// Loads a model directory (and a LoRA adapter, merged in for inference at no extra cost).
 pub fn load(model: &Path, adapter: Option<&Path>, placement: &Placement, quiet: bool) -> anyhow::Result<Loaded> {
+    let model = &hub::local(model, Want::Model)?;
+    let adapter = hub::local_opt(adapter, Want::Adapter)?;
+    let adapter = adapter.as_deref();
     let dir = ModelDir::open(model)?;
     let tokenizer = Tokenizer::open(model, &dir.config)?;
     let selected = placement.select()?;

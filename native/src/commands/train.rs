@@ -26,6 +26,7 @@ use super::bench::peak_rss_mb;
 use super::data_args::cache_dir;
 pub use super::train_args::{Args, Settings};
 use crate::device::{self, weights_description, DeviceArgs, Placement};
+use crate::hub::{self, Want};
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let (settings, demo_question) = if args.is_demo() {
@@ -60,16 +61,23 @@ fn dataset(settings: &Settings, path: &Path, tokenizer: &Tokenizer) -> anyhow::R
     Ok(dataset)
 }
 
-pub fn train(settings: Settings, demo_question: Option<&str>) -> anyhow::Result<()> {
+pub fn train(mut settings: Settings, demo_question: Option<&str>) -> anyhow::Result<()> {
     let model_path =
         settings.model.clone().context("--model is required (or run `ember train` with no arguments for the demo)")?;
+    // peft records the base as it was named (a Hub id stays an id, not a cache path).
+    let base_name = model_path.display().to_string();
+    let model_path = hub::local(&model_path, Want::Model)?;
     let data_path = settings.data.clone().context("--data is required")?;
+    let split = settings.split.clone();
+    let data_path = hub::local(&data_path, Want::Dataset { split: &split })?;
+    settings.eval_data = hub::local_opt(settings.eval_data.as_deref(), Want::Dataset { split: &split })?;
+    settings.init_adapter = hub::local_opt(settings.init_adapter.as_deref(), Want::Adapter)?;
     settings.training.validate()?;
     let dir = ModelDir::open(&model_path)?;
     let tokenizer = Tokenizer::open(&model_path, &dir.config)?;
     let lora = match &settings.init_adapter {
         Some(adapter) => read_adapter_config(adapter)?,
-        None => settings.lora()?.build(Some(model_path.display().to_string())).context("the LoRA flags")?,
+        None => settings.lora()?.build(Some(base_name)).context("the LoRA flags")?,
     };
     let planned = lora_report(&lora, ModelShape::of_config(&dir.config)).context("the LoRA settings")?;
     preflight(&settings, planned.trainable_params)?;

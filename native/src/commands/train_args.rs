@@ -26,10 +26,10 @@ pub struct Args {
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Base model directory (Hugging Face format).
+    /// Base model directory (Hugging Face format), or a Hub id (org/name[@revision]).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Training data (.json, .jsonl, .parquet, .csv, or a datasets save_to_disk directory).
+    /// Training data (.json, .jsonl, .parquet, .csv, a datasets save_to_disk directory, or a Hub dataset id).
     #[arg(long)]
     pub data: Option<PathBuf>,
     #[arg(long)]
@@ -92,7 +92,7 @@ pub struct Args {
     #[command(flatten)]
     #[serde(flatten)]
     lora: LoraArgs,
-    /// Continue from an existing PEFT adapter (its config replaces the LoRA flags).
+    /// Continue from an existing PEFT adapter, a directory or Hub id (its config replaces the LoRA flags).
     #[arg(long)]
     init_adapter: Option<PathBuf>,
     /// A checkpoint directory, or `latest` for the newest in --output-dir.

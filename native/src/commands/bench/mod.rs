@@ -32,7 +32,7 @@ enum What {
 
 #[derive(clap::Args)]
 struct LoadArgs {
-    /// Hugging Face model directory.
+    /// Hugging Face model directory, or a Hub id (downloaded before the clock starts).
     #[arg(long)]
     model: std::path::PathBuf,
     #[command(flatten)]
@@ -52,7 +52,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn bench_load(args: LoadArgs) -> anyhow::Result<()> {
-    let dir = ember_core::checkpoint::ModelDir::open(&args.model)?;
+    let model = crate::hub::local(&args.model, crate::hub::Want::Model)?;
+    let dir = ember_core::checkpoint::ModelDir::open(&model)?;
     let selected = args.device.select()?;
     let start = Instant::now();
     let model = dir.load_model(&selected.device)?;
