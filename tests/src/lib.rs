@@ -1,5 +1,7 @@
 //! Shared helpers of the end-to-end and parity tests: fixture paths, golden tensors, devices,
-//! and the `ember` binary.
+//! and the `ember` binary; [`hub_server`] imitates the Hugging Face Hub.
+
+pub mod hub_server;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
