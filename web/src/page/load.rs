@@ -36,7 +36,7 @@ pub fn LoadPanel(state: State) -> impl IntoView {
                     <input id="model-files" type="file" multiple accept=".json,.safetensors,.bin"
                         on:change=move |ev| model_files(input_files(&ev))/>
                 </label>
-                <input id="model-url" class="url" placeholder="or a URL of a model folder (config.json, tokenizer.json, model.safetensors)"
+                <input id="model-url" class="url" placeholder="or a model folder URL (config.json, tokenizer.json, model.safetensors), or a Hub id: org/name[@revision]"
                     prop:value=move || url.get() on:input=move |ev| url.set(event_target_value(&ev))/>
                 <button id="load-url" disabled=move || state.busy.get() || url.get().trim().is_empty()
                     on:click=move |_| send(state, &Request::LoadModelUrl { url: url.get_untracked().trim().to_string(), four_bit: four_bit() }, Vec::new())>

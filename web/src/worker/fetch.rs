@@ -19,7 +19,7 @@ const CACHE_NAME: &str = "ember-models-v1";
 
 /// `config.json`, `tokenizer.json`, the weights and the optional tokenizer files under `url`.
 pub async fn model_files(url: &str) -> Result<ModelFiles> {
-    let folder = if url.ends_with('/') { url.to_string() } else { format!("{url}/") };
+    let folder = ember_core::hub::folder_url(url);
     let cache = open_cache().await;
     let mut files = HashMap::new();
     for (name, required) in [
