@@ -24,16 +24,19 @@ done
 ember="${CARGO_TARGET_DIR:-$HOME/.cache/ember-target}/release/ember"
 [ -x "$ember" ] || ember=target/release/ember
 python="${PYTHON:-tests/fixtures/.venv/bin/python}"
+# A relative path is made absolute (not resolved: a venv's python is a symlink to the base one),
+# so it still names the interpreter after `cd bench`; a bare name is looked up in PATH.
+case "$python" in /*) ;; */*) python="$PWD/$python" ;; esac
 # PyTorch's OpenMP threads spin between parallel regions unless told not to.
 export OMP_WAIT_POLICY=PASSIVE
 
 last_json() { grep '^{' | tail -1; }
 echo "== training: $shape, batch $batch x $seq tokens, $dtype, CPU" >&2
 ours=$("$ember" bench train --shape "$shape" --batch "$batch" --seq "$seq" --dtype "$dtype" --steps "$steps" --device cpu --json | last_json)
-theirs=$(cd bench && "../$python" peft_baseline.py --shape "$shape" --batch "$batch" --seq "$seq" --dtype "$dtype" --steps "$steps" --json | last_json)
+theirs=$(cd bench && "$python" peft_baseline.py --shape "$shape" --batch "$batch" --seq "$seq" --dtype "$dtype" --steps "$steps" --json | last_json)
 echo "== generation: $shape, prompt 128, 32 new tokens, f32, CPU" >&2
 ours_gen=$("$ember" bench generate --shape "$shape" --device cpu --json | last_json)
-theirs_gen=$(cd bench && "../$python" hf_generate.py --shape "$shape" --json | last_json)
+theirs_gen=$(cd bench && "$python" hf_generate.py --shape "$shape" --json | last_json)
 
 "$python" - "$ours" "$theirs" "$ours_gen" "$theirs_gen" <<'PY'
 import json, sys
