@@ -2,61 +2,27 @@
 // playwright-core, no browser download) loads the demo model, shows messages for bad files,
 // generates, fine-tunes 5 steps while the loss chart updates, downloads the adapter, and
 // `ember generate --adapter` loads that download and gives the page's greedy answer; the same with
-// the "4-bit base" option and `ember generate --load-in-4bit` (QLoRA). Then a reload
+// the "4-bit base" option and `ember generate --load-in-4bit` (QLoRA); a link with URL parameters
+// runs the page and gives ember's texts. Then a reload
 // keeps the examples and the adapter, and "Use CPU" gives the same answer on the CPU fallback.
 // Runs on WebGPU when Chromium offers an adapter (and says so), on the CPU otherwise. Screenshots of each step go to $EMBER_E2E_SCREENSHOTS (default tests/e2e/screenshots);
 // `node page.mjs --update-docs` also copies them to docs/screenshots.
 //
 // Environment: EMBER_BIN (the ember binary), EMBER_WEB_DIST (the built page, default web/dist).
-import { chromium } from "playwright-core";
-import { spawn, execFileSync } from "node:child_process";
+import { execFileSync } from "node:child_process";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
+import { root, ember, dist, MINUTE, log, serve, text, started, launch } from "./common.mjs";
 
-const root = path.resolve(import.meta.dirname, "../..");
-const targetDir = process.env.CARGO_TARGET_DIR ??
-  JSON.parse(execFileSync("cargo", ["metadata", "--format-version", "1", "--no-deps"], { cwd: root })).target_directory;
-const ember = process.env.EMBER_BIN ?? path.join(targetDir, "release", "ember");
-const dist = process.env.EMBER_WEB_DIST ?? path.join(root, "web", "dist");
 const shots = process.env.EMBER_E2E_SCREENSHOTS ?? path.join(import.meta.dirname, "screenshots");
 const work = fs.mkdtempSync(path.join(os.tmpdir(), "ember-e2e-"));
-const MINUTE = 60_000;
 fs.rmSync(shots, { recursive: true, force: true });
-
-function log(message) {
-  console.log(`[e2e] ${message}`);
-}
-
-/** Starts `ember web` on a free port; resolves to its URL. */
-function serve() {
-  const server = spawn(ember, ["web", "--port", "0", "--dir", dist], { stdio: ["ignore", "pipe", "inherit"] });
-  return new Promise((resolve, reject) => {
-    server.on("exit", (code) => reject(new Error(`ember web exited with ${code}`)));
-    server.stdout.on("data", (chunk) => {
-      const url = /http:\/\/[\d.:]+\//.exec(chunk.toString());
-      if (url) resolve({ server, url: url[0] });
-    });
-  });
-}
 
 async function shot(page, name) {
   fs.mkdirSync(shots, { recursive: true });
   await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
-}
-
-async function text(page, selector) {
-  return (await page.locator(selector).textContent()) ?? "";
-}
-
-/** Waits until the page has a backend and says which one runs the tests. */
-async function started(page) {
-  await page.waitForFunction(() => (document.querySelector("#backend")?.textContent ?? "starting…") !== "starting…", null, { timeout: 2 * MINUTE });
-  const backend = await text(page, "#backend");
-  log(`backend: ${backend}`);
-  if (backend.startsWith("CPU")) log("headless Chromium offers no WebGPU adapter here: this run tests the CPU (WebAssembly) fallback");
-  return backend;
 }
 
 async function loadDemo(page) {
@@ -93,10 +59,7 @@ async function expectError(page, pattern, what) {
 
 const { server, url } = await serve();
 let cli; // what `ember generate --adapter` answers with the page's adapter
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-  args: ["--no-sandbox", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--enable-unsafe-webgpu"],
-});
+const browser = await launch();
 try {
   const context = await browser.newContext({ acceptDownloads: true, viewport: { width: 1200, height: 900 } });
   const page = await context.newPage();
@@ -246,6 +209,54 @@ try {
   log(`4-bit greedy with the adapter — page: ${JSON.stringify(pageText4)}, ember generate --load-in-4bit --adapter: ${JSON.stringify(cli4.text)}`);
   assert.equal(pageText4, cli4.text, "ember --load-in-4bit, loading the downloaded adapter, generates other text than the page");
   await shot(page, "8-qlora");
+
+  // 9. A link runs the page: ?model=...&adapter=...&prompt=...&greedy=1&run=1 loads both from
+  // their URLs and generates; the texts equal `ember generate` with and without the adapter.
+  const served = path.join(dist, "e2e-link-adapter");
+  fs.mkdirSync(served, { recursive: true });
+  for (const name of ["adapter_config.json", "adapter_model.safetensors"]) fs.copyFileSync(path.join(adapterDir, name), path.join(served, name));
+  try {
+    const prompt = "Human: what does Ember do?";
+    const params = new URLSearchParams({ model: `${url}demo/model/`, adapter: `${url}e2e-link-adapter/`, prompt, template: "none", greedy: "1", max_new_tokens: "10", run: "1" });
+    const linked = await context.newPage();
+    linked.on("pageerror", (e) => pageErrors.push(e.message));
+    await linked.goto(`${url}?${params}`);
+    await linked.waitForFunction(() => /^(done|failed)/.test(document.querySelector("#status")?.textContent ?? ""), null, { timeout: 5 * MINUTE });
+    assert.equal(await text(linked, "#status"), "done");
+    const native = (extra) => JSON.parse(execFileSync(ember, [
+      "generate", "--model", path.join(root, "demo", "model"), "--device", "cpu", "--template", "none",
+      "--prompt", prompt, "--greedy", "--max-new-tokens", "10", "--json", ...extra,
+    ], { encoding: "utf8" })).text;
+    const [linkBase, linkAdapter] = [await text(linked, "#output-base"), await text(linked, "#output-adapter")];
+    log(`link — base: ${JSON.stringify(linkBase)}, adapter: ${JSON.stringify(linkAdapter)}`);
+    assert.equal(linkBase, native([]), "the link's base text differs from ember generate");
+    assert.equal(linkAdapter, native(["--adapter", adapterDir]), "the link's adapter text differs from ember generate --adapter");
+    await shot(linked, "9-link");
+    await linked.close();
+
+    // 10. Sharded checkpoints (safetensors and .bin, an index and its shards) load from a URL
+    // and generate what ember generates from the same folder.
+    for (const name of ["a-sharded", "a-sharded-bin"]) {
+      const folder = path.join(dist, `e2e-${name}`);
+      fs.cpSync(path.join(root, "tests", "fixtures", "models", name), folder, { recursive: true });
+      const shardedPage = await context.newPage();
+      shardedPage.on("pageerror", (e) => pageErrors.push(e.message));
+      const query = new URLSearchParams({ model: `${url}e2e-${name}/`, prompt, template: "none", greedy: "1", max_new_tokens: "6", run: "1" });
+      await shardedPage.goto(`${url}?${query}`);
+      await shardedPage.waitForFunction(() => /^(done|failed)/.test(document.querySelector("#status")?.textContent ?? ""), null, { timeout: 5 * MINUTE });
+      assert.equal(await text(shardedPage, "#status"), "done", `${name}: ${await text(shardedPage, "#status")}`);
+      const want = JSON.parse(execFileSync(ember, [
+        "generate", "--model", path.join(root, "tests", "fixtures", "models", name), "--device", "cpu", "--template", "none",
+        "--prompt", prompt, "--greedy", "--max-new-tokens", "6", "--json",
+      ], { encoding: "utf8" })).text.replace(/\uFFFD+$/, ""); // the page's stream holds back a partial last character
+      log(`${name} from a URL: ${JSON.stringify(await text(shardedPage, "#output-base"))}`);
+      assert.equal(await text(shardedPage, "#output-base"), want, `${name}: the page generates other text than ember`);
+      await shardedPage.close();
+      fs.rmSync(folder, { recursive: true, force: true });
+    }
+  } finally {
+    fs.rmSync(served, { recursive: true, force: true });
+  }
 
   assert.deepEqual(pageErrors, [], "uncaught errors in the page");
   assert.deepEqual(panics, [], "the worker panicked");

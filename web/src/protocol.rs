@@ -28,6 +28,10 @@ pub enum Request {
     LoadAdapter {
         origin: String,
     },
+    /// A PEFT adapter from a folder URL (or Hub id), kept in Cache Storage like models.
+    LoadAdapterUrl {
+        url: String,
+    },
     Generate(GenerateRequest),
     Train(TrainRequest),
     /// Ends the running generation or training at the next token or step.
@@ -48,6 +52,23 @@ pub struct GenerateRequest {
     pub seed: u64,
     /// Also generates with the adapter, after the base model.
     pub with_adapter: bool,
+}
+
+impl Default for GenerateRequest {
+    /// The page's defaults (its fields start with them; a link overrides some).
+    fn default() -> Self {
+        GenerateRequest {
+            prompt: String::new(),
+            template: true,
+            sample: true,
+            temperature: 0.7,
+            top_k: 50,
+            top_p: 0.9,
+            max_new_tokens: 64,
+            seed: 42,
+            with_adapter: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

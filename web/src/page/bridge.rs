@@ -7,7 +7,7 @@ use leptos::prelude::*;
 use wasm_bindgen::prelude::*;
 use web_sys::{ErrorEvent, MessageEvent, Worker, WorkerOptions, WorkerType};
 
-use super::{storage, AdapterFiles, State};
+use super::{storage, AdapterFiles, Progress, State};
 use crate::message::{bytes, pack, unpack, Attached};
 use crate::protocol::{Reply, Request, Side, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 
@@ -90,10 +90,15 @@ fn post(state: State, request: &Request, files: Attached) {
 }
 
 fn apply(state: State, reply: Reply, files: Attached) {
+    // A link's adapter is shown but not kept over the user's own.
+    let keep_adapter = !super::link::loading_adapter();
+    super::link::on_reply(state, &reply);
     match reply {
         Reply::WorkerReady => post(state, &Request::Start { force_cpu: state.force_cpu.get_untracked() }, Vec::new()),
         Reply::Started { backend } => state.backend.set(backend),
-        Reply::Progress { what, done, total } => state.progress.set(Some((what, done, total))),
+        Reply::Progress { what, done, total } => {
+            state.progress.update(|p| *p = Some(Progress::next(p.take(), what, done, total)))
+        }
         Reply::ModelLoaded { summary } => {
             state.model.set(Some(summary));
             state.adapter_in_use.set(false);
@@ -104,7 +109,9 @@ fn apply(state: State, reply: Reply, files: Attached) {
         Reply::AdapterReady { summary, config_json } => {
             let weights = files.iter().find(|(n, _)| n == ADAPTER_WEIGHTS).map(|(_, b)| bytes(b)).unwrap_or_default();
             let adapter = AdapterFiles { summary, config_json, weights };
-            storage::save_adapter(&adapter);
+            if keep_adapter {
+                storage::save_adapter(&adapter);
+            }
             state.adapter.set(Some(adapter));
             state.adapter_in_use.set(true);
         }
@@ -117,7 +124,8 @@ fn apply(state: State, reply: Reply, files: Attached) {
         }
         Reply::Step { step, total, loss, learning_rate, steps_per_s } => {
             state.losses.update(|l| l.push((step, loss)));
-            state.progress.set(Some((format!("training: step {step} of {total}"), step as f64, total as f64)));
+            let what = format!("training: {total} steps");
+            state.progress.update(|p| *p = Some(Progress::next(p.take(), what, step as f64, total as f64)));
             state.train_status.set(format!(
                 "step {step}/{total} · loss {loss:.4} · lr {learning_rate:.2e} · {steps_per_s:.2} steps/s"
             ));
@@ -171,6 +179,9 @@ pub fn output(state: State, side: Side) -> RwSignal<String> {
 /// model; the worker queues it before anything the user asks next. An adapter made for another
 /// base model gets a message.
 fn apply_restored_adapter(state: State) {
+    if super::link::brings_adapter() {
+        return;
+    }
     if let Some(adapter) = state.adapter.get_untracked() {
         let files = vec![
             (ADAPTER_CONFIG.to_string(), crate::message::buffer(adapter.config_json.as_bytes())),

@@ -11,15 +11,17 @@ const DEMO_PROMPT: &str = include_str!("../../../demo/question.txt");
 
 #[component]
 pub fn GeneratePanel(state: State) -> impl IntoView {
-    let prompt = RwSignal::new(DEMO_PROMPT.trim().to_string());
-    let template = RwSignal::new(true);
-    let sample = RwSignal::new(true);
-    let temperature = RwSignal::new("0.7".to_string());
-    let top_k = RwSignal::new("50".to_string());
-    let top_p = RwSignal::new("0.9".to_string());
-    let max_new_tokens = RwSignal::new("64".to_string());
-    let seed = RwSignal::new("42".to_string());
-    let with_adapter = RwSignal::new(true);
+    let defaults = GenerateRequest::default();
+    let link = super::link::current();
+    let prompt = RwSignal::new(link.as_ref().and_then(|l| l.prompt.clone()).unwrap_or(DEMO_PROMPT.trim().to_string()));
+    let template = RwSignal::new(link.as_ref().map_or(defaults.template, |l| l.template));
+    let sample = RwSignal::new(link.as_ref().map_or(defaults.sample, |l| !l.greedy));
+    let temperature = RwSignal::new(defaults.temperature.to_string());
+    let top_k = RwSignal::new(defaults.top_k.to_string());
+    let top_p = RwSignal::new(defaults.top_p.to_string());
+    let max_new_tokens = RwSignal::new(link.as_ref().map_or(defaults.max_new_tokens, |l| l.max_new_tokens).to_string());
+    let seed = RwSignal::new(defaults.seed.to_string());
+    let with_adapter = RwSignal::new(defaults.with_adapter);
 
     let request = move || -> Result<GenerateRequest, String> {
         Ok(GenerateRequest {

@@ -12,7 +12,7 @@ use crate::protocol::Request;
 
 #[component]
 pub fn LoadPanel(state: State) -> impl IntoView {
-    let url = RwSignal::new(String::new());
+    let url = RwSignal::new(super::link::current().and_then(|l| l.model).unwrap_or_default());
     let dragging = RwSignal::new(false);
     let four_bit = move || state.four_bit.get_untracked();
     let model_files = move |list: Option<FileList>| {
@@ -79,10 +79,11 @@ pub fn LoadPanel(state: State) -> impl IntoView {
                 </span>
             </div>
             <Show when=move || state.progress.get().is_some()>
-                {move || state.progress.get().map(|(what, done, total)| view! {
+                {move || state.progress.get().map(|p| view! {
                     <div id="progress" class="progress">
-                        <progress max=total value=done></progress>
-                        <span>{what}" "{size_or_count(done, total)}</span>
+                        <progress max=p.total value=p.done></progress>
+                        <span>{p.what.clone()}" "{size_or_count(p.done, p.total)}{rate_and_eta(&p)}</span>
+                        <button id="cancel" class="close" title="Cancel" on:click=move |_| send(state, &Request::Stop, Vec::new())>"Cancel"</button>
                     </div>
                 })}
             </Show>
@@ -118,7 +119,7 @@ fn read_and_send(state: State, list: Option<FileList>, make: impl FnOnce(String)
         .unwrap_or("uploaded adapter")
         .to_string();
     let total: f64 = files.iter().map(|f| f.size()).sum();
-    state.progress.set(Some((format!("reading {} files", files.len()), 0.0, total)));
+    state.progress.set(Some(super::Progress::next(None, format!("reading {} files", files.len()), 0.0, total)));
     spawn_local(async move {
         let mut attached: Attached = Vec::new();
         for file in &files {
@@ -129,6 +130,14 @@ fn read_and_send(state: State, list: Option<FileList>, make: impl FnOnce(String)
         }
         send(state, &make(origin), attached);
     });
+}
+
+/// ` · 12.3 MB/s · 40 s left` for downloads, ` · 3.1/s · 40 s left` for steps.
+fn rate_and_eta(progress: &super::Progress) -> String {
+    let Some((rate, eta)) = progress.rate_and_eta() else { return String::new() };
+    let rate = if progress.total > 4096.0 { format!("{:.1} MB/s", rate / 1e6) } else { format!("{rate:.2}/s") };
+    let eta = if eta >= 90.0 { format!("{:.0} min", eta / 60.0) } else { format!("{eta:.0} s") };
+    format!(" · {rate} · {eta} left")
 }
 
 fn size_or_count(done: f64, total: f64) -> String {

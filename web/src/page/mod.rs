@@ -6,6 +6,7 @@ mod chart;
 mod download;
 mod finetune;
 mod generate;
+mod link;
 mod load;
 mod storage;
 
@@ -22,6 +23,34 @@ pub struct AdapterFiles {
     pub weights: Vec<u8>,
 }
 
+/// What is being done, bytes or steps done of the total, and since when (for rate and ETA).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Progress {
+    pub what: String,
+    pub done: f64,
+    pub total: f64,
+    since_ms: f64,
+    since_done: f64,
+}
+
+impl Progress {
+    /// The next report of `previous`'s work, or a new one when `what` changed.
+    pub fn next(previous: Option<Progress>, what: String, done: f64, total: f64) -> Progress {
+        let now = js_sys::Date::now();
+        match previous.filter(|p| p.what == what && done >= p.done) {
+            Some(p) => Progress { done, total, ..p },
+            None => Progress { what, done, total, since_ms: now, since_done: done },
+        }
+    }
+
+    /// Units per second and seconds left, once there is a rate to speak of.
+    pub fn rate_and_eta(&self) -> Option<(f64, f64)> {
+        let seconds = (js_sys::Date::now() - self.since_ms) / 1000.0;
+        let rate = (self.done - self.since_done) / seconds;
+        (seconds > 0.5 && rate > 0.0).then(|| (rate, (self.total - self.done).max(0.0) / rate))
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Tab {
     Generate,
@@ -36,8 +65,7 @@ pub struct State {
     /// Load models with 4-bit Linear layers (QLoRA).
     pub four_bit: RwSignal<bool>,
     pub busy: RwSignal<bool>,
-    /// What is being done, bytes or steps done, and the total.
-    pub progress: RwSignal<Option<(String, f64, f64)>>,
+    pub progress: RwSignal<Option<Progress>>,
     pub error: RwSignal<Option<String>>,
     pub model: RwSignal<Option<String>>,
     pub adapter: RwSignal<Option<AdapterFiles>>,
@@ -52,6 +80,8 @@ pub struct State {
     pub train_status: RwSignal<String>,
     pub memory: RwSignal<String>,
     pub tab: RwSignal<Tab>,
+    /// Where a link's run is (`#status`: `done` at its end).
+    pub status: RwSignal<String>,
 }
 
 impl State {
@@ -75,6 +105,7 @@ impl State {
             train_status: RwSignal::new(String::new()),
             memory: RwSignal::new(String::new()),
             tab: RwSignal::new(Tab::Generate),
+            status: RwSignal::new(String::new()),
         }
     }
 
@@ -89,6 +120,9 @@ impl State {
 pub fn start_page() {
     console_error_panic_hook::set_once();
     let state = State::new();
+    if let Some(link) = link::from_location(state) {
+        state.force_cpu.set(link.force_cpu);
+    }
     bridge::spawn(state);
     storage::restore(state);
     leptos::mount::mount_to_body(move || view! { <App state=state/> });
@@ -114,6 +148,7 @@ fn App(state: State) -> impl IntoView {
                 </label>
                 <span id="memory" class="muted">{move || state.memory.get()}</span>
             </div>
+            <p id="status" class="muted">{move || state.status.get()}</p>
         </header>
         <Show when=move || state.error.get().is_some()>
             <div id="error" class="error" role="alert">

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use ember_core::checkpoint::{shard_names, WEIGHT_FILES};
 use ember_core::{Error, Result};
 use js_sys::{Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
@@ -13,7 +14,7 @@ use web_sys::{Cache, ReadableStreamDefaultReader, Response, WorkerGlobalScope};
 use super::post;
 use super::session::ModelFiles;
 use crate::message::js_error;
-use crate::protocol::Reply;
+use crate::protocol::{Reply, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
 
 const CACHE_NAME: &str = "ember-models-v1";
 
@@ -21,34 +22,69 @@ const CACHE_NAME: &str = "ember-models-v1";
 pub async fn model_files(url: &str) -> Result<ModelFiles> {
     let folder = ember_core::hub::folder_url(url);
     let cache = open_cache().await;
+    let mut files = fetch_named(
+        cache.as_ref(),
+        &folder,
+        &[
+            ("config.json", true),
+            ("tokenizer.json", true),
+            ("tokenizer_config.json", false),
+            ("special_tokens_map.json", false),
+        ],
+        "a model folder",
+    )
+    .await?;
+    // transformers' order: one safetensors file, its index and shards, then the same for .bin.
+    for name in WEIGHT_FILES {
+        let Some(bytes) = fetch_cached(cache.as_ref(), &format!("{folder}{name}")).await? else { continue };
+        if name.ends_with(".index.json") {
+            let text = std::str::from_utf8(&bytes).map_err(|_| Error::file(name, "is not UTF-8 text"))?;
+            let names = shard_names(text, &format!("{folder}{name}"))?;
+            // Shards sit beside their index: no `..` or absolute paths out of the folder.
+            for shard in &names {
+                ember_core::hub::safe_repo_path(shard)
+                    .map_err(|e| Error::file(format!("{folder}{name}"), format!("names a shard that {e}")))?;
+            }
+            let shards: Vec<(&str, bool)> = names.iter().map(|s| (s.as_str(), true)).collect();
+            files.extend(fetch_named(cache.as_ref(), &folder, &shards, "a shard its index names").await?);
+        }
+        files.insert(name.to_string(), Arc::new(bytes));
+        return Ok(ModelFiles::new(files));
+    }
+    Err(Error::file(&folder, format!("no weights found (HTTP 404 for {})", WEIGHT_FILES.join(", "))))
+}
+
+/// A PEFT adapter's `adapter_config.json` and `adapter_model.safetensors` under `url`.
+pub async fn adapter_files(url: &str) -> Result<ModelFiles> {
+    let folder = ember_core::hub::folder_url(url);
+    let cache = open_cache().await;
+    let names = [(ADAPTER_CONFIG, true), (ADAPTER_WEIGHTS, true)];
+    Ok(ModelFiles::new(fetch_named(cache.as_ref(), &folder, &names, "a PEFT adapter folder").await?))
+}
+
+/// The files `names` under `folder` (`true`: required, its absence an error).
+async fn fetch_named(
+    cache: Option<&Cache>,
+    folder: &str,
+    names: &[(&str, bool)],
+    what: &str,
+) -> Result<HashMap<String, Arc<Vec<u8>>>> {
     let mut files = HashMap::new();
-    for (name, required) in [
-        ("config.json", true),
-        ("tokenizer.json", true),
-        ("tokenizer_config.json", false),
-        ("special_tokens_map.json", false),
-    ] {
-        match fetch_cached(cache.as_ref(), &format!("{folder}{name}")).await? {
+    for &(name, required) in names {
+        match fetch_cached(cache, &format!("{folder}{name}")).await? {
             Some(bytes) => {
                 files.insert(name.to_string(), Arc::new(bytes));
             }
             None if required => {
                 return Err(Error::file(
                     format!("{folder}{name}"),
-                    "not found (HTTP 404): is this the URL of a model folder?",
+                    format!("not found (HTTP 404): is this the URL of {what}?"),
                 ))
             }
             None => {}
         }
     }
-    for name in super::session::single_weight_files() {
-        if let Some(bytes) = fetch_cached(cache.as_ref(), &format!("{folder}{name}")).await? {
-            files.insert(name.to_string(), Arc::new(bytes));
-            return Ok(ModelFiles::new(files));
-        }
-    }
-    let tried: Vec<&str> = super::session::single_weight_files().collect();
-    Err(Error::file(&folder, format!("no weights found (HTTP 404 for {})", tried.join(", "))))
+    Ok(files)
 }
 
 fn scope() -> WorkerGlobalScope {
@@ -80,13 +116,15 @@ async fn fetch_cached(cache: Option<&Cache>, url: &str) -> Result<Option<Vec<u8>
             format!("cannot download: HTTP {} {}", response.status(), response.status_text()),
         ));
     }
+    let bytes = read_body(response, url, "downloading").await?;
+    // Cached once whole (a cancelled or broken download is not). Best effort: a full disk only
+    // means the next visit downloads again.
     if let Some(cache) = cache {
-        if let Ok(copy) = response.clone() {
-            // Best effort: a full disk only means the next visit downloads again.
+        if let Ok(copy) = Response::new_with_opt_buffer_source(Some(&Uint8Array::from(bytes.as_slice()))) {
             let _ = JsFuture::from(cache.put_with_str(url, &copy)).await;
         }
     }
-    read_body(response, url, "downloading").await.map(Some)
+    Ok(Some(bytes))
 }
 
 /// Reads a response body chunk by chunk, posting progress.
@@ -100,6 +138,10 @@ async fn read_body(response: Response, url: &str, doing: &str) -> Result<Vec<u8>
     let mut bytes = Vec::with_capacity(total as usize);
     let mut reported = 0.0;
     loop {
+        if super::stop_requested() {
+            let _ = reader.cancel();
+            return Err(Error::file(url, "loading cancelled"));
+        }
         let chunk = JsFuture::from(reader.read()).await.map_err(failed)?;
         if Reflect::get(&chunk, &"done".into()).map_err(failed)?.is_truthy() {
             break;

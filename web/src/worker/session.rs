@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use burn::tensor::Device;
 use ember_core::checkpoint::{
-    build_model, tensor_file_from_bytes, Checkpoint, LoadOptions, SafetensorsFile, WEIGHT_FILES,
+    build_model, shard_names, tensor_file_from_bytes, Checkpoint, LoadOptions, SafetensorsFile, WEIGHT_FILES,
 };
 use ember_core::data::TokenizedDataset;
 use ember_core::generate::{generate_async, GenerationConfig, Sampling};
@@ -45,10 +45,8 @@ pub struct Session {
 struct Base {
     config: BloomConfig,
     tokenizer: Tokenizer,
-    /// The weight file, kept to build the training copy of the model on the autodiff device.
-    weights: (String, Arc<Vec<u8>>),
-    /// How the model is loaded (4-bit or not), for the training copy too.
-    options: LoadOptions,
+    /// The model for inference; training puts the same weights on the autodiff graph
+    /// ([`BloomForCausalLM::for_training`]), so the file's bytes are not kept after loading.
     model: BloomForCausalLM,
     /// Bytes its weights take on the device.
     weight_bytes: u64,
@@ -89,6 +87,7 @@ impl Session {
             Request::LoadModelFiles { four_bit } => self.load_base(ModelFiles::from_attached(&files), four_bit),
             Request::LoadModelUrl { url, four_bit } => self.load_base(super::fetch::model_files(&url).await?, four_bit),
             Request::LoadAdapter { origin } => self.load_adapter(ModelFiles::from_attached(&files), &origin),
+            Request::LoadAdapterUrl { url } => self.load_adapter(super::fetch::adapter_files(&url).await?, &url),
             Request::Generate(request) => self.generate(&request).await,
             Request::Train(request) => self.train(&request).await,
             Request::Start { .. } | Request::Stop => Ok(()),
@@ -122,9 +121,14 @@ impl Session {
             &config,
         )?;
         let weights = files.weights()?;
-        let options = LoadOptions { quant: page_quantization(four_bit), ..LoadOptions::default() };
+        let options = LoadOptions {
+            dtype: self.stored_dtype(&config),
+            quant: page_quantization(four_bit),
+            ..LoadOptions::default()
+        };
         let quant = options.quantization(&config);
-        self.check_fits(&config, weights.1.len(), quant.as_ref())?;
+        let file_bytes = weights.iter().map(|(_, bytes)| bytes.len() as u64).sum();
+        self.check_fits(&config, file_bytes, options.dtype, quant.as_ref())?;
         let shape = ModelShape::of_config(&config);
         let weight_bytes = shape.weight_bytes(options.dtype, quant.as_ref());
         post(
@@ -132,7 +136,7 @@ impl Session {
                 what: format!(
                     "{} {} to the {}",
                     if quant.is_some() { "quantizing and uploading" } else { "uploading" },
-                    weights.0,
+                    weights_name(&weights),
                     self.backend
                 ),
                 done: 0.0,
@@ -149,7 +153,7 @@ impl Session {
                 q.bnb_4bit_quant_type,
                 if q.bnb_4bit_use_double_quant { ", double quant" } else { "" }
             ),
-            None => "f32".to_string(),
+            None => options.dtype.to_string(),
         };
         let summary = format!(
             "BLOOM: {} layers, hidden size {}, vocabulary {}; {} parameters ({:.1} MiB, {stored})",
@@ -159,17 +163,34 @@ impl Session {
             thousands(shape.base_params()),
             weight_bytes as f64 / 1048576.0
         );
-        self.base = Some(Base { config, tokenizer, weights, options, model, weight_bytes });
+        self.base = Some(Base { config, tokenizer, model, weight_bytes });
         post(&Reply::ModelLoaded { summary }, Vec::new());
         Ok(())
     }
 
+    /// The precision the frozen weights are kept in: the checkpoint's own (`torch_dtype`: f16
+    /// stays f16, as transformers' `dtype="auto"`) where this backend stores it, else f32.
+    fn stored_dtype(&self, config: &BloomConfig) -> WeightDType {
+        let saved = config.torch_dtype.as_deref().and_then(|d| d.parse().ok()).unwrap_or(WeightDType::F32);
+        if self.device.supports_dtype(saved.float_dtype()) {
+            saved
+        } else {
+            WeightDType::F32
+        }
+    }
+
     /// A clear refusal instead of a crash for models this browser cannot hold. Counted in u64
     /// and f64: `usize` is 32 bits on wasm32, and a large model's parameter count overflows it.
-    fn check_fits(&self, config: &BloomConfig, file_bytes: usize, quant: Option<&QuantConfig>) -> Result<()> {
+    fn check_fits(
+        &self,
+        config: &BloomConfig,
+        file_bytes: u64,
+        dtype: WeightDType,
+        quant: Option<&QuantConfig>,
+    ) -> Result<()> {
         let shape = ModelShape::of_config(config);
         let params = shape.base_params() as f64;
-        let on_device = shape.weight_bytes(WeightDType::F32, quant) as f64;
+        let on_device = shape.weight_bytes(dtype, quant) as f64;
         let in_wasm = file_bytes as f64 + if self.gpu { 0.0 } else { on_device };
         if in_wasm > WASM_MEMORY_BUDGET {
             return Err(Error::invalid(format!(
@@ -180,6 +201,7 @@ impl Session {
         }
         // The largest matrix bound at once: the biggest Linear weight (the vocabulary matrix is
         // cut into blocks that fit); a 4-bit one is bound packed, and dequantized a slice at a time.
+        let width = if dtype == WeightDType::F32 { 4.0 } else { 2.0 };
         let largest = shape
             .modules()
             .iter()
@@ -187,7 +209,11 @@ impl Session {
                 ModuleKind::Linear { out_features, in_features, .. } if m.name != LM_HEAD => {
                     let values = out_features as f64 * in_features as f64;
                     let four_bit = quant.is_some_and(|q| q.quantizes(&m.name));
-                    Some(if four_bit { (values / 2.0).max(4.0 * DEQUANTIZE_CHUNK_VALUES as f64) } else { 4.0 * values })
+                    Some(if four_bit {
+                        (values / 2.0).max(4.0 * DEQUANTIZE_CHUNK_VALUES as f64)
+                    } else {
+                        width * values
+                    })
                 }
                 _ => None,
             })
@@ -304,7 +330,7 @@ impl Session {
         )?;
         let lora = lora_config(request)?;
         let device = self.device.clone().autodiff();
-        let mut model = model_from(&base.config, &base.weights, &device, &base.options)?;
+        let mut model = base.model.clone().for_training();
         let report = apply_lora(&mut model, &lora, &device)?;
         post(&Reply::Progress { what: report.trainable_line(), done: 0.0, total: request.steps as f64 }, Vec::new());
         let args = TrainingArgs {
@@ -400,19 +426,23 @@ impl Sink for Page {
 /// a time, only packed weights reaching the device).
 fn model_from(
     config: &BloomConfig,
-    (name, bytes): &(String, Arc<Vec<u8>>),
+    weights: &[(String, Arc<Vec<u8>>)],
     device: &Device,
     options: &LoadOptions,
 ) -> Result<BloomForCausalLM> {
-    let mut checkpoint =
-        Checkpoint::from_files(name.as_str(), vec![tensor_file_from_bytes(name, bytes.clone())?], device);
+    let files =
+        weights.iter().map(|(name, bytes)| tensor_file_from_bytes(name, bytes.clone())).collect::<Result<_>>()?;
+    let mut checkpoint = Checkpoint::from_files(weights_name(weights), files, device);
     build_model(config, &mut checkpoint, device, options)
 }
 
-/// The single-file weight names transformers looks for, in its order (the browser takes no
-/// sharded checkpoints).
-pub fn single_weight_files() -> impl Iterator<Item = &'static str> {
-    WEIGHT_FILES.into_iter().filter(|name| !name.ends_with(".index.json"))
+/// A checkpoint's name in messages: its file, or its first shard and how many there are.
+fn weights_name(weights: &[(String, Arc<Vec<u8>>)]) -> String {
+    match weights {
+        [(name, _)] => name.clone(),
+        [(first, _), ..] => format!("{first} (1 of {} shards)", weights.len()),
+        [] => "no weights".into(),
+    }
 }
 
 /// The files of a model or adapter folder, by base name.
@@ -452,16 +482,17 @@ impl ModelFiles {
         }
     }
 
-    /// The one weight file, as transformers looks for it.
-    fn weights(&self) -> Result<(String, Arc<Vec<u8>>)> {
-        if let Some(name) = single_weight_files().find(|name| self.0.contains_key(*name)) {
-            return Ok((name.to_string(), self.0[name].clone()));
+    /// The weight files, as transformers looks for them: one file, or an index and its shards.
+    fn weights(&self) -> Result<Vec<(String, Arc<Vec<u8>>)>> {
+        let Some(name) = WEIGHT_FILES.into_iter().find(|name| self.0.contains_key(*name)) else {
+            return Err(self.missing(WEIGHT_FILES[0]));
+        };
+        if !name.ends_with(".index.json") {
+            return Ok(vec![(name.to_string(), self.0[name].clone())]);
         }
-        if self.0.keys().any(|k| k.ends_with(".index.json")) {
-            return Err(Error::invalid(
-                "sharded checkpoints are not loaded in the browser: save the model as one model.safetensors (save_pretrained with a larger max_shard_size)",
-            ));
-        }
-        Err(self.missing(WEIGHT_FILES[0]))
+        shard_names(self.text(name)?, name)?
+            .into_iter()
+            .map(|shard| Ok((shard.clone(), self.need(&shard)?.clone())))
+            .collect()
     }
 }
