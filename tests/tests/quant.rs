@@ -232,11 +232,21 @@ fn qlora_training_equals_transformers_trainer_over_a_4bit_base() {
     assert_eq!(run["quantization"], "nf4-dq");
     for (device_name, base) in test_devices() {
         let tolerance = if device_name == "cpu" { tolerance::TRAINING_CPU } else { tolerance::TRAINING_WGPU };
-        let device = base.autodiff();
-        for checkpointing in [false, true] {
-            let what = format!("{device_name}{}", if checkpointing { " with gradient checkpointing" } else { "" });
+        let device = base.clone().autodiff();
+        // The third run trains the model loaded for inference, in place (the page's way).
+        for (checkpointing, in_place) in [(false, false), (true, false), (false, true)] {
+            let what = format!(
+                "{device_name}{}{}",
+                if checkpointing { " with gradient checkpointing" } else { "" },
+                if in_place { ", trained in place" } else { "" }
+            );
             let out = tempfile::tempdir().unwrap();
-            let mut model = ModelDir::open(&base_dir()).unwrap().load(&device, &quantized_options("nf4-dq")).unwrap();
+            let dir = ModelDir::open(&base_dir()).unwrap();
+            let mut model = if in_place {
+                dir.load(&base, &quantized_options("nf4-dq")).unwrap().for_training()
+            } else {
+                dir.load(&device, &quantized_options("nf4-dq")).unwrap()
+            };
             let (lora, _) = load_adapter(&mut model, &fixtures().join("quant/init_adapter"), &device, false).unwrap();
             assert!(model.has_4bit_weights());
             let args = TrainingArgs {

@@ -48,6 +48,39 @@ fn steps_and_final_adapter_equal_transformers_trainer() {
     }
 }
 
+/// The page trains the model it loaded for inference ([`for_training`]: the same buffers on the
+/// autodiff graph, no second load): the same steps and adapter as transformers' Trainer.
+///
+/// [`for_training`]: ember_core::model::BloomForCausalLM::for_training
+#[test]
+fn the_inference_model_trains_in_place_as_transformers_trainer() {
+    let data = dataset();
+    let run = reference("run_a");
+    for (device_name, base) in test_devices() {
+        let tolerance = if device_name == "cpu" { tolerance::TRAINING_CPU } else { tolerance::TRAINING_WGPU };
+        let device = base.clone().autodiff();
+        let out = tempfile::tempdir().unwrap();
+        let loaded = ModelDir::open(&model_dir("a")).unwrap().load_model(&base).unwrap();
+        let mut model = loaded.for_training();
+        let (lora, _) = load_adapter(&mut model, &fixtures().join("train/init_adapter"), &device, false).unwrap();
+        assert!(!model.transformer.h[0].self_attention.query_key_value.weight.val().is_require_grad());
+        let pad = special_ids("a").pad;
+        let mut t = Trainer::new(
+            model,
+            lora,
+            args_of(&run, out.path().to_str().unwrap()),
+            &data,
+            pad,
+            PaddingSide::Left,
+            &device,
+        )
+        .unwrap();
+        let what = format!("{device_name}, trained in place");
+        check_steps(&mut t, &run, &data, tolerance, &what);
+        check_final_adapter(&t, out.path(), "train/run_a_final", tolerance, &what);
+    }
+}
+
 #[test]
 fn optimizer_state_is_twice_the_trainable_parameters_and_nothing_for_the_base() {
     let data = dataset();

@@ -292,6 +292,13 @@ impl BloomForCausalLM {
     pub fn valid_model(self) -> Self {
         Module::valid(&self)
     }
+
+    /// This model (loaded on a plain device) on the autodiff graph, for training: the weights
+    /// are the same buffers, not copies, and frozen ones stay frozen. The page trains this way
+    /// instead of loading the checkpoint a second time.
+    pub fn for_training(self) -> Self {
+        Module::train(self)
+    }
 }
 
 /// The sizes BLOOM's module tree depends on: enough to list its modules and count their
