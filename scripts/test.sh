@@ -3,7 +3,8 @@
 # the wgpu tests run without a GPU; the wasm32 target, wasm-bindgen-cli and Debian's Chromium
 # for the browser tests; Node.js and playwright-core for the page's end-to-end test), builds once
 # in the release profile (shared by tests and binaries), runs the whole test suite, then the
-# browser tests (ember-core as wasm32 in headless Chromium), then the page end to end. Format and
+# browser tests (ember-core as wasm32 in headless Chromium), then the page end to end, and at
+# real size (a bloom-560m-shaped model in the page). Format and
 # lints are checked too (cargo fmt, cargo clippy -D warnings).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,4 +56,7 @@ cargo clippy --target wasm32-unknown-unknown -p ember-web --all-targets --locked
 echo "== the browser page end to end: build it (dev profile), serve it with ember web, drive Chromium"
 web/build.sh --dev --locked
 (cd tests/e2e && npm ci --no-audit --no-fund --silent && node page.mjs)
+
+echo "== the page at real size: a bloom-560m-shaped model (random f16 weights, 1.1 GB) on the CPU (WebAssembly) path"
+(cd tests/e2e && node real_size.mjs)
 echo "== all tests passed"
