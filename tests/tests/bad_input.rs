@@ -65,6 +65,35 @@ fn corrupt_safetensors_header() {
     assert!(err.contains("model.safetensors") && err.contains("not a valid safetensors file"), "{err}");
 }
 
+/// A safetensors file whose header lies about a tensor: checked in 64 bits, each lie named.
+#[test]
+fn safetensors_headers_that_lie_are_refused() {
+    let write = |header: &str, data: usize| {
+        let (tmp, dir) = copy_of("a");
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.resize(bytes.len() + data, 0);
+        std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+        (tmp, load_error(&dir))
+    };
+    for (header, data, says) in [
+        (r#"{"x":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,16]}}"#, 16, "shape overflows"),
+        (r#"{"x":{"dtype":"F32","shape":[2,2],"data_offsets":[0,12]}}"#, 12, "do not hold"),
+        (
+            r#"{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"y":{"dtype":"F32","shape":[2],"data_offsets":[12,20]}}"#,
+            20,
+            "gap",
+        ),
+        (r#"{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 16, "end at byte 8 of 16"),
+        (r#"{"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 4, "do not hold"),
+    ] {
+        let (_tmp, err) = write(header, data);
+        assert!(err.contains("not a valid safetensors file") && err.contains(says), "{header}: {err}");
+    }
+    let (_tmp, err) = write(r#"{"x":{"dtype":"F64","shape":[1],"data_offsets":[0,8]}}"#, 8);
+    assert!(err.contains("dtype F64") && err.contains("only F32, F16 and BF16"), "{err}");
+}
+
 #[test]
 fn truncated_pytorch_bin() {
     let (_tmp, dir) = copy_of("a-bin");

@@ -4,8 +4,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, Metadata, SafeTensors};
-
 use super::host::{check_len, to_f32, FileBytes, HostTensor, StoredDType};
 use super::TensorFile;
 use crate::error::{Error, Result};
@@ -32,32 +30,92 @@ impl SafetensorsFile {
     }
 
     fn parse(path: PathBuf, buffer: FileBytes) -> Result<Self> {
-        let corrupt = |e: &dyn std::fmt::Display| {
-            Error::file(&path, format!("not a valid safetensors file ({e}); re-download or re-save it"))
-        };
-        SafeTensors::deserialize(&buffer).map_err(|e| corrupt(&e))?;
-        let (header_len, metadata): (usize, Metadata) = SafeTensors::read_metadata(&buffer).map_err(|e| corrupt(&e))?;
-        let mut tensors = HashMap::new();
-        for (name, info) in metadata.tensors() {
-            let dtype = match info.dtype {
-                Dtype::F32 => StoredDType::F32,
-                Dtype::F16 => StoredDType::F16,
-                Dtype::BF16 => StoredDType::BF16,
-                Dtype::U8 => StoredDType::U8,
-                other => {
-                    return Err(Error::file(
-                        &path,
-                        format!(
-                            "tensor `{name}` has dtype {other:?}; only F32, F16 and BF16 weights (and the U8 bytes of \
-                             bitsandbytes 4-bit weights) are supported"
-                        ),
-                    ))
-                }
-            };
-            tensors.insert(name, (dtype, info.shape.clone(), info.data_offsets));
-        }
+        let (header_len, tensors) = read_header(&buffer).map_err(|e| match e {
+            HeaderError::Corrupt(e) => {
+                Error::file(&path, format!("not a valid safetensors file ({e}); re-download or re-save it"))
+            }
+            HeaderError::Unsupported(e) => Error::file(&path, e),
+        })?;
         Ok(SafetensorsFile { path, buffer, data_start: 8 + header_len, tensors })
     }
+}
+
+/// The most header bytes read (the `safetensors` crate's own limit).
+const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+enum HeaderError {
+    Corrupt(String),
+    Unsupported(String),
+}
+
+/// The header of a safetensors file, checked as the `safetensors` crate checks it (every tensor's
+/// bytes match its dtype and shape, the tensors tile the data section exactly) but with sizes in
+/// u64: the crate counts bits in `usize`, which overflows on wasm32 for a tensor over 512 MiB of
+/// f32 or 256 Mi f16 values (bloom-1b1's embedding), refusing files that are fine.
+fn read_header(buffer: &[u8]) -> std::result::Result<(usize, HashMap<String, StoredTensor>), HeaderError> {
+    let corrupt = |what: String| HeaderError::Corrupt(what);
+    let len_bytes: [u8; 8] =
+        buffer.get(..8).and_then(|b| b.try_into().ok()).ok_or_else(|| corrupt("shorter than 8 bytes".into()))?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    let total = buffer.len() as u64;
+    if header_len > MAX_HEADER_BYTES || 8 + header_len > total {
+        return Err(corrupt(format!("header length {header_len} does not fit the file of {total} bytes")));
+    }
+    let header_len = header_len as usize;
+    let data_len = total - 8 - header_len as u64;
+    let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&buffer[8..8 + header_len])
+        .map_err(|e| corrupt(format!("header is not a JSON object: {e}")))?;
+    let mut tensors = HashMap::new();
+    let mut ranges = Vec::new();
+    for (name, info) in header.iter().filter(|(name, _)| *name != "__metadata__") {
+        let bad = |what: &str| corrupt(format!("tensor `{name}`: {what}"));
+        let dtype = info.get("dtype").and_then(|d| d.as_str()).ok_or_else(|| bad("no dtype"))?;
+        let (dtype, width) = match dtype {
+            "F32" => (StoredDType::F32, 4),
+            "F16" => (StoredDType::F16, 2),
+            "BF16" => (StoredDType::BF16, 2),
+            "U8" => (StoredDType::U8, 1),
+            other => {
+                return Err(HeaderError::Unsupported(format!(
+                    "tensor `{name}` has dtype {other}; only F32, F16 and BF16 weights (and the U8 bytes of \
+                     bitsandbytes 4-bit weights) are supported"
+                )))
+            }
+        };
+        let numbers = |key: &str| -> Option<Vec<u64>> {
+            info.get(key)?.as_array()?.iter().map(serde_json::Value::as_u64).collect()
+        };
+        let shape = numbers("shape").ok_or_else(|| bad("no shape of whole numbers"))?;
+        let offsets = numbers("data_offsets").filter(|o| o.len() == 2).ok_or_else(|| bad("no data_offsets pair"))?;
+        let (start, end) = (offsets[0], offsets[1]);
+        let bytes =
+            shape.iter().try_fold(width, |n: u64, &d| n.checked_mul(d)).ok_or_else(|| bad("shape overflows"))?;
+        if start > end || end > data_len || end - start != bytes {
+            return Err(bad(&format!(
+                "bytes {start}..{end} do not hold {shape:?} {dtype:?} in {data_len} bytes of data"
+            )));
+        }
+        // A dimension beside a zero one can be anything: each must still be a usize here.
+        let shape: Vec<usize> = shape
+            .iter()
+            .map(|&d| usize::try_from(d).ok())
+            .collect::<Option<_>>()
+            .ok_or_else(|| bad("a dimension too large for this platform"))?;
+        tensors.insert(name.clone(), (dtype, shape, (start as usize, end as usize)));
+        ranges.push((start, end));
+    }
+    ranges.sort_unstable();
+    let mut at = 0;
+    for (start, end) in ranges {
+        if start != at {
+            return Err(corrupt(format!("tensors overlap or leave a gap at byte {at} of the data")));
+        }
+        at = end;
+    }
+    if at != data_len {
+        return Err(corrupt(format!("the tensors end at byte {at} of {data_len} bytes of data")));
+    }
+    Ok((header_len, tensors))
 }
 
 impl TensorFile for SafetensorsFile {
