@@ -3,7 +3,8 @@
 // default f16) written now
 // by the tests' `random_model` helper (nothing committed), served by `ember web` and run on the
 // CPU (WebAssembly) path through a link: 4 greedy tokens equal `ember generate --dtype f16` on the
-// same files, then one LoRA step (r=8 on query_key_value, batch 1 x 64). Prints load time, time to
+// same files, then one LoRA step (r=8 on query_key_value, batch 1 x 64); before that, a download of
+// it shows rate and time left and is cancelled. Prints load time, time to
 // first token, decode tokens/s, seconds per step and the worker's peak memory (docs/PERFORMANCE.md).
 import { execFileSync } from "node:child_process";
 import assert from "node:assert/strict";
@@ -36,6 +37,18 @@ try {
   page.on("console", (m) => {
     if (m.type() === "error" || process.env.EMBER_E2E_VERBOSE) log(`console: ${m.text()}`);
   });
+  // A large download shows its rate and time left, and Cancel ends it with a message.
+  await page.goto(url);
+  await page.waitForFunction(() => !(document.querySelector("#backend")?.textContent ?? "starting…").startsWith("starting"), null, { timeout: 2 * MINUTE });
+  await page.fill("#model-url", `${url}e2e-real-size/`);
+  await page.click("#load-url");
+  await page.waitForFunction(() => /MB\/s · .* left/.test(document.querySelector("#progress")?.textContent ?? ""), null, { timeout: 2 * MINUTE });
+  log(`progress: ${await text(page, "#progress span")}`);
+  await page.click("#cancel");
+  await page.waitForFunction(() => /loading cancelled/.test(document.querySelector("#error")?.textContent ?? ""), null, { timeout: MINUTE });
+  assert.equal(await text(page, "#model-status"), "No model loaded.");
+  log(`cancelled: "${await text(page, "#error span")}"`);
+
   const query = new URLSearchParams({ model: `${url}e2e-real-size/`, prompt, template: "none", greedy: "1", max_new_tokens: String(tokens), device: "cpu", run: "1" });
   started = Date.now();
   await page.goto(`${url}?${query}`);
