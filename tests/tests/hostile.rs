@@ -251,6 +251,47 @@ fn poison(path: &Path, name: &str) {
     std::fs::write(path, bytes).unwrap();
 }
 
+/// Half-precision weights kept in their precision are checked by their bits, without widening:
+/// infinity refused by name (bf16's bits: `checkpoint::host`'s unit test; the bf16 fixture is a
+/// `.bin`).
+#[test]
+fn nan_in_half_precision_weights_kept_half_is_refused() {
+    {
+        let (model, dtype, bad) = ("a-f16", "f16", half::f16::INFINITY.to_le_bytes());
+        let (_tmp, dir) = copy_of(model);
+        let path = dir.join("model.safetensors");
+        let name = "transformer.h.0.self_attention.dense.weight";
+        let mut bytes = std::fs::read(&path).unwrap();
+        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+        let stored = if header.get(name).is_some() { name.to_string() } else { name.replacen("transformer.", "", 1) };
+        let start = 8 + header_len + header[&stored]["data_offsets"][0].as_u64().unwrap() as usize + 6;
+        bytes[start..start + 2].copy_from_slice(&bad);
+        std::fs::write(&path, bytes).unwrap();
+        let out = ember(&[
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--prompt-ids",
+            "5,6",
+            "--max-new-tokens",
+            "2",
+            "--device",
+            "cpu",
+            "--dtype",
+            dtype,
+        ]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{model}: {err}");
+        assert!(
+            err.contains("self_attention.dense.weight")
+                && err.contains("index 3")
+                && (err.contains("inf") || err.contains("NaN")),
+            "{model}: {err}"
+        );
+    }
+}
+
 #[test]
 fn nan_weights_are_refused_by_tensor_name_unless_allowed() {
     let (_tmp, dir) = copy_of("a");

@@ -68,15 +68,28 @@ pub fn check_len(path: &std::path::Path, name: &str, bytes: usize, shape: &[usiz
 pub fn check_finite(path: &std::path::Path, name: &str, values: &[f32]) -> Result<()> {
     match values.iter().position(|v| !v.is_finite()) {
         None => Ok(()),
-        Some(i) => Err(Error::file(
-            path,
-            format!(
-                "tensor `{name}` holds {} at index {i}: the weights are damaged (re-download or re-save them; \
-                 `allow_nonfinite` loads them anyway)",
-                values[i]
-            ),
-        )),
+        Some(i) => Err(nonfinite(path, name, values[i], i)),
     }
+}
+
+/// [`check_finite`] on f16 or bf16 bytes, by their bits (an all-ones exponent is NaN or
+/// infinity), without widening them.
+pub fn check_finite_half(path: &std::path::Path, name: &str, bytes: &[u8], dtype: StoredDType) -> Result<()> {
+    let exponent: u16 = if dtype == StoredDType::BF16 { 0x7F80 } else { 0x7C00 };
+    match bytes.chunks_exact(2).position(|b| u16::from_le_bytes([b[0], b[1]]) & exponent == exponent) {
+        None => Ok(()),
+        Some(i) => Err(nonfinite(path, name, to_f32(&bytes[2 * i..2 * i + 2], dtype)[0], i)),
+    }
+}
+
+fn nonfinite(path: &std::path::Path, name: &str, value: f32, index: usize) -> Error {
+    Error::file(
+        path,
+        format!(
+            "tensor `{name}` holds {value} at index {index}: the weights are damaged (re-download or re-save them; \
+             `allow_nonfinite` loads them anyway)"
+        ),
+    )
 }
 
 /// A checkpoint file's bytes: memory-mapped on native (pages are read on demand and can be
@@ -131,5 +144,28 @@ impl std::ops::Deref for FileBytes {
 impl AsRef<[u8]> for FileBytes {
     fn as_ref(&self) -> &[u8] {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn half_values_are_checked_by_their_bits() {
+        let path = std::path::Path::new("w.safetensors");
+        let f16s = |v: &[half::f16]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let bf16s = |v: &[half::bf16]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let fine = f16s(&[half::f16::MAX, half::f16::MIN_POSITIVE_SUBNORMAL, half::f16::NEG_ZERO]);
+        assert!(check_finite_half(path, "t", &fine, StoredDType::F16).is_ok());
+        let fine = bf16s(&[half::bf16::MAX, half::bf16::MIN, half::bf16::from_f32(1e-40)]);
+        assert!(check_finite_half(path, "t", &fine, StoredDType::BF16).is_ok());
+        for (bytes, dtype, shown) in [
+            (f16s(&[half::f16::ONE, half::f16::NEG_INFINITY]), StoredDType::F16, "-inf at index 1"),
+            (bf16s(&[half::bf16::ONE, half::bf16::ONE, half::bf16::NAN]), StoredDType::BF16, "NaN at index 2"),
+        ] {
+            let err = check_finite_half(path, "t", &bytes, dtype).unwrap_err().to_string();
+            assert!(err.contains(shown) && err.contains("tensor `t`"), "{err}");
+        }
     }
 }

@@ -20,6 +20,7 @@ use crate::model::vocab::block_ranges;
 use crate::model::{BloomForCausalLM, VocabMatrix, WeightDType, WeightSource};
 use crate::quant::{QuantConfig, Quantizing};
 pub use host::{check_finite, HostTensor};
+use host::{check_finite_half, StoredDType};
 pub use safetensors_file::SafetensorsFile;
 pub use torch_pickle::TorchFile;
 
@@ -28,6 +29,12 @@ pub trait TensorFile: Send + Sync {
     fn path(&self) -> &Path;
     fn names(&self) -> Vec<String>;
     fn read(&self, name: &str) -> Result<HostTensor>;
+
+    /// A tensor's shape and little-endian bytes when it is stored as `dtype`, else `None`: a
+    /// half-precision weight kept in its precision needs no conversion through f32.
+    fn read_as_stored(&self, _name: &str, _dtype: StoredDType) -> Result<Option<(Vec<usize>, Vec<u8>)>> {
+        Ok(None)
+    }
 
     /// A U8 tensor's shape and bytes (the packed codes of a 4-bit weight).
     fn read_bytes(&self, name: &str) -> Result<(Vec<usize>, Vec<u8>)> {
@@ -136,6 +143,32 @@ impl Checkpoint {
         Ok(tensor)
     }
 
+    /// A tensor's bytes when the file stores it in `dtype` (f16 or bf16), checked as
+    /// [`host_tensor`](Self::host_tensor) checks values; `None` when it must be converted.
+    fn host_as_stored(&self, name: &str, shape: &[usize], dtype: WeightDType) -> Result<Option<Vec<u8>>> {
+        let stored_dtype = match dtype {
+            WeightDType::F16 => StoredDType::F16,
+            WeightDType::Bf16 => StoredDType::BF16,
+            WeightDType::F32 => return Ok(None),
+        };
+        if crate::quant::checkpoint::is_stored_4bit(self, name) {
+            return Ok(None);
+        }
+        let (index, stored) = self.entry(name)?;
+        let file = &self.files[index];
+        let Some((found, bytes)) = file.read_as_stored(stored, stored_dtype)? else { return Ok(None) };
+        if found != shape {
+            return Err(Error::file(
+                file.path(),
+                format!("tensor `{stored}` has shape {found:?} but config.json implies {shape:?}"),
+            ));
+        }
+        if !self.allow_nonfinite {
+            check_finite_half(file.path(), stored, &bytes, stored_dtype)?;
+        }
+        Ok(Some(bytes))
+    }
+
     /// The file index and stored name of a tensor, or an error listing what the checkpoint has.
     fn entry(&self, name: &str) -> Result<(usize, &str)> {
         let (index, stored) = self.names.get(name).ok_or_else(|| {
@@ -161,6 +194,9 @@ impl WeightSource for Checkpoint {
     }
 
     fn tensor_as<const D: usize>(&mut self, name: &str, shape: [usize; D], dtype: WeightDType) -> Result<Tensor<D>> {
+        if let Some(bytes) = self.host_as_stored(name, &shape, dtype)? {
+            return Ok(dtype.upload_bytes(bytes, shape, &self.device));
+        }
         Ok(dtype.upload(self.host_tensor(name, &shape)?.data, shape, &self.device))
     }
 
@@ -179,6 +215,17 @@ impl WeightSource for Checkpoint {
     /// host holds the matrix plus one block at most; each block converted to `dtype` on the host.
     fn vocab_matrix(&mut self, name: &str, shape: [usize; 2], rows: usize, dtype: WeightDType) -> Result<VocabMatrix> {
         let [vocab, hidden] = shape;
+        if let Some(mut bytes) = self.host_as_stored(name, &shape, dtype)? {
+            let row_bytes = hidden * dtype.bytes();
+            let mut blocks = Vec::new();
+            for range in block_ranges(vocab, rows).into_iter().rev() {
+                let block = bytes.split_off(range.start * row_bytes);
+                bytes.shrink_to_fit();
+                blocks.push(dtype.upload_bytes(block, [range.len(), hidden], &self.device));
+            }
+            blocks.reverse();
+            return Ok(VocabMatrix::new(blocks, false));
+        }
         let mut data = self.host_tensor(name, &shape)?.data;
         let mut blocks = Vec::new();
         for range in block_ranges(vocab, rows).into_iter().rev() {

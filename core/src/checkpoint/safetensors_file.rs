@@ -134,6 +134,16 @@ impl TensorFile for SafetensorsFile {
         Ok(HostTensor { shape: shape.to_vec(), data })
     }
 
+    fn read_as_stored(&self, name: &str, dtype: StoredDType) -> Result<Option<(Vec<usize>, Vec<u8>)>> {
+        let (stored, shape, bytes) = self.stored(name)?;
+        if stored != dtype {
+            return Ok(None);
+        }
+        let copy = (shape.to_vec(), bytes.to_vec());
+        self.release(name);
+        Ok(Some(copy))
+    }
+
     fn read_bytes(&self, name: &str) -> Result<(Vec<usize>, Vec<u8>)> {
         let (dtype, shape, bytes) = self.stored(name)?;
         if dtype != StoredDType::U8 {

@@ -62,6 +62,13 @@ impl WeightDType {
         Tensor::from_data(data.convert_dtype(dtype), (device, dtype))
     }
 
+    /// Little-endian values already in this precision (a half-precision checkpoint's own bytes)
+    /// on `device`, unconverted.
+    pub fn upload_bytes<const D: usize>(self, bytes: Vec<u8>, shape: [usize; D], device: &Device) -> Tensor<D> {
+        let dtype = DType::from(self.float_dtype());
+        Tensor::from_data(TensorData::from_bytes_vec(bytes, shape, dtype), (device, dtype))
+    }
+
     pub fn bytes(self) -> usize {
         if self == WeightDType::F32 {
             4
