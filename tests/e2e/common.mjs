@@ -27,12 +27,19 @@ export function serve() {
   });
 }
 
+const chromiumOptions = {
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: ["--no-sandbox", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--enable-unsafe-webgpu"],
+};
+
 /** Debian's Chromium, headless (no browser download), with WebGPU allowed. */
 export function launch() {
-  return chromium.launch({
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    args: ["--no-sandbox", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--enable-unsafe-webgpu"],
-  });
+  return chromium.launch(chromiumOptions);
+}
+
+/** The same with a profile on disk: a browser's real storage quota (an ephemeral context's is small). */
+export function launchWithProfile(dir) {
+  return chromium.launchPersistentContext(dir, { ...chromiumOptions, headless: true });
 }
 
 export async function text(page, selector) {

@@ -4,13 +4,15 @@
 // by the tests' `random_model` helper (nothing committed), served by `ember web` and run on the
 // CPU (WebAssembly) path through a link: 4 greedy tokens equal `ember generate --dtype f16` on the
 // same files, then one LoRA step (r=8 on query_key_value, batch 1 x 64); before that, a download of
-// it shows rate and time left and is cancelled. Prints load time, time to
+// it shows rate and time left and is cancelled, and after it a second load reads the weights from
+// Cache Storage (a browser profile on disk: an ephemeral context's quota is too small). Prints load time, time to
 // first token, decode tokens/s, seconds per step and the worker's peak memory (docs/PERFORMANCE.md).
 import { execFileSync } from "node:child_process";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
-import { targetDir, ember, dist, MINUTE, log, serve, text, launch } from "./common.mjs";
+import os from "node:os";
+import { targetDir, ember, dist, MINUTE, log, serve, text, launchWithProfile } from "./common.mjs";
 
 const layers = process.env.EMBER_E2E_LAYERS ?? "24";
 const dtype = process.env.EMBER_E2E_DTYPE ?? "f16"; // f32 fits the 4 GiB heap only with few layers
@@ -31,7 +33,8 @@ const native = JSON.parse(execFileSync(ember, [
 log(`native ember generate (load + ${tokens} tokens): ${((Date.now() - started) / 1000).toFixed(1)} s: ${JSON.stringify(native.text)}`);
 
 const { server, url } = await serve();
-const browser = await launch();
+const profile = fs.mkdtempSync(path.join(os.tmpdir(), "ember-profile-"));
+const browser = await launchWithProfile(profile);
 try {
   const page = await browser.newPage();
   page.on("console", (m) => {
@@ -77,9 +80,20 @@ try {
   await page.waitForFunction(() => document.querySelector("#memory")?.textContent.startsWith("worker memory"), null, { timeout: MINUTE });
   log(`page training: ${await text(page, "#train-status")} in ${((Date.now() - started) / 1000).toFixed(1)} s; ${await text(page, "#memory")}`);
   assert.match(await text(page, "#train-status"), /^done after 1 steps/);
+
+  // Loaded again, the weights come from Cache Storage, not the network.
+  await page.goto(`${url}?device=cpu`);
+  await page.waitForFunction(() => !(document.querySelector("#backend")?.textContent ?? "starting…").startsWith("starting"), null, { timeout: 2 * MINUTE });
+  await page.fill("#model-url", `${url}e2e-real-size/`);
+  started = Date.now();
+  await page.click("#load-url");
+  await page.waitForFunction(() => /from the browser cache model\.safetensors/.test(document.querySelector("#progress")?.textContent ?? ""), null, { timeout: 5 * MINUTE });
+  await page.waitForFunction(() => document.querySelector("#model-status")?.textContent.startsWith("Model loaded"), null, { timeout: 10 * MINUTE });
+  log(`loaded again from Cache Storage in ${((Date.now() - started) / 1000).toFixed(1)} s`);
   log("passed");
 } finally {
   await browser.close();
   server.kill();
   fs.rmSync(folder, { recursive: true, force: true });
+  fs.rmSync(profile, { recursive: true, force: true });
 }

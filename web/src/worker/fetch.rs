@@ -120,11 +120,22 @@ async fn fetch_cached(cache: Option<&Cache>, url: &str) -> Result<Option<Vec<u8>
     // Cached once whole (a cancelled or broken download is not). Best effort: a full disk only
     // means the next visit downloads again.
     if let Some(cache) = cache {
-        if let Ok(copy) = Response::new_with_opt_buffer_source(Some(&Uint8Array::from(bytes.as_slice()))) {
+        if let Ok(copy) = cached_response(&bytes) {
             let _ = JsFuture::from(cache.put_with_str(url, &copy)).await;
         }
     }
     Ok(Some(bytes))
+}
+
+/// A response holding `bytes` for the cache, with their length in `content-length`: reading it
+/// back then reserves the whole body once instead of growing a buffer by doubling (for a 1 GB
+/// file that growth alone would need 3 GB of wasm heap).
+fn cached_response(bytes: &[u8]) -> std::result::Result<Response, JsValue> {
+    let headers = web_sys::Headers::new()?;
+    headers.set("content-length", &bytes.len().to_string())?;
+    let init = web_sys::ResponseInit::new();
+    init.set_headers(&headers);
+    Response::new_with_opt_buffer_source_and_init(Some(&Uint8Array::from(bytes)), &init)
 }
 
 /// Reads a response body chunk by chunk, posting progress.
