@@ -456,6 +456,7 @@ fn check_ipc_messages(bytes: &[u8]) -> std::result::Result<(), String> {
 fn parquet_batches(origin: PathBuf, bytes: bytes::Bytes, columns: Columns) -> Result<Examples> {
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     let unreadable = |e: String| Error::file(&origin, format!("unreadable Parquet file: {e}"));
+    super::parquet_pages::check_footer(&bytes).map_err(unreadable)?;
     let source = bytes.clone();
     let builder = catch_panic(AssertUnwindSafe(|| ParquetRecordBatchReaderBuilder::try_new(source)))
         .map_err(unreadable)?

@@ -56,6 +56,22 @@ pub fn check(bytes: &[u8], metadata: &ParquetMetaData) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a Parquet footer's schema before the crate decodes it: the crate reserves room for
+/// each schema node's declared `num_children`, so a 3 KB file claiming about a billion children
+/// made it reserve 7 GB (found by `fuzz/`). A node has at most as many children as the schema
+/// has elements. A footer too short or malformed for this check is left to the crate's errors.
+pub fn check_footer(bytes: &[u8]) -> Result<(), String> {
+    let n = bytes.len();
+    let Some(tail) = n.checked_sub(8).and_then(|at| bytes.get(at..at + 4)) else { return Ok(()) };
+    let len = u32::from_le_bytes([tail[0], tail[1], tail[2], tail[3]]) as usize;
+    let Some(start) = (n - 8).checked_sub(len) else { return Ok(()) };
+    let mut reader = Compact { bytes: &bytes[start..n - 8], pos: 0 };
+    reader.fields(|reader, field, kind| match (field, kind) {
+        (2, 9) => reader.schema_children(),
+        _ => reader.skip(kind, 0),
+    })
+}
+
 #[derive(Default)]
 struct PageSizes {
     uncompressed: i64,
@@ -88,6 +104,30 @@ impl Compact<'_> {
         sizes.uncompressed = uncompressed.ok_or("no uncompressed size")?;
         sizes.compressed = compressed.ok_or("no compressed size")?;
         Ok(sizes)
+    }
+
+    /// `FileMetaData.schema` (a list of `SchemaElement`): every `num_children` (field 5) must
+    /// be at most the number of elements.
+    fn schema_children(&mut self) -> Result<(), String> {
+        let header = self.byte()?;
+        let element = header & 0x0f;
+        let count = if header >> 4 == 15 { self.varint()? } else { (header >> 4) as u64 };
+        for _ in 0..count {
+            if element != 12 {
+                self.skip_element(element, 1)?;
+                continue;
+            }
+            self.fields(|reader, field, kind| match (field, kind) {
+                (5, 5) => match reader.zigzag()? {
+                    children if children < 0 || children as u64 > count => {
+                        Err(format!("a schema node claims {children} children in a schema of {count} elements"))
+                    }
+                    _ => Ok(()),
+                },
+                _ => reader.skip(kind, 1),
+            })?;
+        }
+        Ok(())
     }
 
     /// Reads a struct's fields up to its STOP, handing each (field id, compact type) to `each`,
