@@ -239,15 +239,23 @@ fn is_root() -> bool {
 
 /// Overwrites the first value of tensor `name` in a safetensors file with NaN.
 fn poison(path: &Path, name: &str) {
-    let mut bytes = std::fs::read(path).unwrap();
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
-    let start = 8 + header_len + header[name]["data_offsets"][0].as_u64().unwrap() as usize;
-    let nan: Vec<u8> = match header[name]["dtype"].as_str().unwrap() {
+    let nan = |dtype: &str| match dtype {
         "F32" => f32::NAN.to_le_bytes().to_vec(),
         _ => half::f16::NAN.to_le_bytes().to_vec(),
     };
-    bytes[start..start + nan.len()].copy_from_slice(&nan);
+    overwrite(path, name, 0, nan);
+}
+
+/// Overwrites value `index` of tensor `name` (stored with or without the `transformer.` prefix)
+/// in a safetensors file with the bytes `value` gives for its dtype.
+fn overwrite(path: &Path, name: &str, index: usize, value: impl Fn(&str) -> Vec<u8>) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    let stored = if header.get(name).is_some() { name.to_string() } else { name.replacen("transformer.", "", 1) };
+    let value = value(header[&stored]["dtype"].as_str().unwrap());
+    let start = 8 + header_len + header[&stored]["data_offsets"][0].as_u64().unwrap() as usize + index * value.len();
+    bytes[start..start + value.len()].copy_from_slice(&value);
     std::fs::write(path, bytes).unwrap();
 }
 
@@ -256,40 +264,20 @@ fn poison(path: &Path, name: &str) {
 /// `.bin`).
 #[test]
 fn nan_in_half_precision_weights_kept_half_is_refused() {
-    {
-        let (model, dtype, bad) = ("a-f16", "f16", half::f16::INFINITY.to_le_bytes());
-        let (_tmp, dir) = copy_of(model);
-        let path = dir.join("model.safetensors");
-        let name = "transformer.h.0.self_attention.dense.weight";
-        let mut bytes = std::fs::read(&path).unwrap();
-        let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
-        let stored = if header.get(name).is_some() { name.to_string() } else { name.replacen("transformer.", "", 1) };
-        let start = 8 + header_len + header[&stored]["data_offsets"][0].as_u64().unwrap() as usize + 6;
-        bytes[start..start + 2].copy_from_slice(&bad);
-        std::fs::write(&path, bytes).unwrap();
-        let out = ember(&[
-            "generate",
-            "--model",
-            dir.to_str().unwrap(),
-            "--prompt-ids",
-            "5,6",
-            "--max-new-tokens",
-            "2",
-            "--device",
-            "cpu",
-            "--dtype",
-            dtype,
-        ]);
-        let err = stderr(&out);
-        assert_eq!(out.status.code(), Some(1), "{model}: {err}");
-        assert!(
-            err.contains("self_attention.dense.weight")
-                && err.contains("index 3")
-                && (err.contains("inf") || err.contains("NaN")),
-            "{model}: {err}"
-        );
-    }
+    let (_tmp, dir) = copy_of("a-f16");
+    let infinity = |_: &str| half::f16::INFINITY.to_le_bytes().to_vec();
+    overwrite(&dir.join("model.safetensors"), "transformer.h.0.self_attention.dense.weight", 3, infinity);
+    let dir_str = dir.to_str().unwrap();
+    let args = ["generate", "--model", dir_str, "--prompt-ids", "5,6", "--max-new-tokens", "2", "--device", "cpu"];
+    let out = ember(&[&args[..], &["--dtype", "f16"]].concat());
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("self_attention.dense.weight")
+            && err.contains("index 3")
+            && (err.contains("inf") || err.contains("NaN")),
+        "{err}"
+    );
 }
 
 #[test]
