@@ -215,27 +215,37 @@ impl WeightSource for Checkpoint {
     /// host holds the matrix plus one block at most; each block converted to `dtype` on the host.
     fn vocab_matrix(&mut self, name: &str, shape: [usize; 2], rows: usize, dtype: WeightDType) -> Result<VocabMatrix> {
         let [vocab, hidden] = shape;
-        if let Some(mut bytes) = self.host_as_stored(name, &shape, dtype)? {
-            let row_bytes = hidden * dtype.bytes();
-            let mut blocks = Vec::new();
-            for range in block_ranges(vocab, rows).into_iter().rev() {
-                let block = bytes.split_off(range.start * row_bytes);
-                bytes.shrink_to_fit();
-                blocks.push(dtype.upload_bytes(block, [range.len(), hidden], &self.device));
-            }
-            blocks.reverse();
-            return Ok(VocabMatrix::new(blocks, false));
-        }
-        let mut data = self.host_tensor(name, &shape)?.data;
-        let mut blocks = Vec::new();
-        for range in block_ranges(vocab, rows).into_iter().rev() {
-            let block = data.split_off(range.start * hidden);
-            data.shrink_to_fit();
-            blocks.push(dtype.upload(block, [range.len(), hidden], &self.device));
-        }
-        blocks.reverse();
+        let device = &self.device;
+        let blocks = match self.host_as_stored(name, &shape, dtype)? {
+            Some(bytes) => blocks_from_the_end(bytes, vocab, rows, hidden * dtype.bytes(), |block, n| {
+                dtype.upload_bytes(block, [n, hidden], device)
+            }),
+            None => blocks_from_the_end(self.host_tensor(name, &shape)?.data, vocab, rows, hidden, |block, n| {
+                dtype.upload(block, [n, hidden], device)
+            }),
+        };
         Ok(VocabMatrix::new(blocks, false))
     }
+}
+
+/// A `[vocab, ...]` matrix held row-major in `data` (`row_len` items a row) uploaded in blocks of
+/// `rows` rows, from the last block back, shrinking `data` as it goes: the host holds the matrix
+/// plus one block at most.
+fn blocks_from_the_end<T>(
+    mut data: Vec<T>,
+    vocab: usize,
+    rows: usize,
+    row_len: usize,
+    upload: impl Fn(Vec<T>, usize) -> Tensor<2>,
+) -> Vec<Tensor<2>> {
+    let mut blocks = Vec::new();
+    for range in block_ranges(vocab, rows).into_iter().rev() {
+        let block = data.split_off(range.start * row_len);
+        data.shrink_to_fit();
+        blocks.push(upload(block, range.len()));
+    }
+    blocks.reverse();
+    blocks
 }
 
 #[cfg(not(target_arch = "wasm32"))]
