@@ -92,6 +92,15 @@ fn nonfinite(path: &std::path::Path, name: &str, value: f32, index: usize) -> Er
     )
 }
 
+/// A file read a range at a time, never whole: the browser's `File`s and downloads, which stay
+/// outside the WebAssembly heap until each tensor is read.
+pub trait ReadAt: Send + Sync {
+    /// The file's length in bytes.
+    fn size(&self) -> u64;
+    /// `len` bytes from `offset` (the caller keeps the range inside the file).
+    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>>;
+}
+
 /// A checkpoint file's bytes: memory-mapped on native (pages are read on demand and can be
 /// dropped once their tensor is loaded), or owned (the browser hands files over as bytes).
 pub enum FileBytes {

@@ -19,7 +19,7 @@ use crate::model::precision::StoredAs;
 use crate::model::vocab::block_ranges;
 use crate::model::{BloomForCausalLM, VocabMatrix, WeightDType, WeightSource};
 use crate::quant::{QuantConfig, Quantizing};
-pub use host::{check_finite, HostTensor};
+pub use host::{check_finite, HostTensor, ReadAt};
 use host::{check_finite_half, StoredDType};
 pub use safetensors_file::SafetensorsFile;
 pub use torch_pickle::TorchFile;
