@@ -10,6 +10,7 @@
 //! Tensors live on a burn [`burn::tensor::Device`]; which backend runs them (wgpu on a GPU,
 //! burn's CPU backend, WebGPU in a browser) is chosen by the caller when it creates the device.
 
+pub mod budget;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

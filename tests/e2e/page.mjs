@@ -89,7 +89,7 @@ try {
   await expectError(page, /model\.safetensors/, "another model's weights");
   const huge = { model_type: "bloom", hidden_size: 16384, n_layer: 70, n_head: 128, vocab_size: 250880 };
   await page.setInputFiles("#model-files", [{ name: "config.json", mimeType: "application/json", buffer: Buffer.from(JSON.stringify(huge)) }, demo("tokenizer.json"), demo("model.safetensors")]);
-  await expectError(page, /4 GiB at most|storage-buffer limit/, "a model too large for the browser");
+  await expectError(page, /a page has 4.00 GiB at most|storage-buffer limit/, "a model too large for the browser");
   await loadDemo(page);
   await page.setInputFiles("#adapter-files", [fixture("adapters/bias-all", "adapter_config.json"), fixture("adapters/bias-all", "adapter_model.safetensors")]);
   await expectError(page, /does not fit|different base/, "an adapter for another base");

@@ -2,6 +2,7 @@
 //! and the `ember` binary; [`hub_server`] imitates the Hugging Face Hub.
 
 pub mod hub_server;
+pub mod random_model;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

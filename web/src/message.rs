@@ -6,8 +6,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use wasm_bindgen::{JsCast, JsValue};
 
-/// Files travelling with a message: name and bytes.
-pub type Attached = Vec<(String, ArrayBuffer)>;
+/// Files travelling with a message: name and contents, an `ArrayBuffer` (transferred) or a
+/// `Blob`/`File` (passed by reference: its bytes stay outside the WebAssembly heap until the
+/// worker reads them, a tensor at a time).
+pub type Attached = Vec<(String, JsValue)>;
 
 /// The message array and the list of buffers to transfer with it.
 pub fn pack<T: Serialize>(message: &T, files: &Attached) -> (Array, Array) {
@@ -17,7 +19,9 @@ pub fn pack<T: Serialize>(message: &T, files: &Attached) -> (Array, Array) {
     for (name, buffer) in files {
         data.push(&JsValue::from_str(name));
         data.push(buffer);
-        transfer.push(buffer);
+        if buffer.is_instance_of::<ArrayBuffer>() {
+            transfer.push(buffer);
+        }
     }
     (data, transfer)
 }
@@ -29,21 +33,23 @@ pub fn unpack<T: DeserializeOwned>(data: &JsValue) -> Result<(T, Attached), Stri
     let mut files = Vec::new();
     for i in (1..items.length()).step_by(2) {
         let name = items.get(i).as_string().ok_or("file name missing in message")?;
-        let buffer: ArrayBuffer =
-            items.get(i + 1).dyn_into().map_err(|_| format!("{name}: bytes missing in message"))?;
-        files.push((name, buffer));
+        let contents = items.get(i + 1);
+        if !(contents.is_instance_of::<ArrayBuffer>() || contents.is_instance_of::<web_sys::Blob>()) {
+            return Err(format!("{name}: bytes missing in message"));
+        }
+        files.push((name, contents));
     }
     Ok((message, files))
 }
 
 /// A copy of `buffer` in wasm memory.
-pub fn bytes(buffer: &ArrayBuffer) -> Vec<u8> {
+pub fn bytes(buffer: &JsValue) -> Vec<u8> {
     Uint8Array::new(buffer).to_vec()
 }
 
 /// A fresh JS buffer holding `bytes`.
-pub fn buffer(bytes: &[u8]) -> ArrayBuffer {
-    Uint8Array::from(bytes).buffer()
+pub fn buffer(bytes: &[u8]) -> JsValue {
+    Uint8Array::from(bytes).buffer().into()
 }
 
 /// The text of a thrown JS value (an Error's message, or its string form).

@@ -110,6 +110,8 @@ pub enum Reply {
     },
     ModelLoaded {
         summary: String,
+        /// What fits in memory with this model (inference, fine-tuning at a few sizes).
+        budget: String,
     },
     /// The attached adapter files are now in use (loaded or just trained).
     AdapterReady {
@@ -137,6 +139,8 @@ pub enum Reply {
     Trained {
         steps: usize,
         stopped: bool,
+        /// What the memory budget said the run needs ("1.20 GiB").
+        budget: String,
     },
     /// The job finished (or stopped); the worker is idle.
     Idle {

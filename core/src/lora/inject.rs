@@ -21,6 +21,8 @@ pub struct LoraReport {
     /// Modules that got a trainable copy (`modules_to_save`).
     pub saved: Vec<String>,
     pub trainable_params: u64,
+    /// Of those, the `modules_to_save` copies'.
+    pub saved_params: u64,
     pub all_params: u64,
 }
 
@@ -130,6 +132,7 @@ pub fn lora_report(config: &LoraConfig, shape: ModelShape) -> Result<LoraReport>
         targeted: selection.targeted.into_iter().map(|m| m.name).collect(),
         saved: selection.saved.into_iter().map(|m| m.name).collect(),
         trainable_params: lora_params + saved_params + bias_params,
+        saved_params,
         all_params: shape.base_params() + lora_params + saved_params,
     })
 }

@@ -10,5 +10,5 @@ pub mod merge;
 pub mod slots;
 
 pub use config::{Bias, LoraConfig, LoraSettings, TargetModules};
-pub use inject::{apply_lora, LoraReport};
+pub use inject::{apply_lora, lora_report, LoraReport};
 pub use layer::{LoraAdapter, LoraInit};

@@ -99,8 +99,9 @@ fn apply(state: State, reply: Reply, files: Attached) {
         Reply::Progress { what, done, total } => {
             state.progress.update(|p| *p = Some(Progress::next(p.take(), what, done, total)))
         }
-        Reply::ModelLoaded { summary } => {
+        Reply::ModelLoaded { summary, budget } => {
             state.model.set(Some(summary));
+            state.budget.set(budget);
             state.adapter_in_use.set(false);
             state.output_base.set(String::new());
             state.output_adapter.set(String::new());
@@ -130,9 +131,9 @@ fn apply(state: State, reply: Reply, files: Attached) {
                 "step {step}/{total} · loss {loss:.4} · lr {learning_rate:.2e} · {steps_per_s:.2} steps/s"
             ));
         }
-        Reply::Trained { steps, stopped } => {
+        Reply::Trained { steps, stopped, budget } => {
             let how = if stopped { "stopped" } else { "done" };
-            state.train_status.update(|s| *s = format!("{how} after {steps} steps · {s}"));
+            state.train_status.update(|s| *s = format!("{how} after {steps} steps · {s} · memory budget {budget}"));
         }
         Reply::Idle { memory } => {
             state.busy.set(false);

@@ -1,5 +1,5 @@
 //! Links that run the page: `?model=URL&adapter=URL&prompt=TEXT&template=human-assistant|none
-//! &greedy=1&max_new_tokens=N&device=cpu|webgpu&run=1` loads the model (and adapter) from those
+//! &greedy=1&max_new_tokens=N&device=cpu|webgpu&four_bit=1&run=1` loads the model (and adapter) from those
 //! folder URLs (or Hub ids) and generates, so a model card can link "try this adapter in your
 //! browser". Without `run=1` the fields are only filled in. `#status` reads `done` at the end.
 
@@ -21,6 +21,8 @@ pub struct Link {
     pub max_new_tokens: usize,
     /// `device=cpu` forces the CPU (WebAssembly); `webgpu` (or nothing) lets the page choose.
     pub force_cpu: bool,
+    /// `four_bit=1` loads the model's Linear layers in 4-bit (QLoRA's nf4), as the checkbox does.
+    pub four_bit: bool,
     pub run: bool,
 }
 
@@ -47,9 +49,11 @@ pub fn parse(pairs: &[(String, String)]) -> Result<Option<Link>, String> {
         greedy: false,
         max_new_tokens: GenerateRequest::default().max_new_tokens,
         force_cpu: false,
+        four_bit: false,
         run: false,
     };
-    const KEYS: [&str; 8] = ["model", "adapter", "prompt", "template", "greedy", "max_new_tokens", "device", "run"];
+    const KEYS: [&str; 9] =
+        ["model", "adapter", "prompt", "template", "greedy", "max_new_tokens", "device", "four_bit", "run"];
     let flag = |key: &str, value: &str| match value {
         "1" | "true" | "yes" | "" => Ok(true),
         "0" | "false" | "no" => Ok(false),
@@ -69,6 +73,7 @@ pub fn parse(pairs: &[(String, String)]) -> Result<Option<Link>, String> {
             }
             "greedy" => link.greedy = flag(key, value)?,
             "run" => link.run = flag(key, value)?,
+            "four_bit" => link.four_bit = flag(key, value)?,
             "max_new_tokens" => {
                 link.max_new_tokens = value.parse().ok().filter(|n| (1..=4096).contains(n)).ok_or_else(|| {
                     format!("link parameter max_new_tokens: \"{value}\" is not a number from 1 to 4096")

@@ -3,7 +3,6 @@
 
 use leptos::prelude::*;
 use wasm_bindgen::JsCast;
-use wasm_bindgen_futures::{spawn_local, JsFuture};
 use web_sys::{File, FileList, HtmlInputElement};
 
 use super::{send, State};
@@ -61,6 +60,7 @@ pub fn LoadPanel(state: State) -> impl IntoView {
             <p id="model-status" class="status">
                 {move || state.model.get().map_or("No model loaded.".to_string(), |s| format!("Model loaded — {s}"))}
             </p>
+            <p id="budget" class="status">{move || state.budget.get()}</p>
             <div class="row">
                 <label class="file-button">"Adapter folder…"
                     <input id="adapter-folder" type="file" prop:webkitdirectory=true multiple disabled=move || state.model.get().is_none()
@@ -101,7 +101,7 @@ fn input_files(ev: &leptos::ev::Event) -> Option<FileList> {
     ev.target()?.dyn_into::<HtmlInputElement>().ok()?.files()
 }
 
-/// Reads the chosen files and sends them with the request `make(origin)` builds.
+/// Sends the chosen files with the request `make(origin)` builds.
 fn read_and_send(state: State, list: Option<FileList>, make: impl FnOnce(String) -> Request + 'static) {
     let files: Vec<File> = list.map(|l| (0..l.length()).filter_map(|i| l.get(i)).collect()).unwrap_or_default();
     if files.is_empty() {
@@ -118,18 +118,10 @@ fn read_and_send(state: State, list: Option<FileList>, make: impl FnOnce(String)
         .filter(|s| !s.is_empty() && relative.contains('/'))
         .unwrap_or("uploaded adapter")
         .to_string();
-    let total: f64 = files.iter().map(|f| f.size()).sum();
-    state.progress.set(Some(super::Progress::next(None, format!("reading {} files", files.len()), 0.0, total)));
-    spawn_local(async move {
-        let mut attached: Attached = Vec::new();
-        for file in &files {
-            match JsFuture::from(file.array_buffer()).await {
-                Ok(buffer) => attached.push((file.name(), buffer.unchecked_into())),
-                Err(e) => return state.fail(format!("{}: cannot read: {}", file.name(), crate::message::js_error(&e))),
-            }
-        }
-        send(state, &make(origin), attached);
-    });
+    // The files themselves go to the worker, not their bytes: it reads the small ones whole and
+    // a safetensors file a tensor at a time, so a checkpoint never sits whole in its heap.
+    let attached: Attached = files.iter().map(|file| (file.name(), file.clone().into())).collect();
+    send(state, &make(origin), attached);
 }
 
 /// ` · 12.3 MB/s · 40 s left` for downloads, ` · 3.1/s · 40 s left` for steps.

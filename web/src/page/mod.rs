@@ -68,6 +68,8 @@ pub struct State {
     pub progress: RwSignal<Option<Progress>>,
     pub error: RwSignal<Option<String>>,
     pub model: RwSignal<Option<String>>,
+    /// What fits in memory with the loaded model.
+    pub budget: RwSignal<String>,
     pub adapter: RwSignal<Option<AdapterFiles>>,
     /// Whether the worker has `adapter` in use (a restored one is applied once a model loads).
     pub adapter_in_use: RwSignal<bool>,
@@ -94,6 +96,7 @@ impl State {
             progress: RwSignal::new(None),
             error: RwSignal::new(None),
             model: RwSignal::new(None),
+            budget: RwSignal::new(String::new()),
             adapter: RwSignal::new(None),
             adapter_in_use: RwSignal::new(false),
             output_base: RwSignal::new(String::new()),
@@ -122,6 +125,7 @@ pub fn start_page() {
     let state = State::new();
     if let Some(link) = link::from_location(state) {
         state.force_cpu.set(link.force_cpu);
+        state.four_bit.set(link.four_bit);
     }
     bridge::spawn(state);
     storage::restore(state);

@@ -4,13 +4,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use ember_core::budget::check_file_size;
 use ember_core::checkpoint::{shard_names, WEIGHT_FILES};
 use ember_core::{Error, Result};
 use js_sys::{Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
-use web_sys::{Cache, ReadableStreamDefaultReader, Response, WorkerGlobalScope};
+use web_sys::{AbortController, Blob, Cache, ReadableStreamDefaultReader, RequestInit, Response, WorkerGlobalScope};
 
+use super::blob::BlobFile;
 use super::post;
 use super::session::ModelFiles;
 use crate::message::js_error;
@@ -35,7 +37,14 @@ pub async fn model_files(url: &str) -> Result<ModelFiles> {
     )
     .await?;
     // transformers' order: one safetensors file, its index and shards, then the same for .bin.
+    // Safetensors files stay outside the heap, read a tensor at a time while the model is built.
+    let mut ranged = HashMap::new();
     for name in WEIGHT_FILES {
+        if name.ends_with(".safetensors") {
+            let Some(blob) = fetch_blob(cache.as_ref(), &format!("{folder}{name}")).await? else { continue };
+            ranged.insert(name.to_string(), BlobFile::new(name.to_string(), blob));
+            return Ok(ModelFiles::new(files, ranged));
+        }
         let Some(bytes) = fetch_cached(cache.as_ref(), &format!("{folder}{name}")).await? else { continue };
         if name.ends_with(".index.json") {
             let text = std::str::from_utf8(&bytes).map_err(|_| Error::file(name, "is not UTF-8 text"))?;
@@ -45,11 +54,19 @@ pub async fn model_files(url: &str) -> Result<ModelFiles> {
                 ember_core::hub::safe_repo_path(shard)
                     .map_err(|e| Error::file(format!("{folder}{name}"), format!("names a shard that {e}")))?;
             }
-            let shards: Vec<(&str, bool)> = names.iter().map(|s| (s.as_str(), true)).collect();
-            files.extend(fetch_named(cache.as_ref(), &folder, &shards, "a shard its index names").await?);
+            if name.ends_with(".safetensors.index.json") {
+                for shard in &names {
+                    let url = format!("{folder}{shard}");
+                    let blob = fetch_blob(cache.as_ref(), &url).await?.ok_or_else(|| missing_shard(&url))?;
+                    ranged.insert(shard.clone(), BlobFile::new(shard.clone(), blob));
+                }
+            } else {
+                let shards: Vec<(&str, bool)> = names.iter().map(|s| (s.as_str(), true)).collect();
+                files.extend(fetch_named(cache.as_ref(), &folder, &shards, "a shard its index names").await?);
+            }
         }
         files.insert(name.to_string(), Arc::new(bytes));
-        return Ok(ModelFiles::new(files));
+        return Ok(ModelFiles::new(files, ranged));
     }
     Err(Error::file(&folder, format!("no weights found (HTTP 404 for {})", WEIGHT_FILES.join(", "))))
 }
@@ -59,7 +76,61 @@ pub async fn adapter_files(url: &str) -> Result<ModelFiles> {
     let folder = ember_core::hub::folder_url(url);
     let cache = open_cache().await;
     let names = [(ADAPTER_CONFIG, true), (ADAPTER_WEIGHTS, true)];
-    Ok(ModelFiles::new(fetch_named(cache.as_ref(), &folder, &names, "a PEFT adapter folder").await?))
+    Ok(ModelFiles::new(fetch_named(cache.as_ref(), &folder, &names, "a PEFT adapter folder").await?, HashMap::new()))
+}
+
+fn missing_shard(url: &str) -> Error {
+    Error::file(url, "not found (HTTP 404): is this the URL of a shard its index names?")
+}
+
+/// The file at `url` as a `Blob` (`None` for 404), from the cache when it has it: its bytes stay
+/// outside the WebAssembly heap (large ones on disk) until each tensor is read. Progress comes
+/// from a second reader of the same download, whose chunks are dropped as they are counted.
+async fn fetch_blob(cache: Option<&Cache>, url: &str) -> Result<Option<Blob>> {
+    let failed = |e: JsValue| Error::file(url, format!("cannot download: {}", js_error(&e)));
+    let name = url.rsplit('/').next().unwrap_or(url);
+    if let Some(cache) = cache {
+        let hit = JsFuture::from(cache.match_with_str(url)).await.map_err(failed)?;
+        if let Ok(response) = hit.dyn_into::<Response>() {
+            post(
+                &Reply::Progress { what: format!("from the browser cache {name}"), done: 0.0, total: 1.0 },
+                Vec::new(),
+            );
+            let blob = JsFuture::from(response.blob().map_err(failed)?).await.map_err(failed)?;
+            return Ok(Some(blob.unchecked_into()));
+        }
+    }
+    let abort = AbortController::new().map_err(failed)?;
+    let Some(response) = get(url, &abort).await? else { return Ok(None) };
+    let counted = response.clone().map_err(failed)?;
+    let blob = JsFuture::from(response.blob().map_err(failed)?);
+    if let Err(e) = read_body(counted, url, "downloading", |_| Ok(())).await {
+        abort.abort();
+        return Err(e);
+    }
+    let blob: Blob = blob.await.map_err(failed)?.unchecked_into();
+    // Cached once whole; best effort, as for the small files.
+    if let Some(cache) = cache {
+        if let Ok(copy) = Response::new_with_opt_blob(Some(&blob)) {
+            let _ = JsFuture::from(cache.put_with_str(url, &copy)).await;
+        }
+    }
+    Ok(Some(blob))
+}
+
+/// The response for `url` (`None` for 404; another failure is an error naming the status);
+/// `abort` ends the download.
+async fn get(url: &str, abort: &AbortController) -> Result<Option<Response>> {
+    let failed = |e: JsValue| Error::file(url, format!("cannot download: {}", js_error(&e)));
+    let init = RequestInit::new();
+    init.set_signal(Some(&abort.signal()));
+    let response: Response =
+        JsFuture::from(scope().fetch_with_str_and_init(url, &init)).await.map_err(failed)?.unchecked_into();
+    match response.status() {
+        404 => Ok(None),
+        _ if response.ok() => Ok(Some(response)),
+        status => Err(Error::file(url, format!("cannot download: HTTP {status} {}", response.status_text()))),
+    }
 }
 
 /// The files `names` under `folder` (`true`: required, its absence an error).
@@ -103,20 +174,11 @@ async fn fetch_cached(cache: Option<&Cache>, url: &str) -> Result<Option<Vec<u8>
     if let Some(cache) = cache {
         let hit = JsFuture::from(cache.match_with_str(url)).await.map_err(failed)?;
         if let Ok(response) = hit.dyn_into::<Response>() {
-            return read_body(response, url, "from the browser cache").await.map(Some);
+            return read_bytes(response, url, "from the browser cache").await.map(Some);
         }
     }
-    let response: Response = JsFuture::from(scope().fetch_with_str(url)).await.map_err(failed)?.unchecked_into();
-    if response.status() == 404 {
-        return Ok(None);
-    }
-    if !response.ok() {
-        return Err(Error::file(
-            url,
-            format!("cannot download: HTTP {} {}", response.status(), response.status_text()),
-        ));
-    }
-    let bytes = read_body(response, url, "downloading").await?;
+    let Some(response) = get(url, &AbortController::new().map_err(failed)?).await? else { return Ok(None) };
+    let bytes = read_bytes(response, url, "downloading").await?;
     // Cached once whole (a cancelled or broken download is not). Best effort: a full disk only
     // means the next visit downloads again.
     if let Some(cache) = cache {
@@ -138,16 +200,36 @@ fn cached_response(bytes: &[u8]) -> std::result::Result<Response, JsValue> {
     Response::new_with_opt_buffer_source_and_init(Some(&Uint8Array::from(bytes)), &init)
 }
 
-/// Reads a response body chunk by chunk, posting progress.
-async fn read_body(response: Response, url: &str, doing: &str) -> Result<Vec<u8>> {
+/// A response's body in the heap.
+async fn read_bytes(response: Response, url: &str, doing: &str) -> Result<Vec<u8>> {
+    let total: f64 =
+        response.headers().get("content-length").ok().flatten().and_then(|s| s.parse().ok()).unwrap_or(0.0);
+    check_file_size(url, total as u64)?;
+    let mut bytes = Vec::with_capacity(total as usize);
+    read_body(response, url, doing, |chunk| {
+        // A server that sent no length is held to the same limit as it streams.
+        check_file_size(url, bytes.len() as u64 + chunk.length() as u64)?;
+        bytes.extend_from_slice(&chunk.to_vec());
+        Ok(())
+    })
+    .await?;
+    Ok(bytes)
+}
+
+/// Reads a response body chunk by chunk, handing each to `sink` and posting progress.
+async fn read_body(
+    response: Response,
+    url: &str,
+    doing: &str,
+    mut sink: impl FnMut(&Uint8Array) -> Result<()>,
+) -> Result<()> {
     let failed = |e: JsValue| Error::file(url, format!("cannot read: {}", js_error(&e)));
     let total: f64 =
         response.headers().get("content-length").ok().flatten().and_then(|s| s.parse().ok()).unwrap_or(0.0);
     let name = url.rsplit('/').next().unwrap_or(url);
-    let Some(body) = response.body() else { return Ok(Vec::new()) };
+    let Some(body) = response.body() else { return Ok(()) };
     let reader: ReadableStreamDefaultReader = body.get_reader().unchecked_into();
-    let mut bytes = Vec::with_capacity(total as usize);
-    let mut reported = 0.0;
+    let (mut done, mut reported) = (0.0, 0.0);
     loop {
         if super::stop_requested() {
             let _ = reader.cancel();
@@ -158,15 +240,13 @@ async fn read_body(response: Response, url: &str, doing: &str) -> Result<Vec<u8>
             break;
         }
         let value: Uint8Array = Reflect::get(&chunk, &"value".into()).map_err(failed)?.unchecked_into();
-        bytes.extend_from_slice(&value.to_vec());
+        sink(&value)?;
+        done += value.length() as f64;
         // A message per percent, not per chunk (a large file arrives in tens of thousands).
-        if bytes.len() as f64 >= reported + total / 100.0 {
-            reported = bytes.len() as f64;
-            post(
-                &Reply::Progress { what: format!("{doing} {name}"), done: reported, total: total.max(reported) },
-                Vec::new(),
-            );
+        if done >= reported + total / 100.0 {
+            reported = done;
+            post(&Reply::Progress { what: format!("{doing} {name}"), done, total: total.max(done) }, Vec::new());
         }
     }
-    Ok(bytes)
+    Ok(())
 }

@@ -3,6 +3,7 @@
 //! back (tokens as they come, one message per training step). `Stop` is served at once: it ends
 //! the running job at its next token or step.
 
+mod blob;
 mod fetch;
 mod session;
 

@@ -6,14 +6,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use burn::tensor::Device;
+use ember_core::budget::{
+    check_file_size, check_fits, size_text, smaller_runs, what_fits, ModelBudget, Need, Placement, TrainingShape,
+};
 use ember_core::checkpoint::{
     build_model, shard_names, tensor_file_from_bytes, Checkpoint, LoadOptions, SafetensorsFile, WEIGHT_FILES,
 };
 use ember_core::data::TokenizedDataset;
 use ember_core::generate::{generate_async, GenerationConfig, Sampling};
 use ember_core::lora::adapter_file::{adapter_safetensors_bytes_async, load_adapter_tensors};
-use ember_core::lora::{apply_lora, LoraConfig, LoraSettings, TargetModules};
-use ember_core::model::bloom::LM_HEAD;
+use ember_core::lora::{apply_lora, lora_report, LoraConfig, LoraSettings, TargetModules};
+use ember_core::model::bloom::{LM_HEAD, LORA_TARGET_MODULES};
 use ember_core::model::{BloomForCausalLM, ModelShape, ModuleKind, WeightDType};
 use ember_core::quant::{QuantConfig, QuantType};
 use ember_core::template::{human_assistant, Template};
@@ -22,14 +25,14 @@ use ember_core::tokenizer::{TextStream, Tokenizer};
 use ember_core::train::{Event, Flow, Sink, Trainer, TrainingArgs};
 use ember_core::{BloomConfig, Error, Result};
 use ember_shaders::ops::DEQUANTIZE_CHUNK_VALUES;
+use wasm_bindgen::JsCast;
+use web_sys::Blob;
 
+use super::blob::BlobFile;
 use super::{now_ms, post, stop_requested, yield_now};
 use crate::backend;
 use crate::message::{buffer, bytes, Attached};
 use crate::protocol::{GenerateRequest, Reply, Request, Side, TrainRequest, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
-
-/// A 32-bit WebAssembly memory is 4 GiB at most; leave room for activations and the allocator.
-const WASM_MEMORY_BUDGET: f64 = 3584.0 * 1048576.0;
 
 pub struct Session {
     device: Device,
@@ -50,6 +53,19 @@ struct Base {
     model: BloomForCausalLM,
     /// Bytes its weights take on the device.
     weight_bytes: u64,
+    /// What it needs in memory, phase by phase (training is checked against it).
+    budget: ModelBudget,
+}
+
+/// `navigator.deviceMemory` (GiB; Chromium only, rounded, at most 8): a hint, not a limit.
+fn device_memory() -> Option<f64> {
+    let navigator = js_sys::Reflect::get(&js_sys::global(), &"navigator".into()).ok()?;
+    js_sys::Reflect::get(&navigator, &"deviceMemory".into()).ok()?.as_f64()
+}
+
+/// The precision the checkpoint says its weights are saved in (`torch_dtype`; f32 if unsaid).
+fn saved_dtype(config: &BloomConfig) -> WeightDType {
+    config.torch_dtype.as_deref().and_then(|d| d.parse().ok()).unwrap_or(WeightDType::F32)
 }
 
 /// The page's 4-bit option: QLoRA's settings (nf4, double quantization, f32 compute).
@@ -84,9 +100,9 @@ impl Session {
 
     pub async fn handle(&mut self, request: Request, files: Attached) -> Result<()> {
         match request {
-            Request::LoadModelFiles { four_bit } => self.load_base(ModelFiles::from_attached(&files), four_bit),
+            Request::LoadModelFiles { four_bit } => self.load_base(ModelFiles::from_attached(&files, true)?, four_bit),
             Request::LoadModelUrl { url, four_bit } => self.load_base(super::fetch::model_files(&url).await?, four_bit),
-            Request::LoadAdapter { origin } => self.load_adapter(ModelFiles::from_attached(&files), &origin),
+            Request::LoadAdapter { origin } => self.load_adapter(ModelFiles::from_attached(&files, false)?, &origin),
             Request::LoadAdapterUrl { url } => self.load_adapter(super::fetch::adapter_files(&url).await?, &url),
             Request::Generate(request) => self.generate(&request).await,
             Request::Train(request) => self.train(&request).await,
@@ -127,8 +143,16 @@ impl Session {
             ..LoadOptions::default()
         };
         let quant = options.quantization(&config);
-        let file_bytes = weights.iter().map(|(_, bytes)| bytes.len() as u64).sum();
-        self.check_fits(&config, file_bytes, options.dtype, quant.as_ref())?;
+        let budget = ModelBudget::new(&config, files.held_bytes(), saved_dtype(&config), options.dtype, quant.as_ref());
+        let loading = ("loading this model".to_string(), budget.need(self.placement(), budget.loaded()));
+        let four_bit_instead = quant.is_none().then(|| {
+            let packed = page_quantization(true);
+            let in_4bit =
+                ModelBudget::new(&config, budget.file_bytes, saved_dtype(&config), options.dtype, packed.as_ref());
+            ("loading it in 4-bit (tick \"4-bit\")".to_string(), in_4bit.need(self.placement(), in_4bit.loaded()))
+        });
+        check_fits(self.placement(), &loading, four_bit_instead.as_slice())?;
+        self.check_binding(&config, options.dtype, quant.as_ref())?;
         let shape = ModelShape::of_config(&config);
         let weight_bytes = shape.weight_bytes(options.dtype, quant.as_ref());
         post(
@@ -163,15 +187,16 @@ impl Session {
             thousands(shape.base_params()),
             weight_bytes as f64 / 1048576.0
         );
-        self.base = Some(Base { config, tokenizer, model, weight_bytes });
-        post(&Reply::ModelLoaded { summary }, Vec::new());
+        let fits = self.what_fits(&budget)?;
+        self.base = Some(Base { config, tokenizer, model, weight_bytes, budget });
+        post(&Reply::ModelLoaded { summary, budget: fits }, Vec::new());
         Ok(())
     }
 
     /// The precision the frozen weights are kept in: the checkpoint's own (`torch_dtype`: f16
     /// stays f16, as transformers' `dtype="auto"`) where this backend stores it, else f32.
     fn stored_dtype(&self, config: &BloomConfig) -> WeightDType {
-        let saved = config.torch_dtype.as_deref().and_then(|d| d.parse().ok()).unwrap_or(WeightDType::F32);
+        let saved = saved_dtype(config);
         if self.device.supports_dtype(saved.float_dtype()) {
             saved
         } else {
@@ -179,26 +204,46 @@ impl Session {
         }
     }
 
-    /// A clear refusal instead of a crash for models this browser cannot hold. Counted in u64
-    /// and f64: `usize` is 32 bits on wasm32, and a large model's parameter count overflows it.
-    fn check_fits(
-        &self,
-        config: &BloomConfig,
-        file_bytes: u64,
-        dtype: WeightDType,
-        quant: Option<&QuantConfig>,
-    ) -> Result<()> {
-        let shape = ModelShape::of_config(config);
-        let params = shape.base_params() as f64;
-        let on_device = shape.weight_bytes(dtype, quant) as f64;
-        let in_wasm = file_bytes as f64 + if self.gpu { 0.0 } else { on_device };
-        if in_wasm > WASM_MEMORY_BUDGET {
-            return Err(Error::invalid(format!(
-                "this model (about {:.2e} parameters) needs about {:.1} GiB of WebAssembly memory here, and a page has 4 GiB at most: use a smaller model, or the ember command line",
-                params,
-                in_wasm / (1u64 << 30) as f64
-            )));
+    fn placement(&self) -> Placement {
+        if self.gpu {
+            Placement::Gpu
+        } else {
+            Placement::Heap
         }
+    }
+
+    /// What fits with `budget`: inference, the page's fine-tuning at two batch sizes, and with
+    /// the embedding trained too.
+    fn what_fits(&self, budget: &ModelBudget) -> Result<String> {
+        let lora = |saved: &[&str]| {
+            let settings = LoraSettings {
+                target_modules: Some(TargetModules::Names(LORA_TARGET_MODULES.map(String::from).to_vec())),
+                modules_to_save: Some(saved.iter().map(|m| m.to_string()).collect()),
+                ..LoraSettings::default()
+            };
+            lora_report(&settings.build(None)?, budget.shape())
+        };
+        let (adapters, embeddings) = (lora(&[])?, lora(&["word_embeddings"])?);
+        let phase = |what: String, work| (what, budget.need(self.placement(), work));
+        let length = 256;
+        let phases = [
+            phase(format!("inference ({length} + {length} tokens)"), budget.inference(2 * length)),
+            phase(
+                format!("fine-tuning at batch 1 × {length}"),
+                budget.training(&TrainingShape::new(1, length, &adapters)),
+            ),
+            phase(format!("at batch 4 × {length}"), budget.training(&TrainingShape::new(4, length, &adapters))),
+            phase(
+                "with word_embeddings in modules_to_save".to_string(),
+                budget.training(&TrainingShape::new(1, length, &embeddings)),
+            ),
+        ];
+        Ok(what_fits(self.placement(), &phases, device_memory()))
+    }
+
+    /// On WebGPU no single tensor may be over the adapter's storage-binding limit.
+    fn check_binding(&self, config: &BloomConfig, dtype: WeightDType, quant: Option<&QuantConfig>) -> Result<()> {
+        let shape = ModelShape::of_config(config);
         // The largest matrix bound at once: the biggest Linear weight (the vocabulary matrix is
         // cut into blocks that fit); a 4-bit one is bound packed, and dequantized a slice at a time.
         let width = if dtype == WeightDType::F32 { 4.0 } else { 2.0 };
@@ -329,6 +374,7 @@ impl Session {
             request.max_length,
         )?;
         let lora = lora_config(request)?;
+        let need = self.check_training(base, &lora, &data, request)?;
         let device = self.device.clone().autodiff();
         let mut model = base.model.clone().for_training();
         let report = apply_lora(&mut model, &lora, &device)?;
@@ -362,8 +408,33 @@ impl Session {
         post(&Reply::AdapterReady { summary, config_json }, files);
         // "done" only once the new adapter is the one in use and offered for download: before,
         // a download right after "done" could still get the previous adapter.
-        post(&Reply::Trained { steps, stopped: steps < trainer.total_steps }, Vec::new());
+        let budget = size_text(need.shown(self.placement()));
+        post(&Reply::Trained { steps, stopped: steps < trainer.total_steps, budget }, Vec::new());
         Ok(())
+    }
+}
+
+impl Session {
+    /// Refuses a run that cannot fit, naming smaller ones that would. Sequences are as long as
+    /// the longest example (up to `max_length`): batches are padded to their longest.
+    fn check_training(
+        &self,
+        base: &Base,
+        lora: &LoraConfig,
+        data: &TokenizedDataset,
+        request: &TrainRequest,
+    ) -> Result<Need> {
+        let longest = data.stats().length_percentiles.last().map_or(0, |&(_, n)| n);
+        let run = TrainingShape::new(
+            request.batch_size,
+            longest.min(request.max_length),
+            &lora_report(lora, base.budget.shape())?,
+        );
+        let need = |run: &TrainingShape| base.budget.need(self.placement(), base.budget.training(run));
+        let saving = if run.saved_params > 0 { " with modules_to_save" } else { "" };
+        let phase = (format!("fine-tuning at batch {} × {}{saving}", run.batch, run.max_length), need(&run));
+        let smaller: Vec<_> = smaller_runs(&run).iter().map(|(what, run)| (what.clone(), need(run))).collect();
+        check_fits(self.placement(), &phase, &smaller)
     }
 }
 
@@ -422,48 +493,98 @@ impl Sink for Page {
     }
 }
 
-/// The model of `config` from its weight file as `options` say (4-bit: quantized one weight at
+/// The model of `config` from its weight files as `options` say (4-bit: quantized one weight at
 /// a time, only packed weights reaching the device).
 fn model_from(
     config: &BloomConfig,
-    weights: &[(String, Arc<Vec<u8>>)],
+    weights: &[Weights],
     device: &Device,
     options: &LoadOptions,
 ) -> Result<BloomForCausalLM> {
-    let files =
-        weights.iter().map(|(name, bytes)| tensor_file_from_bytes(name, bytes.clone())).collect::<Result<_>>()?;
+    let files = weights
+        .iter()
+        .map(|weights| match weights {
+            Weights::Bytes(name, bytes) => tensor_file_from_bytes(name, bytes.clone()),
+            Weights::Ranges(file) => {
+                Ok(Box::new(SafetensorsFile::from_reader(&file.name, Box::new(file.clone()))?) as _)
+            }
+        })
+        .collect::<Result<_>>()?;
     let mut checkpoint = Checkpoint::from_files(weights_name(weights), files, device);
     build_model(config, &mut checkpoint, device, options)
 }
 
 /// A checkpoint's name in messages: its file, or its first shard and how many there are.
-fn weights_name(weights: &[(String, Arc<Vec<u8>>)]) -> String {
+fn weights_name(weights: &[Weights]) -> String {
     match weights {
-        [(name, _)] => name.clone(),
-        [(first, _), ..] => format!("{first} (1 of {} shards)", weights.len()),
+        [one] => one.name().to_string(),
+        [first, ..] => format!("{} (1 of {} shards)", first.name(), weights.len()),
         [] => "no weights".into(),
     }
 }
 
-/// The files of a model or adapter folder, by base name.
-pub struct ModelFiles(HashMap<String, Arc<Vec<u8>>>);
+/// A weight file: in the heap, or read a tensor at a time (safetensors from a `File` or `Blob`).
+pub enum Weights {
+    Bytes(String, Arc<Vec<u8>>),
+    Ranges(BlobFile),
+}
+
+impl Weights {
+    fn name(&self) -> &str {
+        match self {
+            Weights::Bytes(name, _) => name,
+            Weights::Ranges(file) => &file.name,
+        }
+    }
+}
+
+/// The files of a model or adapter folder, by base name: small ones (and `.bin` checkpoints) in
+/// the heap, safetensors checkpoints outside it, read a tensor at a time.
+pub struct ModelFiles {
+    bytes: HashMap<String, Arc<Vec<u8>>>,
+    ranged: HashMap<String, BlobFile>,
+}
 
 impl ModelFiles {
-    pub fn new(files: HashMap<String, Arc<Vec<u8>>>) -> Self {
-        ModelFiles(files)
+    pub fn new(bytes: HashMap<String, Arc<Vec<u8>>>, ranged: HashMap<String, BlobFile>) -> Self {
+        ModelFiles { bytes, ranged }
     }
 
-    fn from_attached(files: &Attached) -> Self {
-        let base_name = |path: &str| path.rsplit('/').next().unwrap_or(path).to_string();
-        ModelFiles(files.iter().map(|(name, buf)| (base_name(name), Arc::new(bytes(buf)))).collect())
+    /// Files the page sent: buffers, or `File`s; a model's safetensors files stay `File`s
+    /// (`ranged`), an adapter's are read whole.
+    fn from_attached(files: &Attached, ranged: bool) -> Result<Self> {
+        let mut out = ModelFiles::new(HashMap::new(), HashMap::new());
+        for (path, contents) in files {
+            let name = path.rsplit('/').next().unwrap_or(path).to_string();
+            match contents.dyn_ref::<Blob>() {
+                Some(blob) => {
+                    let file = BlobFile::new(name.clone(), blob.clone());
+                    if ranged && name.ends_with(".safetensors") {
+                        out.ranged.insert(name, file);
+                    } else {
+                        out.bytes.insert(name, Arc::new(file.read_whole()?));
+                    }
+                }
+                None => {
+                    let buffer: &js_sys::ArrayBuffer = contents.unchecked_ref();
+                    check_file_size(&name, buffer.byte_length() as u64)?;
+                    out.bytes.insert(name, Arc::new(bytes(contents)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.bytes.contains_key(name) || self.ranged.contains_key(name)
     }
 
     fn need(&self, name: &str) -> Result<&Arc<Vec<u8>>> {
-        self.0.get(name).ok_or_else(|| self.missing(name))
+        self.bytes.get(name).ok_or_else(|| self.missing(name))
     }
 
     fn missing(&self, name: &str) -> Error {
-        let mut given: Vec<&str> = self.0.keys().map(String::as_str).collect();
+        let mut given: Vec<&str> = self.bytes.keys().chain(self.ranged.keys()).map(String::as_str).collect();
         given.sort();
         let given = if given.is_empty() { "no files".to_string() } else { given.join(", ") };
         Error::file(name, format!("missing (got {given}): choose the whole folder, or add this file"))
@@ -475,24 +596,34 @@ impl ModelFiles {
     }
 
     fn optional_text(&self, name: &str) -> Result<Option<&str>> {
-        if self.0.contains_key(name) {
+        if self.bytes.contains_key(name) {
             self.text(name).map(Some)
         } else {
             Ok(None)
         }
     }
 
+    /// Bytes of the files held in the heap while the model is built from them.
+    fn held_bytes(&self) -> u64 {
+        self.bytes.values().map(|bytes| bytes.len() as u64).sum()
+    }
+
+    fn weight_file(&self, name: &str) -> Result<Weights> {
+        match (self.ranged.get(name), self.bytes.get(name)) {
+            (Some(file), _) => Ok(Weights::Ranges(file.clone())),
+            (None, Some(bytes)) => Ok(Weights::Bytes(name.to_string(), bytes.clone())),
+            (None, None) => Err(self.missing(name)),
+        }
+    }
+
     /// The weight files, as transformers looks for them: one file, or an index and its shards.
-    fn weights(&self) -> Result<Vec<(String, Arc<Vec<u8>>)>> {
-        let Some(name) = WEIGHT_FILES.into_iter().find(|name| self.0.contains_key(*name)) else {
+    fn weights(&self) -> Result<Vec<Weights>> {
+        let Some(name) = WEIGHT_FILES.into_iter().find(|name| self.has(name)) else {
             return Err(self.missing(WEIGHT_FILES[0]));
         };
         if !name.ends_with(".index.json") {
-            return Ok(vec![(name.to_string(), self.0[name].clone())]);
+            return Ok(vec![self.weight_file(name)?]);
         }
-        shard_names(self.text(name)?, name)?
-            .into_iter()
-            .map(|shard| Ok((shard.clone(), self.need(&shard)?.clone())))
-            .collect()
+        shard_names(self.text(name)?, name)?.into_iter().map(|shard| self.weight_file(&shard)).collect()
     }
 }
