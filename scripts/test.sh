@@ -59,4 +59,6 @@ web/build.sh --dev --locked
 
 echo "== the page at real size: a bloom-560m-shaped model (random f16 weights, 1.1 GB) on the CPU (WebAssembly) path"
 (cd tests/e2e && node real_size.mjs)
+echo "== the same shape on WebGPU (SwiftShader): one layer with the real vocabulary, generation only"
+(cd tests/e2e && EMBER_E2E_DEVICE=webgpu EMBER_E2E_LAYERS=1 EMBER_E2E_CACHE=0 EMBER_E2E_TRAIN=0 node real_size.mjs)
 echo "== all tests passed"

@@ -224,6 +224,17 @@ impl Need {
         self.heap <= WASM_HEAP
     }
 
+    /// What it takes, in words: "1.20 GiB", or on WebGPU "0.90 GiB on the GPU, 150 MiB of
+    /// WebAssembly memory".
+    pub fn text(&self, placement: Placement) -> String {
+        match placement {
+            Placement::Heap => size_text(self.heap),
+            Placement::Gpu => {
+                format!("{} on the GPU, {} of WebAssembly memory", size_text(self.gpu), size_text(self.heap))
+            }
+        }
+    }
+
     /// The figure to show: the heap's on the CPU path, the GPU's on WebGPU (unless the heap
     /// is what does not fit).
     pub fn shown(&self, placement: Placement) -> u64 {
@@ -261,7 +272,11 @@ pub fn what_fits(placement: Placement, phases: &[Phase], device_memory: Option<f
     };
     let hint =
         device_memory.map_or(String::new(), |gib| format!(" (the browser reports {gib} GiB of memory on this device)"));
-    format!("{place}: {}{hint}", verdicts.join(", "))
+    let heap = match (placement, phases.first()) {
+        (Placement::Gpu, Some((_, need))) => format!("; WebAssembly memory while loading: {}", size_text(need.heap)),
+        _ => String::new(),
+    };
+    format!("{place}: {}{heap}{hint}", verdicts.join(", "))
 }
 
 /// Refuses `phase` when it cannot fit, naming those of `alternatives` that would.
@@ -417,7 +432,8 @@ mod tests {
         let on_gpu = Need { heap: 1 << 30, gpu: 3 << 29 };
         assert_eq!(
             what_fits(Placement::Gpu, &[("inference".to_string(), on_gpu)], Some(8.0)),
-            "In GPU memory (its size is not known to the page): inference yes (1.50 GiB) (the browser reports 8 GiB of memory on this device)"
+            "In GPU memory (its size is not known to the page): inference yes (1.50 GiB); WebAssembly memory while \
+             loading: 1.00 GiB (the browser reports 8 GiB of memory on this device)"
         );
     }
 }

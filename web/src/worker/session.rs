@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use burn::tensor::Device;
 use ember_core::budget::{
-    check_file_size, check_fits, size_text, smaller_runs, what_fits, ModelBudget, Need, Placement, TrainingShape,
+    check_file_size, check_fits, smaller_runs, what_fits, ModelBudget, Need, Placement, TrainingShape,
 };
 use ember_core::checkpoint::{
     build_model, shard_names, tensor_file_from_bytes, Checkpoint, LoadOptions, SafetensorsFile, WEIGHT_FILES,
@@ -408,7 +408,7 @@ impl Session {
         post(&Reply::AdapterReady { summary, config_json }, files);
         // "done" only once the new adapter is the one in use and offered for download: before,
         // a download right after "done" could still get the previous adapter.
-        let budget = size_text(need.shown(self.placement()));
+        let budget = need.text(self.placement());
         post(&Reply::Trained { steps, stopped: steps < trainer.total_steps, budget }, Vec::new());
         Ok(())
     }
