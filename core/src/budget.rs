@@ -9,6 +9,7 @@ use ember_shaders::ops::{DEQUANTIZE_CHUNK_VALUES, LOGITS_CHUNK_BYTES};
 
 use crate::lora::LoraReport;
 use crate::model::bloom::LM_HEAD;
+use crate::model::vocab::MAX_BLOCK_BYTES;
 use crate::model::{ModelShape, ModuleKind, WeightDType};
 use crate::quant::QuantConfig;
 use crate::{BloomConfig, Error, Result};
@@ -115,12 +116,16 @@ impl ModelBudget {
         let largest_in_blocks = linears().filter(|(name, _)| name != LM_HEAD).map(|(_, n)| n).max().unwrap_or(0);
         // One block's weight as read from the file (copied into the heap, a tensor at a time);
         // quantizing also holds it in f32 and packed; a change of precision holds one tensor read
-        // and converted (the vocabulary matrix, first); weights kept as stored are moved in.
+        // and converted, the vocabulary matrix as read plus one converted block; weights kept as
+        // stored are moved in.
         let read = largest_in_blocks * file_dtype.bytes() as u64;
         let load_transient =
             read + match largest_quantized {
                 Some(n) => n * F32 + n / 2 + n / 16,
-                None if dtype != file_dtype => largest * (F32 + file_dtype.bytes() as u64),
+                None if dtype != file_dtype => {
+                    let width = file_dtype.bytes() as u64;
+                    (largest * width + MAX_BLOCK_BYTES as u64).max(largest_in_blocks * (F32 + width))
+                }
                 None => 0,
             } + LOAD_OVERHEAD;
         ModelBudget {
@@ -371,8 +376,8 @@ mod tests {
         assert_eq!(packed.load_transient, fc1 * 2 + fc1 * 4 + fc1 / 2 + fc1 / 16 + LOAD_OVERHEAD);
         assert_eq!(dense.load_transient, fc1 * 2 + LOAD_OVERHEAD);
         let to_f32 = ModelBudget::new(&config, 0, WeightDType::F16, WeightDType::F32, None);
-        // A change of precision holds the largest tensor twice: the vocabulary matrix.
-        assert_eq!(to_f32.load_transient, fc1 * 2 + 46_145 * 2048 * 6 + LOAD_OVERHEAD);
+        // A change of precision holds the vocabulary matrix as read and one block widened.
+        assert_eq!(to_f32.load_transient, fc1 * 2 + 46_145 * 2048 * 2 + (32 << 20) + LOAD_OVERHEAD);
     }
 
     #[test]

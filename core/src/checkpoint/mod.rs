@@ -20,7 +20,7 @@ use crate::model::vocab::block_ranges;
 use crate::model::{BloomForCausalLM, VocabMatrix, WeightDType, WeightSource};
 use crate::quant::{QuantConfig, Quantizing};
 pub use host::{check_finite, HostTensor, ReadAt};
-use host::{check_finite_half, StoredDType};
+use host::{check_finite_half, to_f32, StoredDType};
 pub use safetensors_file::SafetensorsFile;
 pub use torch_pickle::TorchFile;
 
@@ -151,22 +151,32 @@ impl Checkpoint {
             WeightDType::Bf16 => StoredDType::BF16,
             WeightDType::F32 => return Ok(None),
         };
+        Ok(self.host_half(name, shape, &[stored_dtype])?.map(|(_, bytes)| bytes))
+    }
+
+    /// A tensor's bytes and dtype when the file stores it in one of `accept` (half precisions),
+    /// checked as [`host_tensor`](Self::host_tensor) checks values (on the bits); `None`
+    /// otherwise, without reading it.
+    fn host_half(&self, name: &str, shape: &[usize], accept: &[StoredDType]) -> Result<Option<(StoredDType, Vec<u8>)>> {
         if crate::quant::checkpoint::is_stored_4bit(self, name) {
             return Ok(None);
         }
         let (index, stored) = self.entry(name)?;
         let file = &self.files[index];
-        let Some((found, bytes)) = file.read_as_stored(stored, stored_dtype)? else { return Ok(None) };
-        if found != shape {
-            return Err(Error::file(
-                file.path(),
-                format!("tensor `{stored}` has shape {found:?} but config.json implies {shape:?}"),
-            ));
+        for &dtype in accept {
+            let Some((found, bytes)) = file.read_as_stored(stored, dtype)? else { continue };
+            if found != shape {
+                return Err(Error::file(
+                    file.path(),
+                    format!("tensor `{stored}` has shape {found:?} but config.json implies {shape:?}"),
+                ));
+            }
+            if !self.allow_nonfinite {
+                check_finite_half(file.path(), stored, &bytes, dtype)?;
+            }
+            return Ok(Some((dtype, bytes)));
         }
-        if !self.allow_nonfinite {
-            check_finite_half(file.path(), stored, &bytes, stored_dtype)?;
-        }
-        Ok(Some(bytes))
+        Ok(None)
     }
 
     /// The file index and stored name of a tensor, or an error listing what the checkpoint has.
@@ -195,9 +205,9 @@ impl WeightSource for Checkpoint {
 
     fn tensor_as<const D: usize>(&mut self, name: &str, shape: [usize; D], dtype: WeightDType) -> Result<Tensor<D>> {
         if let Some(bytes) = self.host_as_stored(name, &shape, dtype)? {
-            return Ok(dtype.upload_bytes(bytes, shape, &self.device));
+            return Ok(handed_off(dtype.upload_bytes(bytes, shape, &self.device)));
         }
-        Ok(dtype.upload(self.host_tensor(name, &shape)?.data, shape, &self.device))
+        Ok(handed_off(dtype.upload(self.host_tensor(name, &shape)?.data, shape, &self.device)))
     }
 
     fn stored_4bit(&mut self, name: &str, shape: [usize; 2]) -> Result<Option<crate::quant::Quantized>> {
@@ -216,9 +226,21 @@ impl WeightSource for Checkpoint {
     fn vocab_matrix(&mut self, name: &str, shape: [usize; 2], rows: usize, dtype: WeightDType) -> Result<VocabMatrix> {
         let [vocab, hidden] = shape;
         let device = &self.device;
-        let blocks = match self.host_as_stored(name, &shape, dtype)? {
-            Some(bytes) => blocks_from_the_end(bytes, vocab, rows, hidden * dtype.bytes(), |block, n| {
-                dtype.upload_bytes(block, [n, hidden], device)
+        let accept: &[StoredDType] = match dtype {
+            WeightDType::F16 => &[StoredDType::F16],
+            WeightDType::Bf16 => &[StoredDType::BF16],
+            WeightDType::F32 => &[StoredDType::F16, StoredDType::BF16],
+        };
+        let blocks = match self.host_half(name, &shape, accept)? {
+            Some((_, bytes)) if dtype != WeightDType::F32 => {
+                blocks_from_the_end(bytes, vocab, rows, hidden * dtype.bytes(), |block, n| {
+                    dtype.upload_bytes(block, [n, hidden], device)
+                })
+            }
+            // Half-precision values kept f32 are widened a block at a time: the host holds the
+            // file's matrix and one f32 block, not the whole matrix widened (twice its size).
+            Some((stored, bytes)) => blocks_from_the_end(bytes, vocab, rows, hidden * stored.size(), |block, n| {
+                dtype.upload(to_f32(&block, stored), [n, hidden], device)
             }),
             None => blocks_from_the_end(self.host_tensor(name, &shape)?.data, vocab, rows, hidden, |block, n| {
                 dtype.upload(block, [n, hidden], device)
@@ -226,6 +248,14 @@ impl WeightSource for Checkpoint {
         };
         Ok(VocabMatrix::new(blocks, false))
     }
+}
+
+/// `tensor`, its upload handed to the device now: a GPU backend keeps an upload's host copy
+/// until its queue is flushed, so without this a model's uploads pile up in host memory (the
+/// page's heap on WebGPU reached the whole f32 vocabulary matrix). Nothing on the CPU.
+fn handed_off<const D: usize>(tensor: Tensor<D>) -> Tensor<D> {
+    let _ = tensor.device().flush();
+    tensor
 }
 
 /// A `[vocab, ...]` matrix held row-major in `data` (`row_len` items a row) uploaded in blocks of
@@ -242,7 +272,7 @@ fn blocks_from_the_end<T>(
     for range in block_ranges(vocab, rows).into_iter().rev() {
         let block = data.split_off(range.start * row_len);
         data.shrink_to_fit();
-        blocks.push(upload(block, range.len()));
+        blocks.push(handed_off(upload(block, range.len())));
     }
     blocks.reverse();
     blocks

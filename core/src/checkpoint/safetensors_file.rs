@@ -168,6 +168,10 @@ impl TensorFile for SafetensorsFile {
     }
 
     fn read_as_stored(&self, name: &str, dtype: StoredDType) -> Result<Option<(Vec<usize>, Vec<u8>)>> {
+        // Asked for another dtype, the tensor is not read (in ranges that would be a real read).
+        if self.tensors.get(name).is_some_and(|(stored, _, _)| *stored != dtype) {
+            return Ok(None);
+        }
         let (stored, shape, bytes) = self.stored(name)?;
         if stored != dtype {
             return Ok(None);
