@@ -74,11 +74,14 @@ impl ember_core::checkpoint::ReadAt for Ranges {
     fn size(&self) -> u64 {
         self.0.len() as u64
     }
-    fn read_at(&self, offset: u64, len: usize) -> ember_core::Result<Vec<u8>> {
-        let range = usize::try_from(offset).ok().and_then(|start| Some(start..start.checked_add(len)?));
+    fn read_into(&self, offset: u64, out: &mut [u8]) -> ember_core::Result<()> {
+        let range = usize::try_from(offset).ok().and_then(|start| Some(start..start.checked_add(out.len())?));
         match range.and_then(|r| self.0.get(r)) {
-            Some(bytes) => Ok(bytes.to_vec()),
-            None => Err(ember_core::Error::invalid(format!("read past the end: {offset} + {len}"))),
+            Some(bytes) => {
+                out.copy_from_slice(bytes);
+                Ok(())
+            }
+            None => Err(ember_core::Error::invalid(format!("read past the end: {offset} + {}", out.len()))),
         }
     }
 }

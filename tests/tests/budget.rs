@@ -107,11 +107,10 @@ impl ReadAt for OnDisk {
     fn size(&self) -> u64 {
         self.0.metadata().unwrap().len()
     }
-    fn read_at(&self, offset: u64, len: usize) -> ember_core::Result<Vec<u8>> {
+    fn read_into(&self, offset: u64, out: &mut [u8]) -> ember_core::Result<()> {
         use std::os::unix::fs::FileExt;
-        let mut bytes = vec![0; len];
-        self.0.read_exact_at(&mut bytes, offset).unwrap();
-        Ok(bytes)
+        self.0.read_exact_at(out, offset).unwrap();
+        Ok(())
     }
 }
 

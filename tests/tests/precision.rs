@@ -137,27 +137,46 @@ fn weights_converted_on_the_host_equal_the_device_cast() {
 }
 
 /// An f16 checkpoint kept in f32 (`--dtype f32`, or WebGPU without `shader-f16`): the vocabulary
-/// matrix, widened a block at a time on the host, holds exactly the file's values in every block.
+/// matrix, widened a block at a time on the host (and, read in ranges, read a block of rows at a
+/// time), holds exactly the file's values in every block.
 #[test]
 fn half_checkpoints_kept_f32_hold_the_files_values() {
-    use ember_core::checkpoint::{build_model, tensor_file_from_bytes, Checkpoint};
+    use ember_core::checkpoint::{build_model, tensor_file_from_bytes, Checkpoint, SafetensorsFile, TensorFile};
     // hidden 1024: 8,192 rows per 32 MiB block, so 20,000 rows make three blocks.
     let mut config = ember_core::BloomConfig::with_shape(20_000, 1024, 1, 16);
     config.torch_dtype = Some("float16".into());
     let mut bytes = Vec::new();
     ember_tests::random_model::write_weights(&config, "f16", &mut bytes);
     let device = Device::flex();
-    let files = vec![tensor_file_from_bytes("model.safetensors", std::sync::Arc::new(bytes.clone())).unwrap()];
-    let mut checkpoint = Checkpoint::from_files("model.safetensors", files, &device);
-    let options = LoadOptions { dtype: WeightDType::F32, ..LoadOptions::default() };
-    let model = build_model(&config, &mut checkpoint, &device, &options).unwrap();
-    let embeddings = &model.transformer.word_embeddings.weight;
-    let ids = Tensor::<1, Int>::arange(0..20_000, &device).reshape([1, 20_000]);
-    let loaded: Vec<f32> = embeddings.rows(ids).into_data().try_to_vec().unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let stored = file.tensor("transformer.word_embeddings.weight").unwrap();
     let expected: Vec<f32> =
         stored.data().chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
-    assert_eq!(loaded.len(), expected.len());
-    assert!(loaded == expected, "the widened vocabulary matrix differs from the file's values");
+    // In memory (whole), and read in ranges a block of rows at a time (as the page reads it).
+    let in_memory = tensor_file_from_bytes("model.safetensors", std::sync::Arc::new(bytes.clone())).unwrap();
+    let in_ranges: Box<dyn TensorFile> =
+        Box::new(SafetensorsFile::from_reader("model.safetensors", Box::new(Ranges(bytes.clone()))).unwrap());
+    for file in [in_memory, in_ranges] {
+        let mut checkpoint = Checkpoint::from_files("model.safetensors", vec![file], &device);
+        let options = LoadOptions { dtype: WeightDType::F32, ..LoadOptions::default() };
+        let model = build_model(&config, &mut checkpoint, &device, &options).unwrap();
+        let embeddings = &model.transformer.word_embeddings.weight;
+        let ids = Tensor::<1, Int>::arange(0..20_000, &device).reshape([1, 20_000]);
+        let loaded: Vec<f32> = embeddings.rows(ids).into_data().try_to_vec().unwrap();
+        assert_eq!(loaded.len(), expected.len());
+        assert!(loaded == expected, "the widened vocabulary matrix differs from the file's values");
+    }
+}
+
+/// A file in memory read a range at a time.
+struct Ranges(Vec<u8>);
+
+impl ember_core::checkpoint::ReadAt for Ranges {
+    fn size(&self) -> u64 {
+        self.0.len() as u64
+    }
+    fn read_into(&self, offset: u64, out: &mut [u8]) -> ember_core::Result<()> {
+        out.copy_from_slice(&self.0[offset as usize..offset as usize + out.len()]);
+        Ok(())
+    }
 }

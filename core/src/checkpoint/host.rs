@@ -97,8 +97,16 @@ fn nonfinite(path: &std::path::Path, name: &str, value: f32, index: usize) -> Er
 pub trait ReadAt: Send + Sync {
     /// The file's length in bytes.
     fn size(&self) -> u64;
-    /// `len` bytes from `offset` (the caller keeps the range inside the file).
-    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>>;
+
+    /// Fills `out` with the bytes from `offset` (the caller keeps the range inside the file).
+    fn read_into(&self, offset: u64, out: &mut [u8]) -> Result<()>;
+
+    /// `len` bytes from `offset`.
+    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut bytes = vec![0; len];
+        self.read_into(offset, &mut bytes)?;
+        Ok(bytes)
+    }
 }
 
 /// A checkpoint file's bytes: memory-mapped on native (pages are read on demand and can be

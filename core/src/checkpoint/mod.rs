@@ -36,6 +36,13 @@ pub trait TensorFile: Send + Sync {
         Ok(None)
     }
 
+    /// Rows `rows` of a 2-D tensor as stored (dtype, the whole tensor's shape, the rows' bytes),
+    /// for a file read in ranges; `None` where reading the whole tensor costs nothing more (a
+    /// file mapped or in memory).
+    fn read_rows(&self, _name: &str, _rows: std::ops::Range<usize>) -> Result<Option<StoredRows>> {
+        Ok(None)
+    }
+
     /// A U8 tensor's shape and bytes (the packed codes of a 4-bit weight).
     fn read_bytes(&self, name: &str) -> Result<(Vec<usize>, Vec<u8>)> {
         Err(Error::file(
@@ -44,6 +51,9 @@ pub trait TensorFile: Send + Sync {
         ))
     }
 }
+
+/// Some rows of a tensor as stored: its dtype, the whole tensor's shape, the rows' bytes.
+pub type StoredRows = (StoredDType, Vec<usize>, Vec<u8>);
 
 /// Weight files in the order transformers looks for them.
 pub const WEIGHT_FILES: [&str; 4] =
@@ -179,6 +189,50 @@ impl Checkpoint {
         Ok(None)
     }
 
+    /// The `[vocab, hidden]` matrix read a block of rows at a time from a file read in ranges
+    /// (the page's), so the host holds one block, not the matrix; `None` for other files.
+    fn vocab_blocks_read_in_ranges(
+        &self,
+        name: &str,
+        [vocab, hidden]: [usize; 2],
+        rows: usize,
+        dtype: WeightDType,
+    ) -> Result<Option<Vec<Tensor<2>>>> {
+        if crate::quant::checkpoint::is_stored_4bit(self, name) {
+            return Ok(None);
+        }
+        let (index, stored) = self.entry(name)?;
+        let file = &self.files[index];
+        let mut blocks = Vec::new();
+        for range in block_ranges(vocab, rows) {
+            let Some((file_dtype, found, bytes)) = file.read_rows(stored, range.clone())? else { return Ok(None) };
+            if found != [vocab, hidden] {
+                return Err(Error::file(
+                    file.path(),
+                    format!("tensor `{stored}` has shape {found:?} but config.json implies {:?}", [vocab, hidden]),
+                ));
+            }
+            let as_stored = matches!(
+                (file_dtype, dtype),
+                (StoredDType::F16, WeightDType::F16) | (StoredDType::BF16, WeightDType::Bf16)
+            );
+            let block = if as_stored {
+                if !self.allow_nonfinite {
+                    check_finite_half(file.path(), stored, &bytes, file_dtype)?;
+                }
+                dtype.upload_bytes(bytes, [range.len(), hidden], &self.device)
+            } else {
+                let values = to_f32(&bytes, file_dtype);
+                if !self.allow_nonfinite {
+                    check_finite(file.path(), stored, &values)?;
+                }
+                dtype.upload(values, [range.len(), hidden], &self.device)
+            };
+            blocks.push(handed_off(block));
+        }
+        Ok(Some(blocks))
+    }
+
     /// The file index and stored name of a tensor, or an error listing what the checkpoint has.
     fn entry(&self, name: &str) -> Result<(usize, &str)> {
         let (index, stored) = self.names.get(name).ok_or_else(|| {
@@ -224,6 +278,9 @@ impl WeightSource for Checkpoint {
     /// Uploads the blocks from the last one back, shrinking the host copy as it goes, so the
     /// host holds the matrix plus one block at most; each block converted to `dtype` on the host.
     fn vocab_matrix(&mut self, name: &str, shape: [usize; 2], rows: usize, dtype: WeightDType) -> Result<VocabMatrix> {
+        if let Some(blocks) = self.vocab_blocks_read_in_ranges(name, shape, rows, dtype)? {
+            return Ok(VocabMatrix::new(blocks, false));
+        }
         let [vocab, hidden] = shape;
         let device = &self.device;
         let accept: &[StoredDType] = match dtype {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use super::host::{check_len, to_f32, FileBytes, HostTensor, ReadAt, StoredDType};
-use super::TensorFile;
+use super::{StoredRows, TensorFile};
 use crate::error::{Error, Result};
 
 /// Dtype, shape and byte range within the data section (u64: a file read in ranges can be
@@ -161,6 +161,9 @@ impl TensorFile for SafetensorsFile {
     }
 
     fn read(&self, name: &str) -> Result<HostTensor> {
+        if let Some(tensor) = self.read_f32_in_place(name)? {
+            return Ok(tensor);
+        }
         let (dtype, shape, bytes) = self.stored(name)?;
         let data = to_f32(&bytes, dtype);
         self.release(name);
@@ -179,6 +182,22 @@ impl TensorFile for SafetensorsFile {
         let copy = (shape.to_vec(), bytes.into_owned());
         self.release(name);
         Ok(Some(copy))
+    }
+
+    fn read_rows(&self, name: &str, rows: std::ops::Range<usize>) -> Result<Option<StoredRows>> {
+        let Source::Reader(reader) = &self.source else { return Ok(None) };
+        let (dtype, shape, (begin, _)) =
+            self.tensors.get(name).ok_or_else(|| Error::file(&self.path, format!("no tensor `{name}`")))?;
+        let &[count, width] = shape.as_slice() else { return Ok(None) };
+        if rows.start > rows.end || rows.end > count {
+            return Err(Error::file(&self.path, format!("tensor `{name}` has {count} rows, not {rows:?}")));
+        }
+        // The header check made every size here fit the file, so none of this overflows.
+        let row_bytes = width as u64 * dtype.size() as u64;
+        let offset = self.data_start + begin + rows.start as u64 * row_bytes;
+        let len = usize::try_from(rows.len() as u64 * row_bytes)
+            .map_err(|_| Error::file(&self.path, format!("tensor `{name}` is too large for this platform")))?;
+        Ok(Some((*dtype, shape.clone(), reader.read_at(offset, len)?)))
     }
 
     fn read_bytes(&self, name: &str) -> Result<(Vec<usize>, Vec<u8>)> {
@@ -217,6 +236,29 @@ impl SafetensorsFile {
         Ok((*dtype, shape, bytes))
     }
 
+    /// An f32 tensor read in ranges straight into its values, so a large one is not held twice
+    /// (as bytes and as values); `None` for other dtypes and for files in memory.
+    fn read_f32_in_place(&self, name: &str) -> Result<Option<HostTensor>> {
+        let (Source::Reader(reader), Some((StoredDType::F32, shape, (begin, end)))) =
+            (&self.source, self.tensors.get(name))
+        else {
+            return Ok(None);
+        };
+        let too_large = || Error::file(&self.path, format!("tensor `{name}` is too large for this platform"));
+        let len = usize::try_from(end - begin).map_err(|_| too_large())?;
+        check_len(&self.path, name, len, shape, StoredDType::F32)?;
+        let mut data = vec![0f32; len / 4];
+        // SAFETY: the f32 values are viewed as their bytes (any bit pattern is a valid f32, and u8
+        // has no alignment), exactly `len` of them.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<u8>(), len) };
+        reader.read_into(self.data_start + begin, bytes)?;
+        // The file is little-endian; so is every target ember runs on but big-endian ones.
+        if cfg!(target_endian = "big") {
+            data.iter_mut().for_each(|v| *v = f32::from_bits(v.to_bits().swap_bytes()));
+        }
+        Ok(Some(HostTensor { shape: shape.clone(), data }))
+    }
+
     fn release(&self, name: &str) {
         if let (Some((_, _, (begin, end))), Source::Bytes(buffer)) = (self.tensors.get(name), &self.source) {
             buffer.release((self.data_start + begin) as usize, (end - begin) as usize);
@@ -238,9 +280,10 @@ mod tests {
         fn size(&self) -> u64 {
             self.0.len() as u64
         }
-        fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
-            self.1.fetch_max(len, Ordering::SeqCst);
-            Ok(self.0[offset as usize..offset as usize + len].to_vec())
+        fn read_into(&self, offset: u64, out: &mut [u8]) -> Result<()> {
+            self.1.fetch_max(out.len(), Ordering::SeqCst);
+            out.copy_from_slice(&self.0[offset as usize..offset as usize + out.len()]);
+            Ok(())
         }
     }
 

@@ -45,7 +45,8 @@ impl ReadAt for BlobFile {
 
     /// Blocks until the bytes are read: `FileReaderSync` exists for workers, and the model is
     /// built synchronously, tensor after tensor.
-    fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+    fn read_into(&self, offset: u64, out: &mut [u8]) -> Result<()> {
+        let len = out.len();
         if len as u64 > WASM_LARGEST_FILE {
             return Err(Error::file(
                 &self.name,
@@ -59,6 +60,7 @@ impl ReadAt for BlobFile {
         if bytes.length() as usize != len {
             return Err(Error::file(&self.name, "changed while it was read: choose it again"));
         }
-        Ok(bytes.to_vec())
+        bytes.copy_to(out);
+        Ok(())
     }
 }
