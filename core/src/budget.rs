@@ -71,6 +71,8 @@ pub struct ModelBudget {
     pub tokenizer_bytes: u64,
     /// The most held besides the weights while one weight is converted or quantized.
     pub load_transient: u64,
+    /// The same when the checkpoint is read in ranges ([`ModelBudget::read_in_ranges`]).
+    ranged_transient: u64,
     four_bit: bool,
 }
 
@@ -119,23 +121,31 @@ impl ModelBudget {
         // and converted, the vocabulary matrix as read plus one converted block; weights kept as
         // stored are moved in.
         let read = largest_in_blocks * file_dtype.bytes() as u64;
-        let load_transient =
-            read + match largest_quantized {
-                Some(n) => n * F32 + n / 2 + n / 16,
-                None if dtype != file_dtype => {
-                    let width = file_dtype.bytes() as u64;
-                    (largest * width + MAX_BLOCK_BYTES as u64).max(largest_in_blocks * (F32 + width))
-                }
-                None => 0,
-            } + LOAD_OVERHEAD;
+        let width = file_dtype.bytes() as u64;
+        let converted = |vocab_matrix: u64| match largest_quantized {
+            Some(n) => n * F32 + n / 2 + n / 16,
+            None if dtype != file_dtype => vocab_matrix.max(largest_in_blocks * (F32 + width)),
+            None => 0,
+        };
+        // Read whole, the vocabulary matrix is held as read while it is converted a block at a
+        // time; read in ranges, only one block of rows is (as read and converted).
+        let load_transient = read + converted(largest * width + MAX_BLOCK_BYTES as u64) + LOAD_OVERHEAD;
+        let ranged_transient = read + converted(2 * MAX_BLOCK_BYTES as u64) + LOAD_OVERHEAD;
         ModelBudget {
             weight_bytes: shape.weight_bytes(dtype, quant) * (100 + WEIGHT_OVERHEAD_PERCENT) / 100,
             tokenizer_bytes: config.vocab_size as u64 * TOKENIZER_BYTES_PER_ENTRY,
             file_bytes,
             load_transient,
+            ranged_transient,
             four_bit: largest_quantized.is_some(),
             shape,
         }
+    }
+
+    /// The checkpoint is read a tensor (the vocabulary matrix a block of rows) at a time, as the
+    /// page reads safetensors files.
+    pub fn read_in_ranges(self) -> Self {
+        ModelBudget { load_transient: self.ranged_transient, ..self }
     }
 
     pub fn shape(&self) -> ModelShape {
@@ -378,6 +388,8 @@ mod tests {
         let to_f32 = ModelBudget::new(&config, 0, WeightDType::F16, WeightDType::F32, None);
         // A change of precision holds the vocabulary matrix as read and one block widened.
         assert_eq!(to_f32.load_transient, fc1 * 2 + 46_145 * 2048 * 2 + (32 << 20) + LOAD_OVERHEAD);
+        // Read in ranges, one block of rows as read and converted.
+        assert_eq!(to_f32.clone().read_in_ranges().load_transient, fc1 * 2 + fc1 * 6 + LOAD_OVERHEAD);
     }
 
     #[test]

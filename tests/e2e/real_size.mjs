@@ -123,7 +123,8 @@ try {
     const heap = Number(/worker memory (\d+) MiB/.exec(await text(page, "#memory"))[1]);
     const figure = mib(/WebAssembly memory while loading: ([\d.]+) (GiB|MiB)/.exec(budget));
     log(`budget for the heap on WebGPU: ${figure.toFixed(0)} MiB; the worker's heap reached ${heap} MiB (${(figure / heap).toFixed(3)})`);
-    assert.ok(figure >= heap && figure <= 1.15 * heap, `budget ${figure} MiB vs heap ${heap} MiB`);
+    // A small heap is mostly the fixed allowance (runtime, bookkeeping): 15% or 128 MiB over.
+    assert.ok(figure >= heap && figure <= Math.max(1.15 * heap, heap + 128), `budget ${figure} MiB vs heap ${heap} MiB`);
   }
 
   // Loaded again, the weights come from Cache Storage, not the network.

@@ -150,6 +150,7 @@ fn check(shape: &str, four_bit: bool, read: Read, runs: &[Run]) -> (ModelBudget,
     let tokenizer_file = tokenizer_json(config.vocab_size).into_bytes();
     let held = (file.as_ref().map_or(0, |f| f.len()) + tokenizer_file.len()) as u64;
     let budget = ModelBudget::new(&config, held, WeightDType::F16, WeightDType::F16, quant.as_ref());
+    let budget = if read == Read::Ranges { budget.read_in_ranges() } else { budget };
     let what = format!(
         "{shape}{}{}",
         if four_bit { " 4-bit" } else { "" },

@@ -143,12 +143,20 @@ impl Session {
             ..LoadOptions::default()
         };
         let quant = options.quantization(&config);
-        let budget = ModelBudget::new(&config, files.held_bytes(), saved_dtype(&config), options.dtype, quant.as_ref());
+        let in_ranges = weights.iter().all(|w| matches!(w, Weights::Ranges(_)));
+        let budget_of = |quant: Option<&QuantConfig>| {
+            let budget = ModelBudget::new(&config, files.held_bytes(), saved_dtype(&config), options.dtype, quant);
+            if in_ranges {
+                budget.read_in_ranges()
+            } else {
+                budget
+            }
+        };
+        let budget = budget_of(quant.as_ref());
         let loading = ("loading this model".to_string(), budget.need(self.placement(), budget.loaded()));
         let four_bit_instead = quant.is_none().then(|| {
             let packed = page_quantization(true);
-            let in_4bit =
-                ModelBudget::new(&config, budget.file_bytes, saved_dtype(&config), options.dtype, packed.as_ref());
+            let in_4bit = budget_of(packed.as_ref());
             ("loading it in 4-bit (tick \"4-bit\")".to_string(), in_4bit.need(self.placement(), in_4bit.loaded()))
         });
         check_fits(self.placement(), &loading, four_bit_instead.as_slice())?;
