@@ -57,7 +57,9 @@ pub async fn model_files(url: &str) -> Result<ModelFiles> {
             if name.ends_with(".safetensors.index.json") {
                 for shard in &names {
                     let url = format!("{folder}{shard}");
-                    let blob = fetch_blob(cache.as_ref(), &url).await?.ok_or_else(|| missing_shard(&url))?;
+                    let blob = fetch_blob(cache.as_ref(), &url)
+                        .await?
+                        .ok_or_else(|| not_found(&url, "a shard its index names"))?;
                     ranged.insert(shard.clone(), BlobFile::new(shard.clone(), blob));
                 }
             } else {
@@ -79,8 +81,9 @@ pub async fn adapter_files(url: &str) -> Result<ModelFiles> {
     Ok(ModelFiles::new(fetch_named(cache.as_ref(), &folder, &names, "a PEFT adapter folder").await?, HashMap::new()))
 }
 
-fn missing_shard(url: &str) -> Error {
-    Error::file(url, "not found (HTTP 404): is this the URL of a shard its index names?")
+/// A required file the server does not have, and what `url` was expected to point into.
+fn not_found(url: &str, what: &str) -> Error {
+    Error::file(url, format!("not found (HTTP 404): is this the URL of {what}?"))
 }
 
 /// The file at `url` as a `Blob` (`None` for 404), from the cache when it has it: its bytes stay
@@ -146,12 +149,7 @@ async fn fetch_named(
             Some(bytes) => {
                 files.insert(name.to_string(), Arc::new(bytes));
             }
-            None if required => {
-                return Err(Error::file(
-                    format!("{folder}{name}"),
-                    format!("not found (HTTP 404): is this the URL of {what}?"),
-                ))
-            }
+            None if required => return Err(not_found(&format!("{folder}{name}"), what)),
             None => {}
         }
     }
