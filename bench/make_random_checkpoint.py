@@ -9,21 +9,20 @@ import os
 
 import torch
 from safetensors.torch import save_file
-from transformers import BloomConfig, BloomForCausalLM
+from transformers import BloomForCausalLM
 
-from hf_generate import SHAPES
+from hf_generate import shape_config
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("out")
-    p.add_argument("--shape", default="bloom-1b4", choices=sorted(SHAPES))
+    p.add_argument("--shape", default="bloom-1b4", help="a named shape or a config.json path")
     p.add_argument("--dtype", default="float16", choices=["float32", "float16", "bfloat16"])
     p.add_argument("--format", default="safetensors", choices=["safetensors", "bin"])
     args = p.parse_args()
 
-    vocab, hidden, layers, heads = SHAPES[args.shape]
-    config = BloomConfig(vocab_size=vocab, hidden_size=hidden, n_layer=layers, n_head=heads)
+    config = shape_config(args.shape)
     torch.manual_seed(0)
     model = BloomForCausalLM(config).to(getattr(torch, args.dtype))
     os.makedirs(args.out, exist_ok=True)

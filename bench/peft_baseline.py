@@ -15,16 +15,16 @@ import time
 
 import torch
 from peft import LoraConfig, get_peft_model
-from transformers import BloomConfig, BloomForCausalLM
+from transformers import BloomForCausalLM
 
-from hf_generate import SHAPES, report
+from hf_generate import report, shape_config
 
 DTYPES = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--shape", default="bloom-560m", choices=sorted(SHAPES))
+    p.add_argument("--shape", default="bloom-560m", help="a named shape or a config.json path")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--steps", type=int, default=5)
@@ -37,8 +37,8 @@ def main():
 
     torch.set_num_threads(os.cpu_count())
     device = torch.device(args.device)
-    vocab, hidden, layers, heads = SHAPES[args.shape]
-    config = BloomConfig(vocab_size=vocab, hidden_size=hidden, n_layer=layers, n_head=heads)
+    config = shape_config(args.shape)
+    vocab = config.vocab_size
     torch.manual_seed(0)
     # Base weights stored in --dtype, as `from_pretrained(torch_dtype=...)` does; peft keeps the
     # LoRA weights in f32 (autocast_adapter_dtype) and Trainer's fp16/bf16 autocasts the rest.
@@ -75,6 +75,7 @@ def main():
     result = {
         "tokens_per_s": args.batch * args.seq / step,
         "step_s_median": step,
+        "step_s": step_s,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "shape": args.shape, "batch": args.batch, "seq": args.seq, "dtype": args.dtype,
         "gradient_checkpointing": args.gradient_checkpointing,

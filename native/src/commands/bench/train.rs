@@ -100,6 +100,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             step_s.push(seconds);
         }
     }
+    let timed = step_s.clone();
     let step = median(&mut step_s);
     let tokens_per_s = (args.batch * args.seq) as f64 / step;
     let peak = peak_rss_mb();
@@ -115,7 +116,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.json {
         println!(
             "{}",
-            serde_json::json!({ "tokens_per_s": tokens_per_s, "step_s_median": step, "peak_rss_mb": peak, "load_peak_rss_mb": load_peak, "device_pool_mb": pool, "kernels": args.placement.kernels.to_string(),
+            serde_json::json!({ "tokens_per_s": tokens_per_s, "step_s_median": step, "step_s": timed, "peak_rss_mb": peak, "load_peak_rss_mb": load_peak, "device_pool_mb": pool, "kernels": args.placement.kernels.to_string(),
                                 "shape": args.shape, "batch": args.batch, "seq": args.seq, "dtype": args.placement.dtype.to_string(),
                                 "weights": weights, "load_s": load_s, "gradient_checkpointing": args.gradient_checkpointing, "device": selected.description })
         );
