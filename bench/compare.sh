@@ -6,7 +6,7 @@
 #                    [--only train|generate] [--ember-args "--kernels none"] [--out compare.jsonl]
 #
 # Needs a release build (cargo build --release) and the fixture venv (tests/fixtures/README.md),
-# or PYTHON=/path/to/python with torch, transformers and peft. Takes about 25 minutes on 2 cores.
+# or PYTHON=/path/to/python with torch, transformers and peft. Takes about 10 minutes on 2 cores.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 ember="${CARGO_TARGET_DIR:-$HOME/.cache/ember-target}/release/ember"

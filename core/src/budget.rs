@@ -9,7 +9,7 @@ use ember_shaders::ops::{DEQUANTIZE_CHUNK_VALUES, LOGITS_CHUNK_BYTES};
 
 use crate::lora::LoraReport;
 use crate::model::bloom::LM_HEAD;
-use crate::model::vocab::MAX_BLOCK_BYTES;
+use crate::model::vocab::{rows_per_block, MAX_BLOCK_BYTES};
 use crate::model::{ModelShape, ModuleKind, WeightDType};
 use crate::quant::QuantConfig;
 use crate::{BloomConfig, Error, Result};
@@ -177,7 +177,10 @@ impl ModelBudget {
         let tokens = training.batch as u64 * training.max_length as u64;
         let (h, layers) = (self.shape.hidden as u64, self.shape.layers as u64);
         let activations = tokens * layers * KEPT_PER_TOKEN_PER_BLOCK * h * F32;
-        let head = LOGITS_CHUNK_BYTES as u64;
+        // One chunk of logits at a time, and per block of the frozen head its input gradient
+        // `[tokens, hidden]`, worked out in the forward pass (`ember_shaders::autodiff`).
+        let head_blocks = self.shape.vocab.div_ceil(rows_per_block(self.shape.hidden)) as u64;
+        let head = LOGITS_CHUNK_BYTES as u64 + head_blocks * tokens * h * F32;
         let trainable = training.trainable_params * TRAINABLE_BYTES + training.saved_params * SAVED_EXTRA_BYTES;
         self.loaded() + activations + head + trainable + self.dequantized()
     }
@@ -399,7 +402,8 @@ mod tests {
         let step = |batch, max_length, trainable_params| {
             budget.training(&TrainingShape { batch, max_length, trainable_params, saved_params: 0 })
         };
-        let per_token = 24 * KEPT_PER_TOKEN_PER_BLOCK * 1024 * 4;
+        // Per block the activations, per 8,192-row block of the head its input gradient.
+        let per_token = 24 * KEPT_PER_TOKEN_PER_BLOCK * 1024 * 4 + 250_880u64.div_ceil(8192) * 1024 * 4;
         assert_eq!(step(1, 256, 0) - step(1, 128, 0), 128 * per_token);
         assert_eq!(step(2, 128, 0), step(1, 256, 0));
         assert_eq!(step(1, 64, 1000) - step(1, 64, 0), 16_000);

@@ -1,6 +1,7 @@
 //! Backward passes for the fused operations. Each keeps the least it can: GELU keeps its
-//! input only, and the head's log-sum-exp keeps `x`, `W` (both alive anyway) and the `[n, 1]`
-//! result, recomputing a block's logits when the gradient arrives instead of keeping them; the
+//! input only, and the head's log-sum-exp keeps `softmax(x Wᵀ) W` `[n, d]` for a frozen `W`
+//! (or `x`, `W` and the `[n, 1]` result, recomputing a block's logits when the gradient arrives,
+//! where `W` trains) instead of the `[n, v]` logits; the
 //! attention keeps `q`, `k`, `v`, its output and two numbers per query row, and recomputes the
 //! scores; the layer norm keeps its input and recomputes the rows' statistics.
 
@@ -8,6 +9,7 @@ use burn::backend::autodiff::checkpoint::{base::Checkpointer, strategy::Checkpoi
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::Autodiff;
+use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::{FloatTensor, IndexingUpdateOp, IntTensor};
 use burn::backend::{Backend, Shape, TensorMetadata};
 
@@ -15,8 +17,8 @@ use burn::backend::AutodiffBackend;
 use burn::tensor::FloatDType;
 
 use crate::ops::{
-    autocast_matmul, chunk_4bit, in_precision, label_rows, linear_logits, logit_chunks, rounded_like, row_slice,
-    weight_chunks, FusedOps,
+    autocast_matmul, chunk_4bit, in_precision, label_rows, linear_logits, log_sum_exp_and_input_gradient, logit_chunks,
+    rounded_like, row_slice, weight_chunks, FusedOps,
 };
 
 impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
@@ -47,18 +49,69 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
-    fn linear_log_sum_exp(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn weight_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
         #[derive(Debug)]
-        struct LinearLogSumExp;
+        struct WeightMatmul;
 
-        impl<B: Backend + FusedOps> Backward<B, 2> for LinearLogSumExp {
-            /// `x`, `w` and the forward's log-sum-exp.
-            type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>);
+        impl<B: Backend + FusedOps> Backward<B, 2> for WeightMatmul {
+            /// `W` (alive anyway), and `x` only where `W` trains: as burn's matmul keeps them.
+            type State = (Option<FloatTensor<B>>, FloatTensor<B>);
 
             fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
                 let [node_x, node_w] = ops.parents;
                 let grad = grads.consume::<B>(&ops.node);
-                let (x, w, lse) = ops.state;
+                let (x, w) = ops.state;
+                if let (Some(node), Some(x)) = (node_w, x) {
+                    grads.register::<B>(node.id, B::float_matmul(B::float_transpose(grad.clone()), x));
+                }
+                if let Some(node) = node_x {
+                    grads.register::<B>(node.id, autocast_matmul::<B>(grad, w));
+                }
+            }
+        }
+
+        let w_trains = <Self as FloatTensorOps<Self>>::float_is_require_grad(&w);
+        match WeightMatmul.prepare::<C>([x.node(), w.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (x, w) = (x.into_primitive(), w.into_primitive());
+                let out = B::weight_matmul(x.clone(), w.clone());
+                prep.finish((w_trains.then_some(x), w), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::weight_matmul(x.into_primitive(), w.into_primitive())),
+        }
+    }
+
+    fn linear_log_sum_exp(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        /// What the backward pass starts from.
+        #[derive(Debug, Clone)]
+        enum Kept<B: Backend> {
+            /// The gradient with respect to `x` for an incoming gradient of one per row,
+            /// `softmax(x Wᵀ) W` `[n, d]`, worked out in the forward pass while the block's
+            /// logits were at hand; the backward pass scales its rows. For a frozen `W` (LoRA's
+            /// head): two matmuls per block in all instead of three.
+            InputGradient(FloatTensor<B>),
+            /// `x`, `W` and the log-sum-exp, to recompute the logits when `W` needs a gradient.
+            Inputs(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>),
+        }
+
+        #[derive(Debug)]
+        struct LinearLogSumExp;
+
+        impl<B: Backend + FusedOps> Backward<B, 2> for LinearLogSumExp {
+            type State = Kept<B>;
+
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [node_x, node_w] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, w, lse) = match ops.state {
+                    Kept::InputGradient(g) => {
+                        if let Some(node) = node_x {
+                            grads.register::<B>(node.id, B::float_mul(g, grad));
+                        }
+                        return;
+                    }
+                    Kept::Inputs(x, w, lse) => (x, w, lse),
+                };
                 let (mut dx, mut dw) = (Vec::new(), None);
                 for rows in logit_chunks::<B>(&x, &w) {
                     let xc = row_slice::<B>(&x, rows.clone());
@@ -85,12 +138,17 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             }
         }
 
+        let w_trains = <Self as FloatTensorOps<Self>>::float_is_require_grad(&w);
         let guards = [x.node(), w.node()];
         match LinearLogSumExp.prepare::<C>(guards).compute_bound().stateful() {
+            OpsKind::Tracked(prep) if !w_trains => {
+                let (lse, g) = log_sum_exp_and_input_gradient::<B>(x.into_primitive(), w.into_primitive());
+                prep.finish(Kept::InputGradient(g), lse)
+            }
             OpsKind::Tracked(prep) => {
                 let (x, w) = (x.into_primitive(), w.into_primitive());
                 let lse = B::linear_log_sum_exp(x.clone(), w.clone());
-                prep.finish((x, w, lse.clone()), lse)
+                prep.finish(Kept::Inputs(x, w, lse.clone()), lse)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::linear_log_sum_exp(x.into_primitive(), w.into_primitive())),
         }

@@ -4,15 +4,21 @@
 //! Non-f32 inputs take the composed path.
 
 use burn::backend::flex::FlexTensor;
+use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{DType, Flex, Shape, TensorMetadata};
 
+use crate::cpu_math::{exp, fastest, lane_sum, lane_sum2, row_max, row_sum, sum_exp};
 use crate::gelu::{GELU_A_F32 as A, GELU_B_F32 as B};
 use crate::linear_4bit::{nibble_shift, BLOCK, PER_WORD};
-use crate::ops::{composed, FusedOps};
+use crate::ops::{autocast_matmul, composed, FusedOps};
 
 /// Elements per parallel task: large enough that scheduling costs nothing next to the work.
 const CHUNK: usize = 1 << 14;
+
+/// The fewest weight rows worth a task of their own in a matrix-vector product.
+#[cfg(not(target_arch = "wasm32"))]
+const MIN_SPLIT_ROWS: usize = 256;
 
 /// `x` as contiguous f32 memory, if it is f32.
 fn f32_contiguous(x: FlexTensor) -> Option<FlexTensor> {
@@ -33,15 +39,15 @@ fn filled(shape: Shape, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Send + 
     #[cfg(not(target_arch = "wasm32"))]
     {
         use rayon::prelude::*;
-        data.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| fill(i * chunk, c));
+        data.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| fastest(|| fill(i * chunk, c)));
     }
     #[cfg(target_arch = "wasm32")]
-    data.chunks_mut(chunk).enumerate().for_each(|(i, c)| fill(i * chunk, c));
+    data.chunks_mut(chunk).enumerate().for_each(|(i, c)| fastest(|| fill(i * chunk, c)));
     out
 }
 
 fn sigmoid(t: f32) -> f32 {
-    1.0 / (1.0 + (-t).exp())
+    1.0 / (1.0 + exp(-t))
 }
 
 /// Rows per parallel task for a row-wise operation on rows `cols` long.
@@ -50,6 +56,31 @@ fn row_chunk(cols: usize) -> usize {
 }
 
 impl FusedOps for Flex {
+    /// A single row against a weight: gemm's matrix-vector path runs on one core and decoding
+    /// is bound by reading the weights, so the weight's rows are split across the cores (each
+    /// output is the same dot product either way).
+    fn weight_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            use rayon::prelude::*;
+            let (rows, out) = (x.shape()[0], w.shape()[0]);
+            let parts = rayon::current_num_threads().min(out / MIN_SPLIT_ROWS);
+            if rows == 1 && parts > 1 {
+                let per = out.div_ceil(parts);
+                let ranges: Vec<_> = (0..parts).map(|i| i * per..((i + 1) * per).min(out)).collect();
+                let outs: Vec<FlexTensor> = ranges
+                    .into_par_iter()
+                    .map(|r| {
+                        let part = Flex::float_slice(w.clone(), &[r.into(), (..).into()]);
+                        autocast_matmul::<Flex>(x.clone(), Flex::float_transpose(part))
+                    })
+                    .collect();
+                return Flex::float_cat(outs, 1);
+            }
+        }
+        autocast_matmul::<Flex>(x, Flex::float_transpose(w))
+    }
+
     fn bloom_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let Some(x) = f32_contiguous(x.clone()) else { return composed::gelu::<Self>(x) };
         let src = slice(&x);
@@ -86,9 +117,8 @@ impl FusedOps for Flex {
         filled(Shape::new([rows, 1]), row_chunk(cols), |start, out| {
             for (r, o) in out.iter_mut().enumerate() {
                 let row = &src[(start + r) * cols..(start + r + 1) * cols];
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
-                *o = max + sum.ln();
+                let max = row_max(row);
+                *o = max + sum_exp(row, max).ln();
             }
         })
     }
@@ -107,10 +137,43 @@ impl FusedOps for Flex {
             let first = start / cols;
             for (r, out_row) in out.chunks_mut(cols).enumerate() {
                 let i = first + r;
-                let row = &ls[i * cols..(i + 1) * cols];
+                let (row, shift, scale) = (&ls[i * cols..(i + 1) * cols], ss[i], gs[i]);
                 for (o, &v) in out_row.iter_mut().zip(row) {
-                    *o = (v - ss[i]).exp() * gs[i];
+                    *o = exp(v - shift) * scale;
                 }
+            }
+        })
+    }
+
+    fn scores_softmax(
+        raw: FloatTensor<Self>,
+        alibi: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        let shape = raw.shape();
+        let inputs = (f32_contiguous(raw.clone()), f32_contiguous(alibi.clone()), f32_contiguous(mask.clone()));
+        let (Some(r), Some(a), Some(m)) = inputs else {
+            return composed::scores_softmax::<Self>(raw, alibi, mask, scale);
+        };
+        let [batch, heads, queries, keys] = [shape[0], shape[1], shape[2], shape[3]];
+        if a.shape().dims::<4>() != [batch, heads, 1, keys] || m.shape().dims::<4>() != [batch, 1, queries, keys] {
+            return composed::scores_softmax::<Self>(raw, alibi, mask, scale);
+        }
+        let (rs, al, ms, scale) = (slice(&r), slice(&a), slice(&m), scale as f32);
+        filled(shape, row_chunk(keys) * keys, |start, out| {
+            for (i, row) in (start / keys..).zip(out.chunks_mut(keys)) {
+                // Row i is query i % queries of head (i / queries) % heads of batch item i / (heads · queries).
+                let (b, bh, q) = (i / (heads * queries), i / queries, i % queries);
+                let (bias, masked) = (&al[bh * keys..][..keys], &ms[(b * queries + q) * keys..][..keys]);
+                let scores = &rs[i * keys..][..keys];
+                for (((o, &s), &a), &m) in row.iter_mut().zip(scores).zip(bias).zip(masked) {
+                    *o = s * scale + a + m;
+                }
+                let max = row_max(row);
+                row.iter_mut().for_each(|o| *o = exp(*o - max));
+                let inv = 1.0 / row_sum(row);
+                row.iter_mut().for_each(|o| *o *= inv);
             }
         })
     }
@@ -158,8 +221,8 @@ impl FusedOps for Flex {
                     *o = d * g;
                 }
                 let inv = 1.0 / cols as f32;
-                let mean_g = lane_sum(out_row.iter().copied()) * inv;
-                let mean_gx = lane_sum(out_row.iter().zip(row).map(|(&gh, &v)| gh * ((v - mean) * rstd))) * inv;
+                let mean_g = row_sum(out_row) * inv;
+                let mean_gx = lane_sum2(out_row, row, |gh, v| gh * ((v - mean) * rstd)) * inv;
                 for (o, &v) in out_row.iter_mut().zip(row) {
                     *o = (*o - mean_g - (v - mean) * rstd * mean_gx) * rstd;
                 }
@@ -216,17 +279,7 @@ fn dequantize_words(words: &[u32], absmax: &[f32], code: &[f32; 16], [rows, cols
 /// A row's mean and `1/√(var + eps)` (biased variance).
 fn row_statistics(row: &[f32], eps: f64) -> (f32, f32) {
     let inv = 1.0 / row.len() as f32;
-    let mean = lane_sum(row.iter().copied()) * inv;
-    let variance = lane_sum(row.iter().map(|&v| (v - mean) * (v - mean))) * inv;
+    let mean = row_sum(row) * inv;
+    let variance = lane_sum(row, |v| (v - mean) * (v - mean)) * inv;
     (mean, 1.0 / (variance + eps as f32).sqrt())
-}
-
-/// The sum over 8 running lanes, so the compiler can keep them in one vector register (a
-/// single running sum is a chain it must not reorder).
-fn lane_sum(values: impl Iterator<Item = f32>) -> f32 {
-    let mut lanes = [0.0f32; 8];
-    for (i, v) in values.enumerate() {
-        lanes[i % 8] += v;
-    }
-    lanes.iter().sum()
 }

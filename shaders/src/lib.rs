@@ -7,6 +7,8 @@
 //! - [`attention`]: attention with ALiBi and the masks without keeping the scores.
 //! - [`layer_norm`]: the layer norm in one pass forward and one backward.
 //! - [`linear_4bit`]: the matmul with a 4-bit (QLoRA) weight, dequantized in one pass.
+//! - [`weight_matmul`]: the matmul of every linear layer, `x Wᵀ` with `W` as stored; on the CPU
+//!   a single row (decoding) is split across the cores.
 //!
 //! They are one burn backend extension ([`ops::FusedOps`]): CubeCL kernels on the wgpu
 //! backend (`cube/`, feature `wgpu`), multi-core loops on the CPU backend (`flex.rs`), and
@@ -18,6 +20,7 @@
 
 pub mod attention;
 mod autodiff;
+mod cpu_math;
 pub mod cross_entropy;
 #[cfg(feature = "wgpu")]
 mod cube;
@@ -170,6 +173,17 @@ impl std::fmt::Display for Kernels {
 /// (Widening the weight instead would make autodiff keep an f32 copy of every weight.)
 pub fn autocast_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
     Tensor::from_dispatch(ops::autocast_matmul::<burn::backend::Dispatch>(x.into_dispatch(), w.into_dispatch()))
+}
+
+/// `x Wᵀ` for a weight `w` stored `[out, in]` (f32, or f16/bf16 multiplied as autocast does):
+/// the matmul of the linear layers and of the head. On the CPU a single row (decoding) is split
+/// across the cores, which gemm's matrix-vector path does not do.
+pub fn weight_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
+    if !has_kernels(&x.device()) {
+        return autocast_matmul(x, w.transpose());
+    }
+    let out = <burn::backend::Dispatch as ops::FusedOps>::weight_matmul(x.into_dispatch(), w.into_dispatch());
+    Tensor::from_dispatch(out)
 }
 
 /// Whether `device`'s backend has the kernels: the CPU backend always, wgpu when this crate was

@@ -34,6 +34,13 @@ pub trait FusedOps: Backend {
         composed::softmax_times::<Self>(logits, lse, grad)
     }
 
+    /// `x Wᵀ` for a weight stored `[out, in]`, as checkpoints store it: `x` `[m, in]` (f32),
+    /// `w` `[out, in]` (any float dtype, multiplied in its precision as autocast does) →
+    /// `[m, out]`. The matmul of every linear layer and of the head's blocks.
+    fn weight_matmul(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
+        autocast_matmul::<Self>(x, Self::float_transpose(w))
+    }
+
     /// `log Σ_j exp((x Wᵀ)_ij)`: `x` `[n, d]` (f32), `w` `[v, d]` (any float dtype) → `[n, 1]`.
     /// The logits exist only inside the call; under autodiff the backward recomputes them.
     fn linear_log_sum_exp(x: FloatTensor<Self>, w: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -91,6 +98,18 @@ pub trait FusedOps: Backend {
         mask: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         Self::alibi_attention_forward(q, k, v, alibi, mask).0
+    }
+
+    /// `softmax(raw · scale + alibi + mask)` over the keys, for the raw scores `raw = q kᵀ`
+    /// `[batch, heads, queries, keys]`, `alibi` `[batch, heads, 1, keys]` and `mask`
+    /// `[batch, 1, queries, keys]` (the composed attention's probabilities), f32.
+    fn scores_softmax(
+        raw: FloatTensor<Self>,
+        alibi: FloatTensor<Self>,
+        mask: FloatTensor<Self>,
+        scale: f64,
+    ) -> FloatTensor<Self> {
+        composed::scores_softmax::<Self>(raw, alibi, mask, scale)
     }
 
     /// The attention's output and what the backward pass needs besides the inputs: the CubeCL
@@ -163,6 +182,27 @@ pub trait FusedOps: Backend {
 /// through in chunks whose `[rows, block]` logits fit, so a small model's wide vocabulary block
 /// (32 MiB of weights is 32,768 rows at hidden 256) does not make a large transient.
 pub const LOGITS_CHUNK_BYTES: usize = 8 << 20;
+
+/// `log Σ_j exp((x Wᵀ)_ij)` `[n, 1]` and its gradient with respect to `x` for an incoming
+/// gradient of one per row, `softmax(x Wᵀ) W` `[n, d]`, from one pass over the logits (a chunk of
+/// rows at a time, as [`FusedOps::linear_log_sum_exp`]).
+pub fn log_sum_exp_and_input_gradient<B: Backend + FusedOps>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let (mut lse, mut grad) = (Vec::new(), Vec::new());
+    for rows in logit_chunks::<B>(&x, &w) {
+        let logits = linear_logits::<B>(row_slice::<B>(&x, rows.clone()), w.clone());
+        let part = B::row_log_sum_exp(logits.clone());
+        let ones = B::float_ones(Shape::new([rows.len(), 1]), &x.device(), FloatDType::F32);
+        let p = B::softmax_times(logits, part.clone(), ones);
+        grad.push(autocast_matmul::<B>(p, w.clone()));
+        lse.push(part);
+    }
+    let joined =
+        |mut parts: Vec<FloatTensor<B>>| if parts.len() == 1 { parts.remove(0) } else { B::float_cat(parts, 0) };
+    (joined(lse), joined(grad))
+}
 
 /// Row ranges of `x` `[n, d]` whose logits against `w` `[v, d]` fit in [`LOGITS_CHUNK_BYTES`].
 pub fn logit_chunks<B: Backend>(x: &FloatTensor<B>, w: &FloatTensor<B>) -> Vec<std::ops::Range<usize>> {
@@ -270,18 +310,28 @@ pub mod composed {
     }
 
     /// `q kᵀ·scale + alibi + mask`, summed in the plain path's order: `[b, h, queries, keys]`.
-    fn attention_scores<B: Backend>(
+    /// The attention's probabilities: the raw scores `q kᵀ` as one matmul, then the rest per row.
+    fn attention_probs<B: Backend + FusedOps>(
         q: FloatTensor<B>,
         k: FloatTensor<B>,
         alibi: FloatTensor<B>,
         mask: FloatTensor<B>,
     ) -> FloatTensor<B> {
         let scale = crate::attention::scale(q.shape()[3]);
-        let scores = B::float_mul_scalar(B::float_matmul(q, B::float_transpose(k)), scale.into());
-        B::float_add(B::float_add(scores, alibi), mask)
+        B::scores_softmax(B::float_matmul(q, B::float_transpose(k)), alibi, mask, scale)
     }
 
-    pub fn attention_forward<B: Backend>(
+    pub fn scores_softmax<B: Backend>(
+        raw: FloatTensor<B>,
+        alibi: FloatTensor<B>,
+        mask: FloatTensor<B>,
+        scale: f64,
+    ) -> FloatTensor<B> {
+        let scores = B::float_add(B::float_add(B::float_mul_scalar(raw, scale.into()), alibi), mask);
+        B::softmax(scores, 3)
+    }
+
+    pub fn attention_forward<B: Backend + FusedOps>(
         q: FloatTensor<B>,
         k: FloatTensor<B>,
         v: FloatTensor<B>,
@@ -289,14 +339,14 @@ pub mod composed {
         mask: FloatTensor<B>,
     ) -> (FloatTensor<B>, FloatTensor<B>) {
         let device = q.device();
-        let probs = B::softmax(attention_scores::<B>(q, k, alibi, mask), 3);
+        let probs = attention_probs::<B>(q, k, alibi, mask);
         (B::float_matmul(probs, v), B::float_zeros(Shape::new([1]), &device, burn::tensor::FloatDType::F32))
     }
 
     /// The softmax's backward pass: with `p` the probabilities and `δ_i = Σ_j p_ij dp_ij =
     /// grad_i · out_i`, `d scores = p ∘ (grad vᵀ − δ)`.
     #[allow(clippy::too_many_arguments)]
-    pub fn attention_backward<B: Backend>(
+    pub fn attention_backward<B: Backend + FusedOps>(
         q: FloatTensor<B>,
         k: FloatTensor<B>,
         v: FloatTensor<B>,
@@ -307,7 +357,7 @@ pub mod composed {
         grad: FloatTensor<B>,
     ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
         let scale = crate::attention::scale(q.shape()[3]);
-        let p = B::softmax(attention_scores::<B>(q.clone(), k.clone(), alibi, mask), 3);
+        let p = attention_probs::<B>(q.clone(), k.clone(), alibi, mask);
         let dv = B::float_matmul(B::float_transpose(p.clone()), grad.clone());
         let dp = B::float_matmul(grad.clone(), B::float_transpose(v));
         let delta = B::float_sum_dim(B::float_mul(grad, out), 3);
@@ -405,8 +455,8 @@ pub fn in_precision<B: Backend>(x: FloatTensor<B>, dtype: FloatDType) -> FloatTe
 }
 
 /// `x Wᵀ` in f32, in `w`'s precision, exactly like the model's frozen linear layers.
-pub fn linear_logits<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
-    autocast_matmul::<B>(x, B::float_transpose(w))
+pub fn linear_logits<B: Backend + FusedOps>(x: FloatTensor<B>, w: FloatTensor<B>) -> FloatTensor<B> {
+    B::weight_matmul(x, w)
 }
 
 /// `lhs · rhs` in f32 for a weight `rhs` of any float dtype, computed in the weight's precision

@@ -126,6 +126,13 @@ fn linear_log_sum_exp_kernel_equals_plain_forward_and_backward() {
                 let fused = |l: Vec<Tensor<2>>| cross_entropy::linear_log_sum_exp(l[0].clone(), l[1].clone());
                 let plain = |l: Vec<Tensor<2>>| cross_entropy::plain(l[0].clone(), l[1].clone());
                 assert_same_op(&what, &leaves, fused, plain, (TOLERANCE, TOLERANCE));
+
+                // A frozen W, as LoRA's head: the gradient for x is worked out in the forward pass.
+                let w = random([v, d], 0.5, &device);
+                let fused = |l: Vec<Tensor<2>>| cross_entropy::linear_log_sum_exp(l[0].clone(), w.clone());
+                let plain = |l: Vec<Tensor<2>>| cross_entropy::plain(l[0].clone(), w.clone());
+                let x = [("x", random([n, d], 1.0, &device))];
+                assert_same_op(&format!("{what} frozen W"), &x, fused, plain, (TOLERANCE, TOLERANCE));
             }
         }
     }

@@ -2,7 +2,6 @@
 //! `bias`) and PyTorch's layouts, so a checkpoint tensor maps onto a field unchanged.
 
 use burn::module::{Module, Param};
-use burn::tensor::module::linear;
 use burn::tensor::{Int, Tensor};
 
 use ember_shaders::Kernels;
@@ -107,12 +106,9 @@ impl Linear {
 }
 
 /// `x Wᵀ + b` in the weight's stored precision, as PyTorch's autocast runs a matmul
-/// ([`ember_shaders::autocast_matmul`]).
+/// ([`ember_shaders::weight_matmul`]).
 pub fn frozen_linear(x: Tensor<2>, weight: Tensor<2>, bias: Option<Tensor<1>>) -> Tensor<2> {
-    if weight.dtype() == burn::tensor::DType::F32 {
-        return linear(x, weight.transpose(), bias);
-    }
-    with_bias(ember_shaders::autocast_matmul(x, weight.transpose()), bias)
+    with_bias(ember_shaders::weight_matmul(x, weight), bias)
 }
 
 /// `y + b` over the rows of `y`, the bias widened to f32.
