@@ -32,17 +32,29 @@ fn slice(x: &FlexTensor) -> &[f32] {
     x.as_slice::<f32>().expect("contiguous f32")
 }
 
-/// A new f32 tensor of `shape` whose chunks `fill(start, chunk)` writes, in parallel.
+/// A new f32 tensor of `shape` whose chunks `fill(start, chunk)` writes, in parallel, each
+/// chunk compiled for the processor's widest vectors ([`fastest`]: the kernels pass `fill` as an
+/// `#[inline(always)]` closure, or it would stay a baseline-instruction call).
 fn filled(shape: Shape, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Send + Sync) -> FlexTensor {
     let mut out = FlexTensor::empty(shape, DType::F32);
     let data = out.storage_mut::<f32>();
     #[cfg(not(target_arch = "wasm32"))]
     {
         use rayon::prelude::*;
-        data.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| fastest(|| fill(i * chunk, c)));
+        data.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| {
+            fastest(
+                #[inline(always)]
+                || fill(i * chunk, c),
+            )
+        });
     }
     #[cfg(target_arch = "wasm32")]
-    data.chunks_mut(chunk).enumerate().for_each(|(i, c)| fastest(|| fill(i * chunk, c)));
+    data.chunks_mut(chunk).enumerate().for_each(|(i, c)| {
+        fastest(
+            #[inline(always)]
+            || fill(i * chunk, c),
+        )
+    });
     out
 }
 
@@ -84,11 +96,16 @@ impl FusedOps for Flex {
     fn bloom_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         let Some(x) = f32_contiguous(x.clone()) else { return composed::gelu::<Self>(x) };
         let src = slice(&x);
-        filled(x.shape(), CHUNK, |start, out| {
-            for (o, &v) in out.iter_mut().zip(&src[start..]) {
-                *o = v * sigmoid((v * v * A + B) * v);
-            }
-        })
+        filled(
+            x.shape(),
+            CHUNK,
+            #[inline(always)]
+            |start, out| {
+                for (o, &v) in out.iter_mut().zip(&src[start..]) {
+                    *o = v * sigmoid((v * v * A + B) * v);
+                }
+            },
+        )
     }
 
     fn bloom_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -99,12 +116,17 @@ impl FusedOps for Flex {
             return composed::gelu_backward::<Self>(x, grad);
         }
         let (xs, gs) = (slice(&xc), slice(&gc));
-        filled(xc.shape(), CHUNK, |start, out| {
-            for ((o, &v), &g) in out.iter_mut().zip(&xs[start..]).zip(&gs[start..]) {
-                let s = sigmoid((v * v * A + B) * v);
-                *o = g * (s + v * s * (1.0 - s) * (v * v * (3.0 * A) + B));
-            }
-        })
+        filled(
+            xc.shape(),
+            CHUNK,
+            #[inline(always)]
+            |start, out| {
+                for ((o, &v), &g) in out.iter_mut().zip(&xs[start..]).zip(&gs[start..]) {
+                    let s = sigmoid((v * v * A + B) * v);
+                    *o = g * (s + v * s * (1.0 - s) * (v * v * (3.0 * A) + B));
+                }
+            },
+        )
     }
 
     fn row_log_sum_exp(logits: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -114,13 +136,18 @@ impl FusedOps for Flex {
         };
         let (rows, cols) = (shape[0], shape[1]);
         let src = slice(&l);
-        filled(Shape::new([rows, 1]), row_chunk(cols), |start, out| {
-            for (r, o) in out.iter_mut().enumerate() {
-                let row = &src[(start + r) * cols..(start + r + 1) * cols];
-                let max = row_max(row);
-                *o = max + sum_exp(row, max).ln();
-            }
-        })
+        filled(
+            Shape::new([rows, 1]),
+            row_chunk(cols),
+            #[inline(always)]
+            |start, out| {
+                for (r, o) in out.iter_mut().enumerate() {
+                    let row = &src[(start + r) * cols..(start + r + 1) * cols];
+                    let max = row_max(row);
+                    *o = max + sum_exp(row, max).ln();
+                }
+            },
+        )
     }
 
     fn softmax_times(logits: FloatTensor<Self>, lse: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -133,16 +160,21 @@ impl FusedOps for Flex {
         let cols = shape[1];
         let (ls, ss, gs) = (slice(&l), slice(&s), slice(&g));
         let rows_per_task = row_chunk(cols);
-        filled(shape, rows_per_task * cols, |start, out| {
-            let first = start / cols;
-            for (r, out_row) in out.chunks_mut(cols).enumerate() {
-                let i = first + r;
-                let (row, shift, scale) = (&ls[i * cols..(i + 1) * cols], ss[i], gs[i]);
-                for (o, &v) in out_row.iter_mut().zip(row) {
-                    *o = exp(v - shift) * scale;
+        filled(
+            shape,
+            rows_per_task * cols,
+            #[inline(always)]
+            |start, out| {
+                let first = start / cols;
+                for (r, out_row) in out.chunks_mut(cols).enumerate() {
+                    let i = first + r;
+                    let (row, shift, scale) = (&ls[i * cols..(i + 1) * cols], ss[i], gs[i]);
+                    for (o, &v) in out_row.iter_mut().zip(row) {
+                        *o = exp(v - shift) * scale;
+                    }
                 }
-            }
-        })
+            },
+        )
     }
 
     fn scores_softmax(
@@ -161,21 +193,26 @@ impl FusedOps for Flex {
             return composed::scores_softmax::<Self>(raw, alibi, mask, scale);
         }
         let (rs, al, ms, scale) = (slice(&r), slice(&a), slice(&m), scale as f32);
-        filled(shape, row_chunk(keys) * keys, |start, out| {
-            for (i, row) in (start / keys..).zip(out.chunks_mut(keys)) {
-                // Row i is query i % queries of head (i / queries) % heads of batch item i / (heads · queries).
-                let (b, bh, q) = (i / (heads * queries), i / queries, i % queries);
-                let (bias, masked) = (&al[bh * keys..][..keys], &ms[(b * queries + q) * keys..][..keys]);
-                let scores = &rs[i * keys..][..keys];
-                for (((o, &s), &a), &m) in row.iter_mut().zip(scores).zip(bias).zip(masked) {
-                    *o = s * scale + a + m;
+        filled(
+            shape,
+            row_chunk(keys) * keys,
+            #[inline(always)]
+            |start, out| {
+                for (i, row) in (start / keys..).zip(out.chunks_mut(keys)) {
+                    // Row i is query i % queries of head (i / queries) % heads of batch item i / (heads · queries).
+                    let (b, bh, q) = (i / (heads * queries), i / queries, i % queries);
+                    let (bias, masked) = (&al[bh * keys..][..keys], &ms[(b * queries + q) * keys..][..keys]);
+                    let scores = &rs[i * keys..][..keys];
+                    for (((o, &s), &a), &m) in row.iter_mut().zip(scores).zip(bias).zip(masked) {
+                        *o = s * scale + a + m;
+                    }
+                    let max = row_max(row);
+                    row.iter_mut().for_each(|o| *o = exp(*o - max));
+                    let inv = 1.0 / row_sum(row);
+                    row.iter_mut().for_each(|o| *o *= inv);
                 }
-                let max = row_max(row);
-                row.iter_mut().for_each(|o| *o = exp(*o - max));
-                let inv = 1.0 / row_sum(row);
-                row.iter_mut().for_each(|o| *o *= inv);
-            }
-        })
+            },
+        )
     }
 
     fn row_layer_norm(
@@ -188,15 +225,20 @@ impl FusedOps for Flex {
         let (Some(xc), Some(g), Some(b)) = inputs else { return composed::layer_norm::<Self>(x, gamma, beta, eps) };
         let cols = g.shape()[0];
         let (xs, gs, bs) = (slice(&xc), slice(&g), slice(&b));
-        filled(xc.shape(), row_chunk(cols) * cols, |start, out| {
-            for (r, out_row) in out.chunks_mut(cols).enumerate() {
-                let row = &xs[start + r * cols..start + (r + 1) * cols];
-                let (mean, rstd) = row_statistics(row, eps);
-                for (((o, &v), &g), &b) in out_row.iter_mut().zip(row).zip(gs).zip(bs) {
-                    *o = (v - mean) * rstd * g + b;
+        filled(
+            xc.shape(),
+            row_chunk(cols) * cols,
+            #[inline(always)]
+            |start, out| {
+                for (r, out_row) in out.chunks_mut(cols).enumerate() {
+                    let row = &xs[start + r * cols..start + (r + 1) * cols];
+                    let (mean, rstd) = row_statistics(row, eps);
+                    for (((o, &v), &g), &b) in out_row.iter_mut().zip(row).zip(gs).zip(bs) {
+                        *o = (v - mean) * rstd * g + b;
+                    }
                 }
-            }
-        })
+            },
+        )
     }
 
     fn row_layer_norm_backward(
@@ -211,23 +253,28 @@ impl FusedOps for Flex {
         };
         let cols = g.shape()[0];
         let (xs, gs, ds) = (slice(&xc), slice(&g), slice(&dc));
-        filled(xc.shape(), row_chunk(cols) * cols, |start, out| {
-            for (r, out_row) in out.chunks_mut(cols).enumerate() {
-                let at = start + r * cols..start + (r + 1) * cols;
-                let (row, grad) = (&xs[at.clone()], &ds[at]);
-                let (mean, rstd) = row_statistics(row, eps);
-                // ĝ = grad·γ lands in `out_row` first; then dx over it.
-                for ((o, &d), &g) in out_row.iter_mut().zip(grad).zip(gs) {
-                    *o = d * g;
+        filled(
+            xc.shape(),
+            row_chunk(cols) * cols,
+            #[inline(always)]
+            |start, out| {
+                for (r, out_row) in out.chunks_mut(cols).enumerate() {
+                    let at = start + r * cols..start + (r + 1) * cols;
+                    let (row, grad) = (&xs[at.clone()], &ds[at]);
+                    let (mean, rstd) = row_statistics(row, eps);
+                    // ĝ = grad·γ lands in `out_row` first; then dx over it.
+                    for ((o, &d), &g) in out_row.iter_mut().zip(grad).zip(gs) {
+                        *o = d * g;
+                    }
+                    let inv = 1.0 / cols as f32;
+                    let mean_g = row_sum(out_row) * inv;
+                    let mean_gx = lane_sum2(out_row, row, |gh, v| gh * ((v - mean) * rstd)) * inv;
+                    for (o, &v) in out_row.iter_mut().zip(row) {
+                        *o = (*o - mean_g - (v - mean) * rstd * mean_gx) * rstd;
+                    }
                 }
-                let inv = 1.0 / cols as f32;
-                let mean_g = row_sum(out_row) * inv;
-                let mean_gx = lane_sum2(out_row, row, |gh, v| gh * ((v - mean) * rstd)) * inv;
-                for (o, &v) in out_row.iter_mut().zip(row) {
-                    *o = (*o - mean_g - (v - mean) * rstd * mean_gx) * rstd;
-                }
-            }
-        })
+            },
+        )
     }
 
     fn dequantize_4bit(
@@ -265,15 +312,20 @@ fn dequantize_words(words: &[u32], absmax: &[f32], code: &[f32; 16], [rows, cols
     let per_block = BLOCK / PER_WORD;
     // A multiple of the block, so each task starts on a word.
     let chunk = CHUNK - CHUNK % BLOCK;
-    filled(Shape::new([rows, cols]), chunk, |start, out| {
-        for (k, values) in out.chunks_mut(PER_WORD).enumerate() {
-            let w = start / PER_WORD + k;
-            let (word, scale) = (words[w], absmax[w / per_block]);
-            for (p, o) in values.iter_mut().enumerate() {
-                *o = code[((word >> nibble_shift(p)) & 15) as usize] * scale;
+    filled(
+        Shape::new([rows, cols]),
+        chunk,
+        #[inline(always)]
+        |start, out| {
+            for (k, values) in out.chunks_mut(PER_WORD).enumerate() {
+                let w = start / PER_WORD + k;
+                let (word, scale) = (words[w], absmax[w / per_block]);
+                for (p, o) in values.iter_mut().enumerate() {
+                    *o = code[((word >> nibble_shift(p)) & 15) as usize] * scale;
+                }
             }
-        }
-    })
+        },
+    )
 }
 
 /// A row's mean and `1/√(var + eps)` (biased variance).
