@@ -7,6 +7,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{DType, Flex, Shape, TensorMetadata};
+use burn::tensor::TensorData;
 
 use crate::cpu_math::{exp, fastest, lane_sum, lane_sum2, row_max, row_sum, sum_exp};
 use crate::gelu::{GELU_A_F32 as A, GELU_B_F32 as B};
@@ -36,8 +37,10 @@ fn slice(x: &FlexTensor) -> &[f32] {
 /// chunk compiled for the processor's widest vectors ([`fastest`]: the kernels pass `fill` as an
 /// `#[inline(always)]` closure, or it would stay a baseline-instruction call).
 fn filled(shape: Shape, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Send + Sync) -> FlexTensor {
-    let mut out = FlexTensor::empty(shape, DType::F32);
-    let data = out.storage_mut::<f32>();
+    // A Vec<f32> becomes the tensor's storage as it is; `FlexTensor::empty` zeroes a byte vector
+    // and then copies it into a 16-byte-aligned one, which is two more passes over the output.
+    let mut values = vec![0.0f32; shape.num_elements()];
+    let data = values.as_mut_slice();
     #[cfg(not(target_arch = "wasm32"))]
     {
         use rayon::prelude::*;
@@ -55,7 +58,7 @@ fn filled(shape: Shape, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Send + 
             || fill(i * chunk, c),
         )
     });
-    out
+    FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 fn sigmoid(t: f32) -> f32 {
