@@ -17,8 +17,8 @@ use burn::backend::AutodiffBackend;
 use burn::tensor::FloatDType;
 
 use crate::ops::{
-    autocast_matmul, chunk_4bit, in_precision, label_rows, linear_logits, log_sum_exp_and_input_gradient, logit_chunks,
-    rounded_like, row_slice, weight_chunks, FusedOps,
+    autocast_matmul, chunk_4bit, in_precision, joined, label_rows, linear_logits, log_sum_exp_and_input_gradient,
+    logit_chunks, rounded_like, row_slice, weight_chunks, FusedOps,
 };
 
 impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
@@ -133,7 +133,7 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                     grads.register::<B>(node.id, dw);
                 }
                 if let Some(node) = node_x {
-                    grads.register::<B>(node.id, if dx.len() == 1 { dx.remove(0) } else { B::float_cat(dx, 0) });
+                    grads.register::<B>(node.id, joined::<B>(dx, 0));
                 }
             }
         }

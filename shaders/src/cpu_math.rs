@@ -1,10 +1,10 @@
 //! Vector math for the CPU kernels (`flex.rs`): `e^x` and row sums written so that loops over
 //! slices vectorize, and [`fastest`], which compiles them for the processor's widest vectors.
 //!
-//! `e^x`: libm's `expf` is one
-//! call per element and was the largest cost of a training step after the matmuls (the
-//! softmaxes of the head and the attention, and the GELU's sigmoid); this one has no branches
-//! and no calls, so the compiler runs it 4 or 8 lanes at a time.
+//! `e^x`: libm's `expf` is one call per element and was the largest cost of a training step
+//! after the matmuls (the softmaxes of the head and the attention, and the GELU's sigmoid); this
+//! one has no branches and no calls, so the compiler runs it as many lanes at a time as the
+//! vectors hold.
 //!
 //! Cody–Waite range reduction `x = n·ln 2 + r` with `|r| ≤ ln 2 / 2`, and Cephes' `expf`
 //! polynomial for `e^r`: within 2 ulp of libm where the result is a normal f32. Below the

@@ -41,23 +41,19 @@ fn filled(shape: Shape, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Send + 
     // and then copies it into a 16-byte-aligned one, which is two more passes over the output.
     let mut values = vec![0.0f32; shape.num_elements()];
     let data = values.as_mut_slice();
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        use rayon::prelude::*;
-        data.par_chunks_mut(chunk).enumerate().for_each(|(i, c)| {
-            fastest(
-                #[inline(always)]
-                || fill(i * chunk, c),
-            )
-        });
-    }
-    #[cfg(target_arch = "wasm32")]
-    data.chunks_mut(chunk).enumerate().for_each(|(i, c)| {
+    let run = |(i, c): (usize, &mut [f32])| {
         fastest(
             #[inline(always)]
             || fill(i * chunk, c),
         )
-    });
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        use rayon::prelude::*;
+        data.par_chunks_mut(chunk).enumerate().for_each(run);
+    }
+    #[cfg(target_arch = "wasm32")]
+    data.chunks_mut(chunk).enumerate().for_each(run);
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 

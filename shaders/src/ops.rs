@@ -170,11 +170,7 @@ pub trait FusedOps: Backend {
                 dequantized_linear::<Self>(x.clone(), Self::dequantize_4bit(w, a, code.clone(), shape), compute)
             })
             .collect();
-        if parts.len() == 1 {
-            parts.into_iter().next().expect("one part")
-        } else {
-            Self::float_cat(parts, 1)
-        }
+        joined::<Self>(parts, 1)
     }
 }
 
@@ -199,9 +195,16 @@ pub fn log_sum_exp_and_input_gradient<B: Backend + FusedOps>(
         grad.push(autocast_matmul::<B>(p, w.clone()));
         lse.push(part);
     }
-    let joined =
-        |mut parts: Vec<FloatTensor<B>>| if parts.len() == 1 { parts.remove(0) } else { B::float_cat(parts, 0) };
-    (joined(lse), joined(grad))
+    (joined::<B>(lse, 0), joined::<B>(grad, 0))
+}
+
+/// The parts concatenated along `dim`; a single part as it is, without a copy.
+pub fn joined<B: Backend>(mut parts: Vec<FloatTensor<B>>, dim: usize) -> FloatTensor<B> {
+    if parts.len() == 1 {
+        parts.remove(0)
+    } else {
+        B::float_cat(parts, dim)
+    }
 }
 
 /// Row ranges of `x` `[n, d]` whose logits against `w` `[v, d]` fit in [`LOGITS_CHUNK_BYTES`].
