@@ -62,7 +62,7 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                 let grad = grads.consume::<B>(&ops.node);
                 let (x, w) = ops.state;
                 if let (Some(node), Some(x)) = (node_w, x) {
-                    grads.register::<B>(node.id, B::float_matmul(B::float_transpose(grad.clone()), x));
+                    grads.register::<B>(node.id, B::matmul(B::float_transpose(grad.clone()), x));
                 }
                 if let Some(node) = node_x {
                     grads.register::<B>(node.id, autocast_matmul::<B>(grad, w));
@@ -119,7 +119,7 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
                     let logits = linear_logits::<B>(xc.clone(), w.clone());
                     let p = B::softmax_times(logits, row_slice::<B>(&lse, rows.clone()), row_slice::<B>(&grad, rows));
                     if node_w.is_some() {
-                        let part = B::float_matmul(B::float_transpose(p.clone()), xc);
+                        let part = B::matmul(B::float_transpose(p.clone()), xc);
                         dw = Some(match dw {
                             Some(sum) => B::float_add(sum, part),
                             None => part,
@@ -285,6 +285,11 @@ impl<B: Backend + FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             }
             OpsKind::UnTracked(prep) => prep.finish(B::row_layer_norm(x, gamma, beta, eps)),
         }
+    }
+
+    fn dropout_mask(like: FloatTensor<Self>, keep: f64) -> FloatTensor<Self> {
+        // A mask is a constant of the graph: the inner backend draws it, untracked.
+        Self::from_inner(B::dropout_mask(like.into_primitive(), keep))
     }
 
     fn dequantize_4bit(

@@ -129,6 +129,16 @@ pub fn row_sum(row: &[f32]) -> f32 {
     lane_sum(row, |v| v)
 }
 
+/// The `i`-th output of SplitMix64 started at `seed`: 64 random bits for element `i` of a draw,
+/// computed from the index alone, so any chunk of a mask is drawn independently of the others.
+#[inline(always)]
+pub fn random_bits(seed: u64, i: u64) -> u64 {
+    let mut z = seed.wrapping_add(i.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 #[cfg(test)]
 mod tests {
     use super::exp;

@@ -7,9 +7,9 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{DType, Flex, Shape, TensorMetadata};
-use burn::tensor::TensorData;
+use burn::tensor::{Distribution, FloatDType, TensorData};
 
-use crate::cpu_math::{exp, fastest, lane_sum, lane_sum2, row_max, row_sum, sum_exp};
+use crate::cpu_math::{exp, fastest, lane_sum, lane_sum2, random_bits, row_max, row_sum, sum_exp};
 use crate::gelu::{GELU_A_F32 as A, GELU_B_F32 as B};
 use crate::linear_4bit::{nibble_shift, BLOCK, PER_WORD};
 use crate::ops::{autocast_matmul, composed, FusedOps};
@@ -57,6 +57,15 @@ fn filled(shape: Shape, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Send + 
     FlexTensor::from_data(TensorData::new(values, shape))
 }
 
+/// 64 bits from the backend's generator (two uniform f64 draws, 32 bits each), so that seeding
+/// the device fixes everything drawn from them.
+fn drawn_seed() -> u64 {
+    let draw = Flex::float_random(Shape::new([2]), Distribution::Default, &Default::default(), FloatDType::F64);
+    let halves = draw.as_slice::<f64>().expect("a fresh tensor is contiguous");
+    let bits = |u: f64| (u * 4_294_967_296.0) as u64;
+    (bits(halves[0]) << 32) | bits(halves[1])
+}
+
 fn sigmoid(t: f32) -> f32 {
     1.0 / (1.0 + exp(-t))
 }
@@ -66,7 +75,69 @@ fn row_chunk(cols: usize) -> usize {
     (CHUNK / cols.max(1)).max(1)
 }
 
+/// `lhs · rhs` for 2-D f32 operands of any strides, written by gemm straight into the product's
+/// storage; `None` for other shapes and dtypes. burn-flex's matmul makes its output with
+/// `FlexTensor::empty`, which zeroes a byte vector and copies it into an aligned one: two more
+/// passes over every product, about 5% of a small model's training step.
+fn matmul_2d_f32(lhs: &FlexTensor, rhs: &FlexTensor) -> Option<FlexTensor> {
+    let (ls, rs) = (lhs.shape(), rhs.shape());
+    let all_f32 = lhs.dtype() == DType::F32 && rhs.dtype() == DType::F32;
+    if !all_f32 || ls.num_dims() != 2 || rs.num_dims() != 2 || ls[1] != rs[0] {
+        return None;
+    }
+    let (m, k, n) = (ls[0], ls[1], rs[1]);
+    let len = m.checked_mul(n)?;
+    if m == 0 || n == 0 || k == 0 {
+        return None; // gemm writes nothing when there is nothing to sum
+    }
+    let (l, r) = (lhs.layout(), rhs.layout());
+    let (l_strides, r_strides) = (l.strides(), r.strides());
+    let mut out = Vec::<f32>::with_capacity(len);
+    // SAFETY: the operands' pointers and strides are their layouts' (in bounds for `m × k` and
+    // `k × n`); with `read_dst` false gemm writes every one of the `m × n` outputs, so the
+    // vector's length is set only over written values.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.storage::<f32>().as_ptr().add(l.start_offset()),
+            l_strides[1],
+            l_strides[0],
+            rhs.storage::<f32>().as_ptr().add(r.start_offset()),
+            r_strides[1],
+            r_strides[0],
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm_parallelism(m, n, k),
+        );
+        out.set_len(len);
+    }
+    Some(FlexTensor::from_data(TensorData::new(out, [m, n])))
+}
+
+/// Both cores for products worth splitting (burn-flex's threshold, 192³ multiply-adds).
+fn gemm_parallelism(m: usize, n: usize, k: usize) -> gemm::Parallelism {
+    #[cfg(not(target_arch = "wasm32"))]
+    if m.saturating_mul(n).saturating_mul(k) >= 192 * 192 * 192 {
+        return gemm::Parallelism::Rayon(0);
+    }
+    let _ = (m, n, k);
+    gemm::Parallelism::None
+}
+
 impl FusedOps for Flex {
+    fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        matmul_2d_f32(&lhs, &rhs).unwrap_or_else(|| Flex::float_matmul(lhs, rhs))
+    }
+
     /// A single row against a weight: gemm's matrix-vector path runs on one core and decoding
     /// is bound by reading the weights, so the weight's rows are split across the cores (each
     /// output is the same dot product either way).
@@ -90,6 +161,26 @@ impl FusedOps for Flex {
             }
         }
         autocast_matmul::<Flex>(x, Flex::float_transpose(w))
+    }
+
+    /// The mask from 64-bit hashes of each element's index (SplitMix64), seeded by one draw
+    /// from the backend's generator: burn draws a ChaCha float per element on one core.
+    fn dropout_mask(like: FloatTensor<Self>, keep: f64) -> FloatTensor<Self> {
+        let seed = drawn_seed();
+        // Kept where the hash's top 32 bits fall below keep · 2³².
+        let threshold = (keep * 4_294_967_296.0) as u64;
+        let value = (1.0 / keep) as f32;
+        filled(
+            like.shape(),
+            CHUNK,
+            #[inline(always)]
+            |start, out| {
+                for (i, o) in out.iter_mut().enumerate() {
+                    let kept = random_bits(seed, (start + i) as u64) >> 32 < threshold;
+                    *o = if kept { value } else { 0.0 };
+                }
+            },
+        )
     }
 
     fn bloom_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {

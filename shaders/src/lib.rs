@@ -172,7 +172,14 @@ impl std::fmt::Display for Kernels {
 /// autocast runs a matmul: with f16 weights `x` is rounded to f16 and the product widened back.
 /// (Widening the weight instead would make autodiff keep an f32 copy of every weight.)
 pub fn autocast_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
-    Tensor::from_dispatch(ops::autocast_matmul::<burn::backend::Dispatch>(x.into_dispatch(), w.into_dispatch()))
+    use burn::backend::{ops::FloatTensorOps, Dispatch};
+    let kernels = has_kernels(&x.device());
+    let (x, w) = (x.into_dispatch(), w.into_dispatch());
+    Tensor::from_dispatch(if kernels {
+        ops::autocast_matmul::<Dispatch>(x, w)
+    } else {
+        ops::autocast_with::<Dispatch>(x, w, Dispatch::float_matmul)
+    })
 }
 
 /// `x Wᵀ` for a weight `w` stored `[out, in]` (f32, or f16/bf16 multiplied as autocast does):
@@ -184,6 +191,19 @@ pub fn weight_matmul(x: Tensor<2>, w: Tensor<2>) -> Tensor<2> {
     }
     let out = <burn::backend::Dispatch as ops::FusedOps>::weight_matmul(x.into_dispatch(), w.into_dispatch());
     Tensor::from_dispatch(out)
+}
+
+/// Dropout's mask for `x`: each element `1/keep` with probability `keep`, else 0 (see
+/// [`ops::FusedOps::dropout_mask`]); `x · mask` is dropout.
+pub fn dropout_mask<const D: usize>(x: &Tensor<D>, keep: f64) -> Tensor<D> {
+    use burn::backend::Dispatch;
+    let kernels = has_kernels(&x.device());
+    let like = x.clone().into_dispatch();
+    Tensor::from_dispatch(if kernels {
+        <Dispatch as ops::FusedOps>::dropout_mask(like, keep)
+    } else {
+        ops::composed::dropout_mask::<Dispatch>(like, keep)
+    })
 }
 
 /// Whether `device`'s backend has the kernels: the CPU backend always, wgpu when this crate was

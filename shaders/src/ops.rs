@@ -7,7 +7,7 @@
 
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{backend_extension, Backend, DType, Shape, TensorMetadata};
-use burn::tensor::FloatDType;
+use burn::tensor::{Distribution, FloatDType};
 
 use crate::gelu::{GELU_A, GELU_B};
 
@@ -32,6 +32,20 @@ pub trait FusedOps: Backend {
     /// `[n, v]`, `[n, 1]`, `[n, 1]` → `[n, v]`.
     fn softmax_times(logits: FloatTensor<Self>, lse: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         composed::softmax_times::<Self>(logits, lse, grad)
+    }
+
+    /// `lhs · rhs` for operands of one dtype: every matmul of the kernels and of the linear
+    /// layers. burn's matmul by default; the CPU writes 2-D f32 products straight into their
+    /// storage.
+    fn matmul(lhs: FloatTensor<Self>, rhs: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_matmul(lhs, rhs)
+    }
+
+    /// Dropout's mask for `like` (its shape and device): each element `1/keep` with probability
+    /// `keep`, else 0, f32. Drawn from the device's generator, so a seeded device draws the same
+    /// masks again (gradient checkpointing's recomputation, a resumed run).
+    fn dropout_mask(like: FloatTensor<Self>, keep: f64) -> FloatTensor<Self> {
+        composed::dropout_mask::<Self>(like, keep)
     }
 
     /// `x Wᵀ` for a weight stored `[out, in]`, as checkpoints store it: `x` `[m, in]` (f32),
@@ -244,6 +258,12 @@ pub fn label_rows<B: Backend>(w: FloatTensor<B>, ids: IntTensor<B>) -> FloatTens
 pub mod composed {
     use super::*;
 
+    /// As burn's `Dropout` draws it: a Bernoulli draw per element, scaled.
+    pub fn dropout_mask<B: Backend>(like: FloatTensor<B>, keep: f64) -> FloatTensor<B> {
+        let kept = B::float_random(like.shape(), Distribution::Bernoulli(keep), &like.device(), FloatDType::F32);
+        B::float_mul_scalar(kept, (1.0 / keep).into())
+    }
+
     pub fn gelu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
         let t = twice_inner::<B>(x.clone());
         B::float_mul(x, B::sigmoid(t))
@@ -321,7 +341,7 @@ pub mod composed {
         mask: FloatTensor<B>,
     ) -> FloatTensor<B> {
         let scale = crate::attention::scale(q.shape()[3]);
-        B::scores_softmax(B::float_matmul(q, B::float_transpose(k)), alibi, mask, scale)
+        B::scores_softmax(B::matmul(q, B::float_transpose(k)), alibi, mask, scale)
     }
 
     pub fn scores_softmax<B: Backend>(
@@ -343,7 +363,7 @@ pub mod composed {
     ) -> (FloatTensor<B>, FloatTensor<B>) {
         let device = q.device();
         let probs = attention_probs::<B>(q, k, alibi, mask);
-        (B::float_matmul(probs, v), B::float_zeros(Shape::new([1]), &device, burn::tensor::FloatDType::F32))
+        (B::matmul(probs, v), B::float_zeros(Shape::new([1]), &device, burn::tensor::FloatDType::F32))
     }
 
     /// The softmax's backward pass: with `p` the probabilities and `δ_i = Σ_j p_ij dp_ij =
@@ -361,12 +381,12 @@ pub mod composed {
     ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
         let scale = crate::attention::scale(q.shape()[3]);
         let p = attention_probs::<B>(q.clone(), k.clone(), alibi, mask);
-        let dv = B::float_matmul(B::float_transpose(p.clone()), grad.clone());
-        let dp = B::float_matmul(grad.clone(), B::float_transpose(v));
+        let dv = B::matmul(B::float_transpose(p.clone()), grad.clone());
+        let dp = B::matmul(grad.clone(), B::float_transpose(v));
         let delta = B::float_sum_dim(B::float_mul(grad, out), 3);
         let ds = B::float_mul(p, B::float_sub(dp, delta));
-        let dq = B::float_mul_scalar(B::float_matmul(ds.clone(), k), scale.into());
-        let dk = B::float_mul_scalar(B::float_matmul(B::float_transpose(ds), q), scale.into());
+        let dq = B::float_mul_scalar(B::matmul(ds.clone(), k), scale.into());
+        let dk = B::float_mul_scalar(B::matmul(B::float_transpose(ds), q), scale.into());
         (dq, dk, dv)
     }
 
@@ -394,7 +414,7 @@ pub mod composed {
         B::float_reshape(B::float_mul(values, scales), Shape::new([rows, cols]))
     }
 
-    pub fn linear_4bit<B: Backend>(
+    pub fn linear_4bit<B: Backend + FusedOps>(
         x: FloatTensor<B>,
         words: IntTensor<B>,
         absmax: FloatTensor<B>,
@@ -444,7 +464,11 @@ pub fn chunk_4bit<B: Backend>(
 }
 
 /// `x Wᵀ` for a dequantized `w` (f32), in `compute`'s precision.
-pub fn dequantized_linear<B: Backend>(x: FloatTensor<B>, w: FloatTensor<B>, compute: FloatDType) -> FloatTensor<B> {
+pub fn dequantized_linear<B: Backend + FusedOps>(
+    x: FloatTensor<B>,
+    w: FloatTensor<B>,
+    compute: FloatDType,
+) -> FloatTensor<B> {
     autocast_matmul::<B>(x, B::float_transpose(in_precision::<B>(w, compute)))
 }
 
@@ -465,10 +489,20 @@ pub fn linear_logits<B: Backend + FusedOps>(x: FloatTensor<B>, w: FloatTensor<B>
 /// `lhs · rhs` in f32 for a weight `rhs` of any float dtype, computed in the weight's precision
 /// as PyTorch's autocast does (`lhs` rounded to it, the product widened); the kernels call it
 /// on primitives and [`crate::autocast_matmul`] on tensors.
-pub fn autocast_matmul<B: Backend>(lhs: FloatTensor<B>, rhs: FloatTensor<B>) -> FloatTensor<B> {
+pub fn autocast_matmul<B: Backend + FusedOps>(lhs: FloatTensor<B>, rhs: FloatTensor<B>) -> FloatTensor<B> {
+    autocast_with::<B>(lhs, rhs, B::matmul)
+}
+
+/// [`autocast_matmul`] with the product taken by `matmul` (burn's own on a backend without
+/// the kernels).
+pub fn autocast_with<B: Backend>(
+    lhs: FloatTensor<B>,
+    rhs: FloatTensor<B>,
+    matmul: impl Fn(FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+) -> FloatTensor<B> {
     let dtype = rhs.dtype();
     if dtype == DType::F32 {
-        return B::float_matmul(lhs, rhs);
+        return matmul(lhs, rhs);
     }
-    B::float_cast(B::float_matmul(B::float_cast(lhs, dtype.into()), rhs), burn::tensor::FloatDType::F32)
+    B::float_cast(matmul(B::float_cast(lhs, dtype.into()), rhs), burn::tensor::FloatDType::F32)
 }

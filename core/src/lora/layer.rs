@@ -31,7 +31,7 @@ pub struct LoraAdapter {
     pub dropout: Dropout,
     /// Set while `scale · B A` is folded into the base weight.
     pub merged: bool,
-    /// Drop inputs off the autodiff device too (burn's `Dropout` only drops where a backward
+    /// Drop inputs off the autodiff device too (dropout only drops where a backward
     /// pass can follow): the first, graph-free pass of gradient checkpointing must draw the masks
     /// its recomputation will ([`crate::train::recompute`]).
     #[module(skip)]
@@ -80,13 +80,24 @@ impl LoraAdapter {
 
     /// `scale · B (A (dropout(x)))` for `x`: `[rows, in]`.
     pub fn delta(&self, x: Tensor<2>) -> Tensor<2> {
-        let x = if self.drop_without_autodiff && self.dropout.training.is_enabled() {
-            self.dropout.forward(x.autodiff()).inner()
-        } else {
-            self.dropout.forward(x)
-        };
-        let down = x.matmul(self.lora_a.val().transpose());
-        down.matmul(self.lora_b.val().transpose()) * self.scale
+        let x = self.dropped(x);
+        // The scale on the `[rows, r]` product rather than the `[rows, out]` one: a pass over
+        // `r` columns instead of `out`, forward and backward (exact for peft's default
+        // power-of-two scales, one rounding apart otherwise).
+        let down = ember_shaders::weight_matmul(x, self.lora_a.val()) * self.scale;
+        ember_shaders::weight_matmul(down, self.lora_b.val())
+    }
+
+    /// `dropout(x)`: while training, where a backward pass can follow (or the first pass of
+    /// gradient checkpointing, [`Self::drop_without_autodiff`]), as burn's `Dropout` decides.
+    fn dropped(&self, x: Tensor<2>) -> Tensor<2> {
+        let Dropout { prob, training } = &self.dropout;
+        let on_graph = x.device().is_autodiff() || self.drop_without_autodiff;
+        if !training.is_enabled() || !on_graph || *prob == 0.0 {
+            return x;
+        }
+        let mask = ember_shaders::dropout_mask(&x, 1.0 - prob);
+        x * mask
     }
 
     /// `scale · B A`, the change to the base weight (`[out, in]`).
