@@ -78,7 +78,24 @@ fn main() {
             }
         },
     };
-    std::process::exit(code);
+    exit_now(code);
+}
+
+/// Ends the process with `code` after a failure, without the C library's exit handlers: a GPU
+/// driver's (Mesa's thread-pool teardown) can crash against its own threads still at work after
+/// a device error, turning a clear error into a signal. Every file is already written
+/// atomically, so nothing is lost by skipping them.
+fn exit_now(code: i32) -> ! {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    #[cfg(unix)]
+    // SAFETY: `_exit` only ends the process; the standard streams were flushed above.
+    unsafe {
+        libc::_exit(code)
+    }
+    #[cfg(not(unix))]
+    std::process::exit(code)
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
