@@ -1,6 +1,7 @@
-"""PyTorch's f32 matmul rate on this machine's CPU for the training shapes of bloom-560m and the
-small shape (medians of repeated products), the reference for docs/PERFORMANCE.md's "Where the
-time goes" (issue #19).
+"""PyTorch's f32 matmul rate on this machine's CPU for the training shapes of the three shapes of
+issue #19 (bench/shapes/matmuls.txt; medians of repeated products), the reference for
+docs/PERFORMANCE.md's "Where the time goes". Ember's side: the matmul_rate example of
+ember-shaders, on the same list.
 
     OMP_WAIT_POLICY=PASSIVE tests/fixtures/.venv/bin/python bench/torch_matmul.py
 """
@@ -9,14 +10,12 @@ import time
 
 import torch
 
-SHAPES = [  # name, m, k, n, whether the right operand is a stored [out, in] weight transposed
-    ("query_key_value forward", 512, 1024, 3072, True),
-    ("query_key_value input gradient", 512, 3072, 1024, False),
-    ("dense_h_to_4h forward", 512, 1024, 4096, True),
-    ("dense_4h_to_h input gradient", 512, 1024, 4096, False),
-    ("head block forward", 508, 1024, 8192, True),
-    ("head block input gradient", 508, 8192, 1024, False),
-    ("small shape query_key_value", 512, 512, 1536, True),
+HERE = os.path.dirname(os.path.abspath(__file__))
+# name, m, k, n, whether the right operand is a stored [out, in] weight transposed
+SHAPES = [
+    (f[0], int(f[1]), int(f[2]), int(f[3]), f[4] == "1")
+    for f in (line.split() for line in open(os.path.join(HERE, "shapes", "matmuls.txt")))
+    if f and not f[0].startswith("#")
 ]
 
 torch.set_num_threads(os.cpu_count())
