@@ -82,8 +82,8 @@ fn main() {
 }
 
 /// Ends the process with `code` after a failure, without the C library's exit handlers: a GPU
-/// driver's (Mesa's thread-pool teardown) can crash against its own threads still at work after
-/// a device error, turning a clear error into a signal. Every file is already written
+/// driver's (likely Mesa's thread-pool teardown) may race its own threads still at work after a
+/// device error, turning a clear error into a signal (seen once, not confirmed). Every file is already written
 /// atomically, so nothing is lost by skipping them.
 fn exit_now(code: i32) -> ! {
     use std::io::Write;

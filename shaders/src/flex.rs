@@ -17,9 +17,10 @@ use crate::ops::{autocast_matmul, composed, FusedOps};
 /// Elements per parallel task: large enough that scheduling costs nothing next to the work.
 const CHUNK: usize = 1 << 14;
 
-/// The fewest weight rows worth a task of their own in a matrix-vector product.
+/// The fewest weight elements worth a task of their own in a matrix-vector product (a LoRA
+/// adapter's `[r, in]` and `[out, r]` are not).
 #[cfg(not(target_arch = "wasm32"))]
-const MIN_SPLIT_ROWS: usize = 256;
+const MIN_SPLIT_ELEMENTS: usize = 256 * 256;
 
 /// `x` as contiguous f32 memory, if it is f32.
 fn f32_contiguous(x: FlexTensor) -> Option<FlexTensor> {
@@ -145,8 +146,8 @@ impl FusedOps for Flex {
         #[cfg(not(target_arch = "wasm32"))]
         {
             use rayon::prelude::*;
-            let (rows, out) = (x.shape()[0], w.shape()[0]);
-            let parts = rayon::current_num_threads().min(out / MIN_SPLIT_ROWS);
+            let (rows, [out, inner]) = (x.shape()[0], [w.shape()[0], w.shape()[1]]);
+            let parts = rayon::current_num_threads().min(out.saturating_mul(inner) / MIN_SPLIT_ELEMENTS);
             if rows == 1 && parts > 1 {
                 let per = out.div_ceil(parts);
                 let ranges: Vec<_> = (0..parts).map(|i| i * per..((i + 1) * per).min(out)).collect();
