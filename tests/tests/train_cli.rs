@@ -183,6 +183,23 @@ fn a_config_file_equals_the_same_flags_and_flags_win() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_same_adapter(&by_flags, &by_file);
 
+    // target_modules as a string is a regex over whole module names, as in peft.
+    let by_regex = tmp.path().join("regex");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let regex = r#"target_modules = '.*\.(query_key_value|dense)'"#;
+    std::fs::write(&config, text.replace(r#"target_modules = ["query_key_value", "dense"]"#, regex)).unwrap();
+    let regex_args: Vec<String> = args
+        .iter()
+        .map(|a| if *a == by_file.to_str().unwrap() { by_regex.to_str().unwrap().into() } else { a.clone() })
+        .collect();
+    let out = ember(&regex_args, tmp.path());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_same_adapter(&by_flags, &by_regex);
+
+    std::fs::write(&config, "target_modules = 5\n").unwrap();
+    let err = String::from_utf8_lossy(&ember(&args, tmp.path()).stderr).into_owned();
+    assert!(err.contains("target_modules must be a list of module names or a regex string"), "{err}");
+
     std::fs::write(&config, "learning_rat = 1.0\n").unwrap();
     let out = ember(&args, tmp.path());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown setting \"learning_rat\""));

@@ -11,7 +11,7 @@ use crate::model::ModuleKind;
 
 /// peft's `target_modules`: a JSON list of names, or a JSON string that is a regex.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "target_modules must be a list of module names or a regex string")]
 pub enum TargetModules {
     Regex(String),
     Names(Vec<String>),

@@ -79,13 +79,14 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
     };
     println!("in memory:  {} ({layout})", megabytes(shape.weight_bytes(args.dtype, quant.as_ref())));
 
+    let settings = args.lora.settings();
     let report = if let Some(adapter) = &args.adapter {
         // Loading (on the CPU) checks the adapter's shapes against the real weights.
         let device = Device::flex();
         let options = LoadOptions { allow_nonfinite: args.allow_nonfinite, ..options };
         let mut model = dir.load(&device, &options)?;
         Some(load_adapter(&mut model, adapter, &device, args.allow_nonfinite)?.1)
-    } else if let Some(settings) = args.lora.settings() {
+    } else if settings.target_modules.is_some() {
         Some(lora_report(&settings.build(None)?, ModelShape::of_config(c))?)
     } else {
         None

@@ -1,14 +1,16 @@
-//! The LoRA flags of `ember info` and `ember train` (whose config files take the same names).
-//! Unset flags take peft's defaults when the config is built ([`LoraSettings::build`]).
+//! The LoRA flags of `ember info` and `ember train`, and the same settings in `ember train`'s
+//! config files (where `target_modules` may also be a regex string, as in peft). Unset ones
+//! take peft's defaults when the config is built ([`LoraSettings::build`]).
 
 use ember_core::lora::{LoraSettings, TargetModules};
 
-#[derive(clap::Args, serde::Serialize, Debug, Clone, Default)]
+#[derive(clap::Args, serde::Serialize, serde::Deserialize, Debug, Clone, Default)]
+#[serde(default)]
 pub struct LoraArgs {
-    /// Modules to adapt, by name (peft list semantics: a full name, or its last segments;
-    /// default: query_key_value, as peft does for BLOOM).
-    #[arg(long, value_delimiter = ',', conflicts_with = "target_modules_regex")]
-    pub target_modules: Option<Vec<String>>,
+    /// Modules to adapt, by name, comma-separated (peft list semantics: a full name, or its
+    /// last segments; default: query_key_value, as peft does for BLOOM).
+    #[arg(long, value_parser = module_names, conflicts_with = "target_modules_regex")]
+    pub target_modules: Option<TargetModules>,
     /// Modules to adapt, by a regex that must match the whole module name (peft string semantics).
     #[arg(long)]
     pub target_modules_regex: Option<String>,
@@ -30,22 +32,27 @@ pub struct LoraArgs {
 }
 
 impl LoraArgs {
-    /// The settings these flags give, or `None` when they name no target.
-    pub fn settings(&self) -> Option<LoraSettings> {
-        let target_modules = match (&self.target_modules, &self.target_modules_regex) {
-            (Some(names), _) => TargetModules::Names(names.clone()),
-            (None, Some(re)) => TargetModules::Regex(re.clone()),
-            (None, None) => return None,
+    /// The settings given. A regex wins over names: flags cannot give both, and in a merged
+    /// config the regex key exists only to be set.
+    pub fn settings(&self) -> LoraSettings {
+        let target_modules = match (&self.target_modules_regex, &self.target_modules) {
+            (Some(re), _) => Some(TargetModules::Regex(re.clone())),
+            (None, names) => names.clone(),
         };
-        Some(LoraSettings {
-            target_modules: Some(target_modules),
+        LoraSettings {
+            target_modules,
             r: self.lora_r,
             lora_alpha: self.lora_alpha,
             lora_dropout: self.lora_dropout,
             use_rslora: self.use_rslora,
             modules_to_save: self.modules_to_save.clone(),
-        })
+        }
     }
+}
+
+/// `--target-modules a,b`: names, never a regex (that is `--target-modules-regex`).
+fn module_names(text: &str) -> Result<TargetModules, String> {
+    Ok(TargetModules::Names(text.split(',').map(str::to_string).collect()))
 }
 
 /// A flag's number, refused unless finite (JSON, which the settings pass through, has no

@@ -77,7 +77,7 @@ pub fn train(mut settings: Settings, demo_question: Option<&str>) -> anyhow::Res
     let tokenizer = Tokenizer::open(&model_path, &dir.config)?;
     let lora = match &settings.init_adapter {
         Some(adapter) => read_adapter_config(adapter)?,
-        None => settings.lora()?.build(Some(base_name)).context("the LoRA flags")?,
+        None => settings.lora.settings().build(Some(base_name)).context("the LoRA flags")?,
     };
     let planned = lora_report(&lora, ModelShape::of_config(&dir.config)).context("the LoRA settings")?;
     preflight(&settings, planned.trainable_params)?;

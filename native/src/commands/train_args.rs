@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use ember_core::data::Columns;
-use ember_core::lora::{LoraSettings, TargetModules};
 use ember_core::model::WeightDType;
 use ember_core::template::Template;
 use ember_core::train::{SchedulerType, TrainingArgs};
@@ -131,7 +130,7 @@ impl Args {
 }
 
 /// The merged settings. Those without a default here (the LoRA ones) take peft's when the
-/// adapter config is built ([`LoraSettings::build`]).
+/// adapter config is built ([`ember_core::lora::LoraSettings::build`]).
 #[derive(Deserialize, Serialize, Debug)]
 #[serde(default)]
 pub struct Settings {
@@ -142,14 +141,8 @@ pub struct Settings {
     pub template: String,
     pub max_length: usize,
     pub eval_data: Option<PathBuf>,
-    pub lora_r: Option<usize>,
-    pub lora_alpha: Option<f64>,
-    pub lora_dropout: Option<f64>,
-    /// A list of names, or a regex string (peft's `target_modules`, as a config file writes it).
-    pub target_modules: Option<Value>,
-    pub target_modules_regex: Option<String>,
-    pub modules_to_save: Option<Vec<String>>,
-    pub use_rslora: bool,
+    #[serde(flatten)]
+    pub lora: LoraArgs,
     pub no_shuffle: bool,
     pub init_adapter: Option<PathBuf>,
     pub resume_from_checkpoint: Option<String>,
@@ -174,13 +167,7 @@ impl Default for Settings {
             template: "human-assistant".into(),
             max_length: 256,
             eval_data: None,
-            lora_r: None,
-            lora_alpha: None,
-            lora_dropout: None,
-            target_modules: None,
-            target_modules_regex: None,
-            modules_to_save: None,
-            use_rslora: false,
+            lora: LoraArgs::default(),
             no_shuffle: false,
             init_adapter: None,
             resume_from_checkpoint: None,
@@ -229,26 +216,6 @@ impl Settings {
         let mut settings: Settings = serde_json::from_value(merged).context("invalid training settings")?;
         settings.training.shuffle = !settings.no_shuffle;
         Ok(settings)
-    }
-
-    /// The LoRA settings given; the adapter config is built from them with peft's defaults.
-    pub fn lora(&self) -> anyhow::Result<LoraSettings> {
-        let target_modules = match (&self.target_modules_regex, &self.target_modules) {
-            (Some(re), _) => Some(TargetModules::Regex(re.clone())),
-            (None, Some(value)) => Some(
-                serde_json::from_value(value.clone())
-                    .context("target_modules must be a list of names or a regex string")?,
-            ),
-            (None, None) => None,
-        };
-        Ok(LoraSettings {
-            target_modules,
-            r: self.lora_r,
-            lora_alpha: self.lora_alpha,
-            lora_dropout: self.lora_dropout,
-            use_rslora: self.use_rslora,
-            modules_to_save: self.modules_to_save.clone(),
-        })
     }
 
     pub fn template(&self) -> anyhow::Result<Template> {
