@@ -42,6 +42,8 @@ fn filled(shape: Shape, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Send + 
     // and then copies it into a 16-byte-aligned one, which is two more passes over the output.
     let mut values = vec![0.0f32; shape.num_elements()];
     let data = values.as_mut_slice();
+    // (A tensor with no elements has no chunks; a chunk length of 0 would panic.)
+    let chunk = chunk.max(1);
     let run = |(i, c): (usize, &mut [f32])| {
         fastest(
             #[inline(always)]
@@ -74,6 +76,22 @@ fn sigmoid(t: f32) -> f32 {
 /// Rows per parallel task for a row-wise operation on rows `cols` long.
 fn row_chunk(cols: usize) -> usize {
     (CHUNK / cols.max(1)).max(1)
+}
+
+/// [`filled`] by rows `cols` long, several to a task: `fill_row(i, row)` writes row `i` (pass
+/// it `#[inline(always)]`, as for [`filled`]).
+#[inline(always)]
+fn rows_filled(shape: Shape, cols: usize, fill_row: impl Fn(usize, &mut [f32]) + Send + Sync) -> FlexTensor {
+    filled(
+        shape,
+        row_chunk(cols) * cols,
+        #[inline(always)]
+        |start, out| {
+            for (i, row) in (start / cols.max(1)..).zip(out.chunks_mut(cols.max(1))) {
+                fill_row(i, row);
+            }
+        },
+    )
 }
 
 /// `lhs · rhs` for 2-D f32 operands of any strides, written by gemm straight into the product's
@@ -250,19 +268,14 @@ impl FusedOps for Flex {
         }
         let cols = shape[1];
         let (ls, ss, gs) = (slice(&l), slice(&s), slice(&g));
-        let rows_per_task = row_chunk(cols);
-        filled(
+        rows_filled(
             shape,
-            rows_per_task * cols,
+            cols,
             #[inline(always)]
-            |start, out| {
-                let first = start / cols;
-                for (r, out_row) in out.chunks_mut(cols).enumerate() {
-                    let i = first + r;
-                    let (row, shift, scale) = (&ls[i * cols..(i + 1) * cols], ss[i], gs[i]);
-                    for (o, &v) in out_row.iter_mut().zip(row) {
-                        *o = exp(v - shift) * scale;
-                    }
+            |i, out_row| {
+                let (row, shift, scale) = (&ls[i * cols..][..cols], ss[i], gs[i]);
+                for (o, &v) in out_row.iter_mut().zip(row) {
+                    *o = exp(v - shift) * scale;
                 }
             },
         )
@@ -284,24 +297,22 @@ impl FusedOps for Flex {
             return composed::scores_softmax::<Self>(raw, alibi, mask, scale);
         }
         let (rs, al, ms, scale) = (slice(&r), slice(&a), slice(&m), scale as f32);
-        filled(
+        rows_filled(
             shape,
-            row_chunk(keys) * keys,
+            keys,
             #[inline(always)]
-            |start, out| {
-                for (i, row) in (start / keys..).zip(out.chunks_mut(keys)) {
-                    // Row i is query i % queries of head (i / queries) % heads of batch item i / (heads · queries).
-                    let (b, bh, q) = (i / (heads * queries), i / queries, i % queries);
-                    let (bias, masked) = (&al[bh * keys..][..keys], &ms[(b * queries + q) * keys..][..keys]);
-                    let scores = &rs[i * keys..][..keys];
-                    for (((o, &s), &a), &m) in row.iter_mut().zip(scores).zip(bias).zip(masked) {
-                        *o = s * scale + a + m;
-                    }
-                    let max = row_max(row);
-                    row.iter_mut().for_each(|o| *o = exp(*o - max));
-                    let inv = 1.0 / row_sum(row);
-                    row.iter_mut().for_each(|o| *o *= inv);
+            |i, row| {
+                // Row i is query i % queries of head (i / queries) % heads of batch item i / (heads · queries).
+                let (b, bh, q) = (i / (heads * queries), i / queries, i % queries);
+                let (bias, masked) = (&al[bh * keys..][..keys], &ms[(b * queries + q) * keys..][..keys]);
+                let scores = &rs[i * keys..][..keys];
+                for (((o, &s), &a), &m) in row.iter_mut().zip(scores).zip(bias).zip(masked) {
+                    *o = s * scale + a + m;
                 }
+                let max = row_max(row);
+                row.iter_mut().for_each(|o| *o = exp(*o - max));
+                let inv = 1.0 / row_sum(row);
+                row.iter_mut().for_each(|o| *o *= inv);
             },
         )
     }
@@ -316,17 +327,15 @@ impl FusedOps for Flex {
         let (Some(xc), Some(g), Some(b)) = inputs else { return composed::layer_norm::<Self>(x, gamma, beta, eps) };
         let cols = g.shape()[0];
         let (xs, gs, bs) = (slice(&xc), slice(&g), slice(&b));
-        filled(
+        rows_filled(
             xc.shape(),
-            row_chunk(cols) * cols,
+            cols,
             #[inline(always)]
-            |start, out| {
-                for (r, out_row) in out.chunks_mut(cols).enumerate() {
-                    let row = &xs[start + r * cols..start + (r + 1) * cols];
-                    let (mean, rstd) = row_statistics(row, eps);
-                    for (((o, &v), &g), &b) in out_row.iter_mut().zip(row).zip(gs).zip(bs) {
-                        *o = (v - mean) * rstd * g + b;
-                    }
+            |i, out_row| {
+                let row = &xs[i * cols..][..cols];
+                let (mean, rstd) = row_statistics(row, eps);
+                for (((o, &v), &g), &b) in out_row.iter_mut().zip(row).zip(gs).zip(bs) {
+                    *o = (v - mean) * rstd * g + b;
                 }
             },
         )
@@ -344,25 +353,22 @@ impl FusedOps for Flex {
         };
         let cols = g.shape()[0];
         let (xs, gs, ds) = (slice(&xc), slice(&g), slice(&dc));
-        filled(
+        rows_filled(
             xc.shape(),
-            row_chunk(cols) * cols,
+            cols,
             #[inline(always)]
-            |start, out| {
-                for (r, out_row) in out.chunks_mut(cols).enumerate() {
-                    let at = start + r * cols..start + (r + 1) * cols;
-                    let (row, grad) = (&xs[at.clone()], &ds[at]);
-                    let (mean, rstd) = row_statistics(row, eps);
-                    // ĝ = grad·γ lands in `out_row` first; then dx over it.
-                    for ((o, &d), &g) in out_row.iter_mut().zip(grad).zip(gs) {
-                        *o = d * g;
-                    }
-                    let inv = 1.0 / cols as f32;
-                    let mean_g = row_sum(out_row) * inv;
-                    let mean_gx = lane_sum2(out_row, row, |gh, v| gh * ((v - mean) * rstd)) * inv;
-                    for (o, &v) in out_row.iter_mut().zip(row) {
-                        *o = (*o - mean_g - (v - mean) * rstd * mean_gx) * rstd;
-                    }
+            |i, out_row| {
+                let (row, grad) = (&xs[i * cols..][..cols], &ds[i * cols..][..cols]);
+                let (mean, rstd) = row_statistics(row, eps);
+                // ĝ = grad·γ lands in `out_row` first; then dx over it.
+                for ((o, &d), &g) in out_row.iter_mut().zip(grad).zip(gs) {
+                    *o = d * g;
+                }
+                let inv = 1.0 / cols as f32;
+                let mean_g = row_sum(out_row) * inv;
+                let mean_gx = lane_sum2(out_row, row, |gh, v| gh * ((v - mean) * rstd)) * inv;
+                for (o, &v) in out_row.iter_mut().zip(row) {
+                    *o = (*o - mean_g - (v - mean) * rstd * mean_gx) * rstd;
                 }
             },
         )
