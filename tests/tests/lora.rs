@@ -127,6 +127,13 @@ fn adapters_saved_by_ember_have_peft_keys_shapes_dtypes_and_config_fields() {
         apply_lora(&mut model, &config, &device).unwrap();
         let out = tempfile::tempdir().unwrap();
         save_adapter(&model, &config, out.path()).unwrap();
+        // The weights get a new file's permissions, as the config does (not safetensors' 0600).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |f: &str| std::fs::metadata(out.path().join(f)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode("adapter_model.safetensors"), mode("adapter_config.json"), "{name}: file permissions");
+        }
 
         let ours = std::fs::read(out.path().join("adapter_model.safetensors")).unwrap();
         let theirs = std::fs::read(adapter_dir(&name).join("adapter_model.safetensors")).unwrap();

@@ -125,16 +125,21 @@ pub fn save_adapter(model: &BloomForCausalLM, config: &LoraConfig, dir: &std::pa
     crate::io::write_atomic(&dir.join(CONFIG_FILE), config_json(config).as_bytes())
 }
 
-/// Writes `tensors` as a safetensors file, atomically (temporary file + rename).
+/// Writes `tensors` as a safetensors file, atomically (temporary file + rename), with the
+/// permissions any new file gets here (the umask's, as Python's writers leave theirs):
+/// safetensors writes through a temporary file of its own, which it creates 0600.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn write_safetensors(
+pub fn write_safetensors<'a>(
     path: &std::path::Path,
-    tensors: &[(String, LazyTensor)],
+    tensors: impl IntoIterator<Item = &'a (String, LazyTensor)>,
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
     crate::io::write_atomic_with(path, |tmp| {
-        safetensors::serialize_to_file(tensors.iter().map(|(k, t)| (k.clone(), t)), metadata, tmp)
-            .map_err(|e| Error::file(path, format!("cannot write: {e}")))
+        let usual =
+            std::fs::File::create(tmp).and_then(|f| f.metadata()).map_err(|e| Error::io_write(tmp, e))?.permissions();
+        safetensors::serialize_to_file(tensors.into_iter().map(|(k, t)| (k.clone(), t)), metadata, tmp)
+            .map_err(|e| Error::file(path, format!("cannot write: {e}")))?;
+        std::fs::set_permissions(tmp, usual).map_err(|e| Error::io_write(tmp, e))
     })
 }
 

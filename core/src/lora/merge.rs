@@ -200,10 +200,7 @@ pub fn save_merged(
     for (i, shard) in shards.iter().enumerate() {
         let file = format!("model-{:05}-of-{count:05}.safetensors", i + 1);
         let path = out_dir.join(&file);
-        crate::io::write_atomic_with(&path, |tmp| {
-            safetensors::serialize_to_file(shard.iter().map(|(k, t)| (k.clone(), t)), metadata.clone(), tmp)
-                .map_err(|e| Error::file(&path, format!("cannot write: {e}")))
-        })?;
+        write_safetensors(&path, shard.iter().copied(), metadata.clone())?;
         for (k, _) in shard {
             weight_map.insert(k.clone(), serde_json::Value::String(file.clone()));
         }

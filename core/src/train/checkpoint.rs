@@ -13,7 +13,7 @@ use super::trainer::Trainer;
 use crate::checkpoint::{SafetensorsFile, TensorFile};
 use crate::error::{Error, Result};
 use crate::io::write_atomic;
-use crate::lora::adapter_file::{save_adapter, to_host, LazyTensor};
+use crate::lora::adapter_file::{save_adapter, to_host, write_safetensors, LazyTensor};
 
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "trainer_state.json";
@@ -80,8 +80,7 @@ pub fn save_checkpoint(trainer: &Trainer, epoch: f64) -> Result<PathBuf> {
         .collect();
     let path = tmp.join(OPTIMIZER_FILE);
     let metadata = Some(HashMap::from([("adam_step".to_owned(), trainer.optimizer.step.to_string())]));
-    safetensors::serialize_to_file(moments.iter().map(|(k, t)| (k.clone(), t)), metadata, &path)
-        .map_err(|e| Error::file(&path, format!("cannot write: {e}")))?;
+    write_safetensors(&path, &moments, metadata)?;
     let _ = std::fs::remove_dir_all(&final_dir);
     std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io_write(&final_dir, e))?;
     rotate_checkpoints(&out, trainer.args.save_total_limit)?;
