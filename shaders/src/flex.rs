@@ -82,12 +82,14 @@ fn row_chunk(cols: usize) -> usize {
 /// it `#[inline(always)]`, as for [`filled`]).
 #[inline(always)]
 fn rows_filled(shape: Shape, cols: usize, fill_row: impl Fn(usize, &mut [f32]) + Send + Sync) -> FlexTensor {
+    // (Rows of no columns: no elements, but `chunks_mut(0)` would panic.)
+    let cols = cols.max(1);
     filled(
         shape,
         row_chunk(cols) * cols,
         #[inline(always)]
         |start, out| {
-            for (i, row) in (start / cols.max(1)..).zip(out.chunks_mut(cols.max(1))) {
+            for (i, row) in (start / cols..).zip(out.chunks_mut(cols)) {
                 fill_row(i, row);
             }
         },

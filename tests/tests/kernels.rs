@@ -218,9 +218,6 @@ fn attention_kernel_equals_plain_attention_forward_and_backward() {
 }
 
 /// A batch with padding and prompt tokens masked out (-100), as the data pipeline makes.
-/// Dropout's mask: only `0` and `1/keep`, the kept share within 10 standard deviations of
-/// `keep`, and the same mask again after the same seed, on and off the autodiff device (the
-/// graph-free pass of gradient checkpointing and its recomputation draw alike).
 fn batch() -> Batch {
     Batch {
         input_ids: vec![vec![5, 9, 14, 3, 77, 2], vec![3, 3, 8, 41, 0, 0]],

@@ -19,6 +19,9 @@ fn seeded() -> MutexGuard<'static, ()> {
     SEEDED.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Dropout's mask: only `0` and `1/keep`, the kept share within 10 standard deviations of
+/// `keep`, and the same mask again after the same seed, on and off the autodiff device (the
+/// graph-free pass of gradient checkpointing and its recomputation draw alike).
 #[test]
 fn dropout_mask_keeps_the_asked_share_and_repeats_under_a_seed() {
     let _alone = seeded();
